@@ -1,0 +1,124 @@
+"""``python -m invoker --id N``: the invoker process, as OpenWhisk deploys it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+
+from invoker.config import ConfigError, InvokerConfig, load_config
+from invoker.containerpool.container import ContainerFactory
+from invoker.containerpool.pool import PoolConfig
+from invoker.manifest import RuntimesManifest
+from invoker.messaging import KafkaSettings
+from invoker.reactive import StorePolicy
+from invoker.service import Invoker, InvokerSettings, instance_id, pool_limits
+from invoker.store.database import Database
+
+log = logging.getLogger("invoker")
+
+
+def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFactory:
+    owner = f"wsk{config.unique_name or ''}{config.instance}"
+    if config.backend == "docker":
+        from invoker.containerpool.docker import DockerContainerFactory  # needs the docker SDK
+
+        return DockerContainerFactory(
+            name_prefix=owner, api_host=config.resolved_api_host(env)
+        )
+    from invoker.containerpool.process import ProcessContainerFactory
+
+    return ProcessContainerFactory(api_host=config.resolved_api_host(env), extra_env={"__OW_INVOKER": owner})
+
+
+def open_databases(config: InvokerConfig) -> tuple[Database, Database, str]:
+    if config.couchdb_url:
+        from invoker.store.couchdb import CouchServer
+
+        server = CouchServer(config.couchdb_url, config.couchdb_username, config.couchdb_password)
+        where = f"CouchDB at {config.couchdb_url}"
+    else:
+        from invoker.store.embedded import EmbeddedServer
+
+        server = EmbeddedServer(config.embedded_store_dir)
+        where = f"embedded store ({config.embedded_store_dir or 'in memory'})"
+    whisks, activations = server.database(config.db_whisks), server.database(config.db_activations)
+    for db in (whisks, activations):
+        db.ensure_exists()
+    return whisks, activations, where
+
+
+def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str] | None = None,
+                  whisks: Database | None = None, activations: Database | None = None) -> Invoker:
+    env = os.environ if env is None else env
+    manifest = RuntimesManifest.load(config.runtimes_manifest)
+    if whisks is None or activations is None:
+        whisks, activations, where = open_databases(config)
+        log.info("store: %s", where)
+    instance = instance_id(config.instance, config.user_memory, config.tags, config.dedicated_namespaces,
+                           config.unique_name, config.displayed_name)
+    factory = make_factory(config, env)
+    settings = InvokerSettings(
+        instance=instance,
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka_hosts,
+            topic_prefix=config.topic_prefix,
+            session_timeout_ms=config.kafka_session_timeout_ms,
+            heartbeat_interval_ms=config.kafka_heartbeat_interval_ms,
+            max_poll_interval_ms=config.kafka_max_poll_interval_ms,
+        ),
+        pool=PoolConfig(
+            user_memory_mb=config.user_memory.megabytes,
+            pause_grace_s=config.pause_grace,
+            idle_timeout_s=config.idle_container,
+            stem_cells=manifest.stem_cells() if factory.name != "process" else (),
+            limits=pool_limits(config.payload_max),
+            container_prefix=f"wsk{config.unique_name or ''}{config.instance}",
+        ),
+        store_policy=StorePolicy(config.store_blocking, config.store_non_blocking),
+        max_peek=config.max_peek,
+        http_bind=config.bind,
+        http_port=config.port,
+        http_username=config.invoker_username,
+        http_password=config.invoker_password,
+    )
+    return Invoker(settings, factory, manifest, whisks, activations)
+
+
+@contextlib.contextmanager
+def kafka_hosts_for(config: InvokerConfig) -> Iterator[str]:
+    """The configured brokers, or an embedded one for the lifetime of the block."""
+    if config.kafka_hosts:
+        yield config.kafka_hosts
+        return
+    from invoker.embedded.broker import EmbeddedKafka
+
+    with EmbeddedKafka() as broker:
+        log.info("no KAFKA_HOSTS: started the embedded Kafka-protocol broker at %s", broker.bootstrap_servers)
+        yield broker.bootstrap_servers
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as error:
+        print(f"invoker: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, str(config.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with kafka_hosts_for(config) as hosts:
+        invoker = build_invoker(config, hosts)
+        invoker.start()
+        stop.wait()
+        log.info("stopping: finishing activations in flight")
+        invoker.stop()
+    return 0

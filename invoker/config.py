@@ -1,0 +1,203 @@
+"""Invoker configuration, read the way OpenWhisk's invoker container reads it.
+
+Every setting has a command-line option and the environment variables an
+OpenWhisk deployment already sets for its Scala invoker (``KAFKA_HOSTS``,
+``CONFIG_whisk_couchdb_*``, ``CONFIG_whisk_containerPool_userMemory``, ...), so
+the Python invoker drops into the same Ansible roles and Helm charts. Settings
+that only this invoker has use the ``INVOKER_`` prefix. ``--help`` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from invoker.messages import ByteSize
+
+
+class ConfigError(ValueError):
+    """A setting has a value the invoker cannot use."""
+
+
+def parse_duration_s(text: str) -> float:
+    """Typesafe-config durations as OpenWhisk writes them: ``10 seconds``, ``10 s``, ``500 ms``, ``2 minutes``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match:
+        raise ConfigError(f"not a duration: {text!r}")
+    value, unit = float(match.group(1)), match.group(2).lower()
+    factors = {"": 1, "s": 1, "second": 1, "seconds": 1, "ms": 0.001, "millis": 0.001, "milliseconds": 0.001,
+               "m": 60, "min": 60, "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600}
+    if unit not in factors:
+        raise ConfigError(f"unknown duration unit in {text!r}")
+    return value * factors[unit]
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """OpenWhisk passes tags as ``gpu,fast`` (and Ansible as ``['gpu']``)."""
+    cleaned = text.strip().strip("[]")
+    return tuple(t.strip().strip("'\"") for t in cleaned.split(",") if t.strip().strip("'\""))
+
+
+def parse_bool(text: str) -> bool:
+    return str(text).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Setting:
+    dest: str
+    option: str
+    env: tuple[str, ...]
+    default: Any
+    help: str
+    parse: Any = str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("kafka_hosts", "--kafka-hosts", ("KAFKA_HOSTS",), None,
+            "Kafka bootstrap servers, host:port[,host:port]. Unset: start the embedded broker."),
+    Setting("topic_prefix", "--topic-prefix", ("CONFIG_whisk_kafka_topics_prefix",), "", "Prefix of every Kafka topic."),
+    Setting("kafka_session_timeout_ms", "--kafka-session-timeout-ms",
+            ("CONFIG_whisk_kafka_consumer_sessionTimeoutMs",), 30_000, "Consumer group session timeout.", int),
+    Setting("kafka_heartbeat_interval_ms", "--kafka-heartbeat-interval-ms",
+            ("CONFIG_whisk_kafka_consumer_heartbeatIntervalMs",), 3_000, "Consumer heartbeat interval.", int),
+    Setting("kafka_max_poll_interval_ms", "--kafka-max-poll-interval-ms",
+            ("CONFIG_whisk_kafka_consumer_maxPollIntervalMs",), 300_000,
+            "Consumer max poll interval (also the group join wait on some brokers).", int),
+    Setting("couchdb_protocol", "--couchdb-protocol", ("CONFIG_whisk_couchdb_protocol",), "http", "CouchDB protocol."),
+    Setting("couchdb_host", "--couchdb-host", ("CONFIG_whisk_couchdb_host",), None,
+            "CouchDB host. Unset: use the embedded store."),
+    Setting("couchdb_port", "--couchdb-port", ("CONFIG_whisk_couchdb_port",), 5984, "CouchDB port.", int),
+    Setting("couchdb_username", "--couchdb-username", ("CONFIG_whisk_couchdb_username",), None, "CouchDB user."),
+    Setting("couchdb_password", "--couchdb-password", ("CONFIG_whisk_couchdb_password",), None,
+            "CouchDB password (never logged).", str, True),
+    Setting("db_whisks", "--db-whisks", ("CONFIG_whisk_couchdb_databases_WhiskEntity", "DB_WHISK_ACTIONS"),
+            "whisk_local_whisks", "Database of actions."),
+    Setting("db_activations", "--db-activations",
+            ("CONFIG_whisk_couchdb_databases_WhiskActivation", "DB_WHISK_ACTIVATIONS"),
+            "whisk_local_activations", "Database of activation records."),
+    Setting("embedded_store_dir", "--embedded-store-dir", ("INVOKER_EMBEDDED_STORE_DIR",), None,
+            "Directory the embedded store persists to (in memory when unset)."),
+    Setting("user_memory", "--user-memory", ("CONFIG_whisk_containerPool_userMemory",), "1024 m",
+            "Memory for action containers, advertised to the controller (e.g. 2048m).",
+            lambda t: ByteSize.parse(t)),
+    Setting("tags", "--tags", ("CONFIG_whisk_invoker_resource_tags",), "",
+            "Resource tags in pings, comma-separated (e.g. gpu).", parse_list),
+    Setting("dedicated_namespaces", "--dedicated-namespaces", ("CONFIG_whisk_invoker_dedicated_namespaces",), "",
+            "Namespaces this invoker is reserved for (comma-separated).", parse_list),
+    Setting("runtimes_manifest", "--runtimes-manifest", ("RUNTIMES_MANIFEST",), None,
+            "Runtimes manifest JSON text. Unset: the project's invoker/runtimes.json."),
+    Setting("api_host", "--api-host", ("__OW_API_HOST",), None,
+            "API host given to actions as __OW_API_HOST (else built from WHISK_API_HOST_PROTO/NAME/PORT)."),
+    Setting("pause_grace", "--pause-grace", ("CONFIG_whisk_containerProxy_timeouts_pauseGrace",), "10 seconds",
+            "Idle time before a warm container is paused.", parse_duration_s),
+    Setting("idle_container", "--idle-container", ("CONFIG_whisk_containerProxy_timeouts_idleContainer",),
+            "10 minutes", "Idle time before a warm container is removed.", parse_duration_s),
+    Setting("payload_max", "--payload-max", ("CONFIG_whisk_activation_payload_max",), "1048576 B",
+            "Largest activation result kept whole.", lambda t: ByteSize.parse(t)),
+    Setting("store_blocking", "--store-blocking-result-level",
+            ("CONFIG_whisk_activation_storeBlockingResultLevel",), "STORE_ALWAYS",
+            "Which blocking activations are stored: STORE_ALWAYS, STORE_FAILURES, STORE_FAILURES_NOT_APPLICATION_ERRORS."),
+    Setting("store_non_blocking", "--store-non-blocking-result-level",
+            ("CONFIG_whisk_activation_storeNonBlockingResultLevel",), "STORE_ALWAYS",
+            "The same for non-blocking activations."),
+    Setting("port", "--port", ("PORT",), 8085, "Port of the invoker's HTTP endpoint (/ping, /enable, /disable).", int),
+    Setting("bind", "--bind", ("INVOKER_BIND",), "127.0.0.1", "Address the HTTP endpoint binds to."),
+    Setting("invoker_username", "--invoker-username", ("CONFIG_whisk_invoker_username",), "invoker.user",
+            "Basic-auth user of /enable and /disable."),
+    Setting("invoker_password", "--invoker-password", ("CONFIG_whisk_invoker_password",), "invoker.pass",
+            "Basic-auth password of /enable and /disable (never logged).", str, True),
+    Setting("backend", "--backend", ("INVOKER_BACKEND",), "process",
+            "Container backend: process (runtimes as child processes) or docker."),
+    Setting("max_peek", "--max-peek", ("INVOKER_MAX_PEEK",), None,
+            "Most activations taken from Kafka and not yet finished (default: userMemory/128MB, at least 16).", int),
+    Setting("log_level", "--log-level", ("INVOKER_LOG_LEVEL",), "INFO", "Python log level."),
+)
+
+
+@dataclass(frozen=True)
+class InvokerConfig:
+    instance: int
+    unique_name: str | None
+    displayed_name: str | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        secrets = {s.dest for s in SETTINGS if s.secret}
+        shown = {k: ("***" if k in secrets and v else v) for k, v in self.values.items()}
+        return f"InvokerConfig(instance={self.instance}, {shown})"
+
+    @property
+    def couchdb_url(self) -> str | None:
+        if not self.couchdb_host:
+            return None
+        return f"{self.couchdb_protocol}://{self.couchdb_host}:{self.couchdb_port}"
+
+    def resolved_api_host(self, env: Mapping[str, str]) -> str:
+        if self.api_host:
+            return self.api_host
+        name = env.get("WHISK_API_HOST_NAME")
+        if not name:
+            return ""
+        proto = env.get("WHISK_API_HOST_PROTO", "https")
+        port = env.get("WHISK_API_HOST_PORT", "443")
+        return f"{proto}://{name}:{port}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m invoker",
+        description="OpenWhisk invoker with GPU support. Each option also reads the environment "
+        "variables shown, so it drops into OpenWhisk's own deployments.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--id", type=int, default=None, help="Invoker instance id N (consumes topic invokerN).")
+    parser.add_argument("--uniqueName", dest="unique_name", default=None, help="Unique name of this invoker.")
+    parser.add_argument("--displayedName", dest="displayed_name", default=None, help="Name shown for this invoker.")
+    for setting in SETTINGS:
+        env = ", ".join(setting.env)
+        default = "***" if setting.secret and setting.default else setting.default
+        parser.add_argument(
+            setting.option, dest=setting.dest, default=None,
+            help=f"{setting.help} [env: {env}; default: {default}]",
+        )
+    return parser
+
+
+def load_config(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> InvokerConfig:
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = getattr(args, setting.dest)
+        if raw is None:
+            raw = next((env[name] for name in setting.env if env.get(name)), None)
+        if raw is None:
+            raw = setting.default
+        try:
+            values[setting.dest] = setting.parse(raw) if raw is not None and isinstance(raw, str) else raw
+        except (ValueError, ConfigError) as error:
+            raise ConfigError(f"{setting.option}: {error}") from error
+    instance = args.id
+    if instance is None:
+        instance = int(env["INVOKER_ID"]) if env.get("INVOKER_ID") else None
+    if instance is None:
+        if args.unique_name:
+            raise ConfigError(
+                "--uniqueName without --id needs ZooKeeper id assignment, which this invoker does not "
+                "implement: pass --id N as well"
+            )
+        instance = 0
+    if values["backend"] not in ("process", "docker"):
+        raise ConfigError(f"--backend must be process or docker, not {values['backend']!r}")
+    return InvokerConfig(instance, args.unique_name, args.displayed_name, values)

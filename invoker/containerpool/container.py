@@ -1,0 +1,196 @@
+"""The container seam: what the pool needs from a container and from its factory.
+
+A backend (processes, Docker) implements ``ContainerFactory`` and ``Container``;
+the pool and the per-container proxy never know which one they drive. The HTTP
+conversation with the action runtime (``/init``, ``/run``) is the same for every
+backend and lives here, in ``RuntimeClient``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from invoker.containerpool.logs import LogBuffer
+
+
+class ContainerError(Exception):
+    """A backend could not create or drive a container."""
+
+
+class ContainerStartError(ContainerError):
+    """The container could not be provisioned (status 3, "Failed to provision ...")."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything a backend needs to start one action container."""
+
+    name: str
+    kind: str
+    image: str
+    memory_mb: int
+    cpu_shares: int
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    gpu: str | None = None  # device UUID or index assigned by the GPU layer
+
+
+@dataclass(frozen=True)
+class HttpOutcome:
+    """One ``/init`` or ``/run`` exchange, as the proxy needs it to decide the result."""
+
+    start_ms: int
+    end_ms: int
+    status: int | None = None  # None: no HTTP answer (timeout or connection lost)
+    body: bytes = b""
+    timed_out: bool = False
+    connection_lost: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RuntimeClient:
+    """Keep-alive HTTP/1.1 client for one action runtime, up to ``max_connections``
+    exchanges at once (intra-container concurrency)."""
+
+    def __init__(self, host: str, port: int, max_connections: int = 1) -> None:
+        self.host = host
+        self.port = port
+        self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.max_connections = max_connections
+
+    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        try:
+            conn = self._idle.get_nowait()
+            conn.timeout = timeout_s
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout_s)
+            return conn
+        except queue.Empty:
+            return http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
+
+    def _release(self, conn: http.client.HTTPConnection) -> None:
+        if self._closed:
+            conn.close()
+        else:
+            self._idle.put(conn)
+
+    def post(self, path: str, payload: dict, timeout_s: float, retry_refused: bool = False) -> HttpOutcome:
+        """POST JSON. ``retry_refused`` retries a refused connection every 50 ms until
+        the timeout is spent, as OpenWhisk does for ``/init`` of a starting container."""
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        start = now_ms()
+        deadline = time.monotonic() + timeout_s
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return HttpOutcome(start, now_ms(), timed_out=True)
+            conn = self._connection(remaining)
+            try:
+                if conn.sock is None:
+                    conn.connect()
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                status = response.status
+                end = now_ms()
+                if response.will_close:
+                    conn.close()
+                else:
+                    self._release(conn)
+                return HttpOutcome(start, end, status=status, body=data)
+            except (TimeoutError, socket.timeout):
+                conn.close()
+                return HttpOutcome(start, now_ms(), timed_out=True)
+            except ConnectionRefusedError:
+                conn.close()
+                if retry_refused and deadline - time.monotonic() > 0.05:
+                    time.sleep(0.05)
+                    continue
+                return HttpOutcome(start, now_ms(), connection_lost=True)
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                return HttpOutcome(start, now_ms(), connection_lost=True)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class Container(ABC):
+    """One running action runtime. Created by a ``ContainerFactory``."""
+
+    def __init__(self, container_id: str, spec: ContainerSpec, host: str, port: int) -> None:
+        self.id = container_id
+        self.spec = spec
+        self.client = RuntimeClient(host, port)
+        self.logs = LogBuffer()
+
+    def initialize(self, payload: dict, timeout_s: float) -> HttpOutcome:
+        return self.client.post("/init", {"value": payload}, timeout_s, retry_refused=True)
+
+    def run(self, payload: dict, timeout_s: float) -> HttpOutcome:
+        return self.client.post("/run", payload, timeout_s)
+
+    def set_max_concurrency(self, n: int) -> None:
+        self.client.max_connections = n
+
+    @abstractmethod
+    def suspend(self) -> None:
+        """Pause an idle container (``docker pause``); a no-op where the backend cannot."""
+
+    @abstractmethod
+    def resume(self) -> None:
+        """Undo ``suspend``."""
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """Stop and remove. Must be idempotent and never raise for a dead container."""
+
+    @abstractmethod
+    def is_alive(self) -> bool:
+        """Whether the runtime process/container is still running."""
+
+    def was_oom_killed(self) -> bool:
+        """Whether the backend saw the container killed for exceeding its memory."""
+        return False
+
+
+class ContainerFactory(ABC):
+    """Creates containers for one invoker (the Scala ``ContainerFactory`` seam)."""
+
+    #: Kinds this backend can run; ``None`` means any kind it has an image for.
+    name: str = "abstract"
+
+    @abstractmethod
+    def create(self, spec: ContainerSpec) -> Container:
+        """Start a container and return once it is created (not necessarily ready:
+        ``/init`` retries until the runtime listens). Raises ContainerStartError."""
+
+    @abstractmethod
+    def cleanup(self) -> None:
+        """Remove containers a previous run of this invoker left behind."""
+
+    def close(self) -> None:
+        """Release backend resources at shutdown."""

@@ -1,0 +1,157 @@
+"""Process backend: each "container" is the action runtime as a child process on a
+loopback port. It is what runs on a laptop with no container engine, and what the
+tests use to exercise the pool without Docker.
+
+What it cannot give: memory and CPU isolation (limits are only accounted, not
+enforced), pausing keeps the process running (SIGSTOP would break keep-alive
+bookkeeping for nothing), and the environment is shared with the invoker's host.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from invoker.containerpool.container import (
+    Container,
+    ContainerFactory,
+    ContainerSpec,
+    ContainerStartError,
+)
+
+log = logging.getLogger(__name__)
+
+RUNTIME_SOURCE = Path(__file__).resolve().parents[2] / "runtimes" / "python"
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ProcessContainer(Container):
+    def __init__(self, container_id: str, spec: ContainerSpec, process: subprocess.Popen, port: int) -> None:
+        super().__init__(container_id, spec, "127.0.0.1", port)
+        self.process = process
+        self._readers = [
+            threading.Thread(target=self._pump, args=(process.stdout, "stdout"), daemon=True),
+            threading.Thread(target=self._pump, args=(process.stderr, "stderr"), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _pump(self, stream, name: str) -> None:
+        for raw in iter(stream.readline, b""):
+            self.logs.append(name, raw.decode("utf-8", errors="replace").rstrip("\n"))
+        stream.close()
+        if name == "stdout":
+            self.logs.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def suspend(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def destroy(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.warning("runtime process %s did not exit after SIGKILL", self.process.pid)
+
+
+class ProcessContainerFactory(ContainerFactory):
+    """Starts ``python -m owruntime`` per container. ``python`` is the invoker's own
+    interpreter unless configured."""
+
+    name = "process"
+
+    def __init__(self, python: str | None = None, api_host: str = "", extra_env: dict[str, str] | None = None) -> None:
+        self.python = python or sys.executable
+        self.api_host = api_host
+        self.extra_env = extra_env or {}
+        self._seq = itertools.count()
+        self._live: dict[str, ProcessContainer] = {}
+        self._lock = threading.Lock()
+
+    def create(self, spec: ContainerSpec) -> Container:
+        port = free_loopback_port()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONIOENCODING": "UTF-8",
+            "PYTHONPATH": str(RUNTIME_SOURCE),
+            "__OW_API_HOST": self.api_host,
+            **self.extra_env,
+            **spec.env,
+        }
+        try:
+            process = subprocess.Popen(
+                [self.python, "-m", "owruntime", "--host", "127.0.0.1", "--port", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # its own process group, so destroy kills children too
+            )
+        except OSError as error:
+            raise ContainerStartError(f"cannot start runtime process: {error}") from error
+        container = ProcessContainer(f"{spec.name}-{next(self._seq)}", spec, process, port)
+        with self._lock:
+            self._live[container.id] = container
+        return container
+
+    def cleanup(self) -> None:
+        # Child processes die with their session leader's SIGKILL only if we kill them;
+        # after a crash of the invoker they would be orphans. They are started in their
+        # own sessions and hold no state, so the previous run's leftovers are found by
+        # their command line.
+        me = os.getpid()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == me:
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"owruntime" in cmdline and any(e.startswith(b"__OW_INVOKER=") for e in environ):
+                owner = next(e for e in environ if e.startswith(b"__OW_INVOKER=")).split(b"=", 1)[1]
+                if owner.decode() == self.extra_env.get("__OW_INVOKER"):
+                    try:
+                        os.kill(int(proc.name), signal.SIGKILL)
+                        log.info("removed leftover runtime process %s", proc.name)
+                    except ProcessLookupError:
+                        pass
+
+    def close(self) -> None:
+        with self._lock:
+            live = list(self._live.values())
+            self._live.clear()
+        for container in live:
+            container.destroy()
+
+    def forget(self, container: Container) -> None:
+        with self._lock:
+            self._live.pop(container.id, None)

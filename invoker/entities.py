@@ -1,0 +1,312 @@
+"""Entity documents the invoker reads (``WhiskAction``) and writes (``WhiskActivation``).
+
+See PROTOCOL.md §3.2 and §3.5. Parsing is strict where the Scala reader is strict
+(``timeout``/``memory`` limits, ``entityType``) and lenient where it is lenient.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from invoker.messages import JsonObject, MessageError
+
+# Limits defaults (OpenWhisk application.conf, PROTOCOL.md §7.6).
+DEFAULT_LOGS_MB = 10
+DEFAULT_CONCURRENCY = 1
+
+
+class DocumentUnreadable(MessageError):
+    """The action document cannot be read (e.g. unknown kind): status 3,
+    "Action version is not compatible and cannot be invoked."."""
+
+
+@dataclass(frozen=True)
+class ActionLimits:
+    timeout_ms: int
+    memory_mb: int
+    logs_mb: int = DEFAULT_LOGS_MB
+    concurrency: int = DEFAULT_CONCURRENCY
+    instances: int | None = None
+
+    @classmethod
+    def from_json(cls, value: Any) -> ActionLimits:
+        if not isinstance(value, dict):
+            raise DocumentUnreadable("action limits must be an object")
+        try:
+            return cls(
+                timeout_ms=int(value["timeout"]),
+                memory_mb=int(value["memory"]),
+                logs_mb=int(value.get("logs", DEFAULT_LOGS_MB)),
+                concurrency=int(value.get("concurrency", DEFAULT_CONCURRENCY)),
+                instances=int(value["instances"]) if value.get("instances") is not None else None,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise DocumentUnreadable(f"bad action limits: {error}") from error
+
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {
+            "timeout": self.timeout_ms,
+            "memory": self.memory_mb,
+            "logs": self.logs_mb,
+            "concurrency": self.concurrency,
+        }
+        if self.instances is not None:
+            out["instances"] = self.instances
+        return out
+
+
+@dataclass(frozen=True)
+class Parameter:
+    key: str
+    value: Any
+    init: bool = False
+    encryption: str | None = None
+
+
+def parse_key_values(value: Any) -> tuple[Parameter, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise DocumentUnreadable("parameters/annotations must be an array")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            raise DocumentUnreadable(f"bad parameter {item!r}")
+        out.append(
+            Parameter(item["key"], item.get("value"), bool(item.get("init", False)), item.get("encryption"))
+        )
+    return tuple(out)
+
+
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def is_binary_code(code: str) -> bool:
+    """Exec.isBinaryCode: trimmed, non-empty, a multiple of 4 and base64 alphabet."""
+    trimmed = code.strip()
+    if not trimmed or len(trimmed) % 4 != 0 or not _BASE64.match(trimmed):
+        return False
+    try:
+        base64.b64decode(trimmed, validate=True)
+    except binascii.Error:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class WhiskAction:
+    """An executable action: the document fields the invoker needs, plus its code."""
+
+    namespace: str  # EntityPath: ns or ns/pkg
+    name: str
+    kind: str
+    code: str | None
+    binary: bool
+    main: str | None
+    image: str | None
+    limits: ActionLimits
+    version: str
+    rev: str | None
+    parameters: tuple[Parameter, ...] = ()
+    annotations: tuple[Parameter, ...] = ()
+    raw_exec: JsonObject = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_document(cls, doc: JsonObject, code: str | None) -> WhiskAction:
+        if doc.get("entityType", "action") != "action":
+            raise DocumentUnreadable(f"document is a {doc.get('entityType')!r}, not an action")
+        exec_ = doc.get("exec")
+        if not isinstance(exec_, dict) or not isinstance(exec_.get("kind"), str):
+            raise DocumentUnreadable("action has no exec kind")
+        kind = exec_["kind"].strip().lower()
+        if "limits" not in doc:
+            raise DocumentUnreadable("action has no limits")
+        binary = exec_.get("binary")
+        if not isinstance(binary, bool):
+            binary = is_binary_code(code) if code else False
+        return cls(
+            namespace=str(doc["namespace"]),
+            name=str(doc["name"]),
+            kind=kind,
+            code=code,
+            binary=binary,
+            main=exec_.get("main") or None,
+            image=exec_.get("image"),
+            limits=ActionLimits.from_json(doc["limits"]),
+            version=str(doc.get("version", "0.0.1")),
+            rev=doc.get("_rev"),
+            parameters=parse_key_values(doc.get("parameters")),
+            annotations=parse_key_values(doc.get("annotations")),
+            raw_exec=exec_,
+        )
+
+    @property
+    def path(self) -> str:
+        """``namespace/name``, the ``path`` annotation of an activation."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def fully_qualified_name(self) -> str:
+        return f"/{self.path}"
+
+    def annotation(self, key: str, default: Any = None) -> Any:
+        for item in self.annotations:
+            if item.key == key:
+                return item.value
+        return default
+
+    @property
+    def provide_api_key(self) -> bool:
+        """``provide-api-key``: absent means yes; only a falsy value withholds the key."""
+        value = self.annotation("provide-api-key", True)
+        return value not in (False, None, 0, "", "false")
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.kind == "sequence"
+
+    @property
+    def identity_key(self) -> tuple:
+        """What makes two actions 'the same' for warm reuse: content, not only name."""
+        return (self.path, self.rev, self.kind, self.version, self.limits, self.main)
+
+
+# --------------------------------------------------------------------------- activations
+
+SUCCESS = 0
+APPLICATION_ERROR = 1
+DEVELOPER_ERROR = 2
+WHISK_ERROR = 3
+
+
+@dataclass(frozen=True)
+class ActivationResponse:
+    status_code: int
+    result: Any = None
+    size: int | None = None
+    has_result: bool = True
+
+    @classmethod
+    def success(cls, result: Any, size: int | None = None) -> ActivationResponse:
+        return cls(SUCCESS, result, size)
+
+    @classmethod
+    def application_error(cls, error: Any, size: int | None = None) -> ActivationResponse:
+        return cls(APPLICATION_ERROR, {"error": error}, size)
+
+    @classmethod
+    def developer_error(cls, error: Any, size: int | None = None) -> ActivationResponse:
+        return cls(DEVELOPER_ERROR, {"error": error}, size)
+
+    @classmethod
+    def whisk_error(cls, error: Any) -> ActivationResponse:
+        return cls(WHISK_ERROR, {"error": error})
+
+    @property
+    def is_success(self) -> bool:
+        return self.status_code == SUCCESS
+
+    @property
+    def is_whisk_error(self) -> bool:
+        return self.status_code == WHISK_ERROR
+
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {"statusCode": self.status_code}
+        if self.has_result:
+            out["result"] = self.result
+        if self.size is not None:
+            out["size"] = self.size
+        return out
+
+
+@dataclass
+class WhiskActivation:
+    """The activation record (PROTOCOL.md §3.5)."""
+
+    namespace: str
+    name: str
+    subject: str
+    activation_id: str
+    start_ms: int
+    end_ms: int
+    response: ActivationResponse
+    version: str
+    annotations: list[tuple[str, Any]]
+    logs: list[str] = field(default_factory=list)
+    cause: str | None = None
+    duration_ms: int | None = None
+
+    def annotation(self, key: str, default: Any = None) -> Any:
+        for k, v in self.annotations:
+            if k == key:
+                return v
+        return default
+
+    def to_json(self) -> JsonObject:
+        """The 13 fields that go in an ack's ``response``."""
+        out: JsonObject = {
+            "namespace": self.namespace,
+            "name": self.name,
+            "subject": self.subject,
+            "activationId": self.activation_id,
+            "start": self.start_ms,
+            "end": self.end_ms,
+        }
+        if self.cause is not None:
+            out["cause"] = self.cause
+        out["response"] = self.response.to_json()
+        out["logs"] = list(self.logs)
+        out["version"] = self.version
+        out["publish"] = False
+        out["annotations"] = [{"key": k, "value": v} for k, v in self.annotations]
+        if self.duration_ms is not None:
+            out["duration"] = self.duration_ms
+        return out
+
+    def to_document(self, updated_ms: int) -> JsonObject:
+        """The CouchDB document: ``_id = {namespace}/{activationId}``."""
+        doc: JsonObject = {
+            "_id": f"{self.namespace}/{self.activation_id}",
+            "name": self.name,
+            "updated": updated_ms,
+            "entityType": "activation",
+        }
+        doc.update(self.to_json())
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: JsonObject) -> WhiskActivation:
+        response = doc.get("response", {})
+        return cls(
+            namespace=doc["namespace"],
+            name=doc["name"],
+            subject=doc["subject"],
+            activation_id=doc["activationId"],
+            start_ms=int(doc["start"]),
+            end_ms=int(doc["end"]),
+            response=ActivationResponse(
+                int(response.get("statusCode", WHISK_ERROR)),
+                response.get("result"),
+                response.get("size"),
+                "result" in response,
+            ),
+            version=doc.get("version", "0.0.1"),
+            annotations=[(a["key"], a.get("value")) for a in doc.get("annotations", [])],
+            logs=list(doc.get("logs", [])),
+            cause=doc.get("cause"),
+            duration_ms=doc.get("duration"),
+        )
+
+
+def stringify_env_value(value: Any) -> str:
+    """How ``containerInitializer`` turns parameter values into env strings."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, separators=(",", ":"))

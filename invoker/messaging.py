@@ -1,0 +1,273 @@
+"""Kafka: the ``invoker{N}`` feed, the ack/ping producer and topic creation.
+
+Delivery differs from the Scala invoker on purpose (PROTOCOL.md §1.1): Scala
+commits right after each poll (at-most-once, a crash loses what was peeked).
+This feed commits an offset only when every activation up to it is *done* —
+acked and recorded — so a crash loses nothing; the reactive layer makes the
+replay harmless by answering from the stored record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+log = logging.getLogger(__name__)
+
+# Payload max (1 MiB) plus OpenWhisk's serdes overhead: the max.message.bytes of
+# the invoker and completed topics, and the producer's max.request.size.
+MAX_MESSAGE_BYTES = 1024 * 1024 + 6068
+
+
+class RecordTooLarge(Exception):
+    """The broker or the producer refused a record for its size."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    # Group-membership timings: production Kafka's defaults are fine; an embedded
+    # broker that waits a whole rebalance timeout on join wants them short.
+    session_timeout_ms: int = 30_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    extra: dict = field(default_factory=dict)  # passed to every client (security settings)
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+def ensure_topic(settings: KafkaSettings, name: str, partitions: int = 1, configs: dict | None = None) -> None:
+    """Create a topic if missing, as ``Invoker.scala`` does with ``ensureTopic``."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.extra)
+    try:
+        try:
+            admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs or {})])
+        except TopicAlreadyExistsError:
+            pass
+        except KafkaError as error:
+            if configs:
+                # Some Kafka-protocol brokers reject topic configs they do not know.
+                log.info("creating %s with configs failed (%s); creating it without", name, error)
+                try:
+                    admin.create_topics([NewTopic(name, partitions, 1)])
+                except TopicAlreadyExistsError:
+                    pass
+            else:
+                raise
+    finally:
+        admin.close()
+
+
+INVOKER_TOPIC_CONFIG = {
+    "retention.ms": str(48 * 3600 * 1000),
+    "segment.bytes": str(512 * 1024 * 1024),
+    "max.message.bytes": str(MAX_MESSAGE_BYTES),
+}
+
+
+class Producer:
+    """Acks and pings. ``send`` returns a future resolved once the broker has the record."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks=1,
+            linger_ms=0,
+            max_request_size=MAX_MESSAGE_BYTES,
+            retries=5,
+            # One in flight per connection keeps a blocking call's ResultMessage
+            # ahead of its CompletionMessage, as the controller expects.
+            max_in_flight_requests_per_connection=1,
+            **settings.extra,
+        )
+
+    def send(self, topic: str, value: bytes) -> Future:
+        result: Future = Future()
+        try:
+            record = self._producer.send(topic, value)
+        except MessageSizeTooLargeError as error:
+            raise RecordTooLarge(str(error)) from error
+        record.add_callback(lambda _meta: result.set_result(None))
+        record.add_errback(lambda error: result.set_exception(
+            RecordTooLarge(str(error)) if isinstance(error, MessageSizeTooLargeError) else error
+        ))
+        return result
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+@dataclass(frozen=True)
+class FeedRecord:
+    partition: TopicPartition
+    offset: int
+    value: bytes
+    #: True for records that a previous run of this invoker may already have
+    #: processed (they sat between the committed offset and the end of the
+    #: partition when this run started).
+    maybe_replayed: bool
+
+
+class _PartitionProgress:
+    """Offsets handed out and finished; the commit point is the lowest unfinished one."""
+
+    def __init__(self) -> None:
+        self.pending: set[int] = set()
+        self.highest_seen = -1
+        self.committed = -1
+
+    def commit_point(self) -> int | None:
+        point = min(self.pending) if self.pending else self.highest_seen + 1
+        return point if point > self.committed and self.highest_seen >= 0 else None
+
+
+class ActivationFeed:
+    """Consumes ``invoker{N}`` on its own thread, hands at most ``capacity`` records
+    at once to ``handler``, and commits what is done."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        capacity: int,
+        handler: Callable[[FeedRecord], None],
+        poll_timeout_ms: int = 100,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.capacity = capacity
+        self.handler = handler
+        self.poll_timeout_ms = poll_timeout_ms
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._progress: dict[TopicPartition, _PartitionProgress] = {}
+        self._replay_end: dict[TopicPartition, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"feed-{topic}", daemon=True)
+        self._consumer: KafkaConsumer | None = None
+        self._paused = False
+        self.ready = threading.Event()  # set once partitions are assigned
+
+    def start(self) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.topic,
+            client_id=f"consumer-{self.topic}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.capacity,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            **self.settings.extra,
+        )
+        self._consumer.subscribe([self.topic])
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def done(self, record: FeedRecord) -> None:
+        """The record's activation is finished (or was skipped): it may be committed."""
+        with self._lock:
+            progress = self._progress.get(record.partition)
+            if progress is not None:
+                progress.pending.discard(record.offset)
+            self._in_flight -= 1
+
+    # ------------------------------------------------------------------ the consumer thread
+
+    def _loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            while not self._stop.is_set():
+                free = self.capacity - self.in_flight
+                self._flow_control(consumer, free > 0)
+                batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max(free, 1))
+                if consumer.assignment() and not self.ready.is_set():
+                    self._note_replay_window(consumer)
+                    self.ready.set()
+                for partition, records in batch.items():
+                    for record in records:
+                        self._dispatch(partition, record.offset, record.value)
+                self._commit(consumer)
+            self._commit(consumer)
+        except Exception:
+            log.exception("activation feed on %s stopped", self.topic)
+        finally:
+            consumer.close(autocommit=False)
+
+    def _flow_control(self, consumer: KafkaConsumer, want_records: bool) -> None:
+        # Paused partitions keep the consumer in its group (poll still heartbeats)
+        # while we take no more than the pool can run.
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        if want_records and self._paused:
+            consumer.resume(*assignment)
+            self._paused = False
+        elif not want_records and not self._paused:
+            consumer.pause(*assignment)
+            self._paused = True
+
+    def _note_replay_window(self, consumer: KafkaConsumer) -> None:
+        partitions = list(consumer.assignment())
+        try:
+            self._replay_end = consumer.end_offsets(partitions)
+        except KafkaError as error:
+            log.warning("cannot read end offsets (%s): checking every record for a replay", error)
+            self._replay_end = {p: 2**62 for p in partitions}
+
+    def _dispatch(self, partition: TopicPartition, offset: int, value: bytes) -> None:
+        end = self._replay_end.get(partition)
+        if end is None and partition not in self._replay_end:
+            end = 2**62  # assigned later (rebalance): be safe
+        record = FeedRecord(partition, offset, value, maybe_replayed=offset < end)
+        with self._lock:
+            progress = self._progress.setdefault(partition, _PartitionProgress())
+            progress.pending.add(offset)
+            progress.highest_seen = max(progress.highest_seen, offset)
+            self._in_flight += 1
+        try:
+            self.handler(record)
+        except Exception:
+            log.exception("handler failed on %s@%d; skipping it", partition, offset)
+            self.done(record)
+
+    def _commit(self, consumer: KafkaConsumer) -> None:
+        offsets = {}
+        with self._lock:
+            for partition, progress in self._progress.items():
+                point = progress.commit_point()
+                if point is not None:
+                    offsets[partition] = (progress, point)
+        if not offsets:
+            return
+        try:
+            consumer.commit({p: OffsetAndMetadata(point, "", -1) for p, (_, point) in offsets.items()})
+        except KafkaError as error:
+            log.warning("offset commit failed, will retry: %s", error)
+            return
+        with self._lock:
+            for progress, point in offsets.values():
+                progress.committed = max(progress.committed, point)

@@ -1,0 +1,221 @@
+"""The invoker service: wires messaging, stores, pool and health together, and
+serves the invoker's small HTTP API (``/ping``, ``/enable``, ``/disable``,
+``/isEnabled``) like ``DefaultInvokerServer``."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from invoker.containerpool.container import ContainerFactory
+from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
+from invoker.containerpool.proxy import PoolLimits
+from invoker.manifest import RuntimesManifest
+from invoker.messages import ByteSize, InvokerInstanceId, PingMessage, serialize
+from invoker.messaging import (
+    INVOKER_TOPIC_CONFIG,
+    ActivationFeed,
+    KafkaSettings,
+    Producer,
+    ensure_topic,
+)
+from invoker.reactive import InvokerReactive, StorePolicy
+from invoker.store.activations import ActivationStore
+from invoker.store.database import Database
+from invoker.store.entities import EntityStore
+
+log = logging.getLogger(__name__)
+
+MIN_ACTION_MEMORY_MB = 128
+
+
+class ManifestImages(ImageResolver):
+    """Kinds → images from the manifest, limited to what the backend can run."""
+
+    def __init__(self, manifest: RuntimesManifest, backend: str, registry: str | None = None) -> None:
+        self.manifest = manifest
+        self.backend = backend
+        self.registry = registry
+
+    def runnable(self, kind: str) -> bool:
+        runtime = self.manifest.resolve(kind)
+        if runtime is None:
+            return False
+        # The process backend runs only the project's own Python runtime.
+        return self.backend != "process" or runtime.family == "python"
+
+    def image_for(self, kind: str) -> str:
+        runtime = self.manifest.resolve(kind)
+        if runtime is None or not self.runnable(kind):
+            raise KeyError(f"kind {kind!r} cannot run on the {self.backend} backend")
+        return runtime.image.resolve(self.registry)
+
+
+@dataclass(frozen=True)
+class InvokerSettings:
+    instance: InvokerInstanceId
+    kafka: KafkaSettings
+    pool: PoolConfig
+    store_policy: StorePolicy = StorePolicy()
+    max_peek: int | None = None
+    http_bind: str = "127.0.0.1"
+    http_port: int | None = None  # None: no HTTP endpoint
+    http_username: str = "invoker.user"
+    http_password: str = "invoker.pass"
+    ping_interval_s: float = 1.0
+
+
+class Invoker:
+    def __init__(
+        self,
+        settings: InvokerSettings,
+        factory: ContainerFactory,
+        manifest: RuntimesManifest,
+        whisks: Database,
+        activations: Database,
+    ) -> None:
+        self.settings = settings
+        self.manifest = manifest
+        images = ManifestImages(manifest, factory.name)
+        self.pool = ContainerPool(factory, images, settings.pool)
+        self.producer = Producer(settings.kafka)
+        self.entity_store = EntityStore(whisks)
+        self.activation_store = ActivationStore(activations)
+        self.reactive = InvokerReactive(
+            instance=settings.instance,
+            producer=self.producer,
+            entities=self.entity_store,
+            activations=self.activation_store,
+            pool=self.pool,
+            manifest=manifest,
+            runnable_kind=images.runnable,
+            topic_prefix=settings.kafka.topic_prefix,
+            store_policy=settings.store_policy,
+        )
+        user_memory_mb = settings.instance.user_memory.megabytes
+        max_peek = settings.max_peek or max(user_memory_mb // MIN_ACTION_MEMORY_MB, 16)
+        self.topic = settings.kafka.topic(f"invoker{settings.instance.instance}")
+        self.feed = ActivationFeed(settings.kafka, self.topic, max_peek, self.reactive.handle)
+        self.reactive.done = self.feed.done
+        self.enabled = True
+        self._stop = threading.Event()
+        self._pinger = threading.Thread(target=self._ping_loop, name="health-ping", daemon=True)
+        self._http: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        ensure_topic(self.settings.kafka, self.topic, configs=INVOKER_TOPIC_CONFIG)
+        self.pool.start()
+        self._pinger.start()
+        self.feed.start()
+        if self.settings.http_port is not None:
+            self._start_http()
+        log.info(
+            "invoker%d up: consuming %s, userMemory %s, tags %s, backend %s",
+            self.settings.instance.instance, self.topic, self.settings.instance.user_memory.to_json(),
+            list(self.settings.instance.tags), self.pool.factory.name,
+        )
+
+    def stop(self) -> None:
+        """Graceful: stop taking work, say we are disabled, finish what is in flight."""
+        self._stop.set()
+        self.feed.stop()
+        self.reactive.close()
+        self.pool.shutdown()
+        self.activation_store.close()
+        try:
+            self.producer.send(self.settings.kafka.topic("health"),
+                               serialize(PingMessage(self.settings.instance, False).to_json()))
+            self.producer.flush()
+        finally:
+            self.producer.close()
+        if self._http is not None:
+            self._http.shutdown()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> bool:
+        """Until the feed has its partitions (group join can take seconds)."""
+        return self.feed.ready.wait(timeout_s)
+
+    # ------------------------------------------------------------------ health
+
+    def _ping_loop(self) -> None:
+        topic = self.settings.kafka.topic("health")
+        while not self._stop.is_set():
+            if self.enabled:
+                try:
+                    self.producer.send(topic, serialize(PingMessage(self.settings.instance).to_json()))
+                except Exception as error:  # the broker may be away; keep pinging
+                    log.warning("health ping failed: %s", error)
+            self._stop.wait(self.settings.ping_interval_s)
+
+    def set_enabled(self, enabled: bool) -> None:
+        if self.enabled and not enabled:
+            self.producer.send(self.settings.kafka.topic("health"),
+                               serialize(PingMessage(self.settings.instance, False).to_json()))
+        self.enabled = enabled
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _start_http(self) -> None:
+        invoker = self
+        expected = "Basic " + base64.b64encode(
+            f"{self.settings.http_username}:{self.settings.http_password}".encode()
+        ).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args) -> None:  # no access log on stderr
+                pass
+
+            def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                given = self.headers.get("Authorization", "")
+                if hmac.compare_digest(given.encode(), expected.encode()):
+                    return True
+                self._reply(401, b'{"error":"The supplied authentication is invalid"}')
+                return False
+
+            def do_GET(self) -> None:
+                if self.path == "/ping":
+                    self._reply(200, b"pong", "text/plain")
+                elif self.path == "/isEnabled":
+                    if self._authorized():
+                        self._reply(200, json.dumps({"enabled": invoker.enabled}).encode())
+                elif self.path == "/pool":
+                    self._reply(200, json.dumps(invoker.pool.snapshot()).encode())
+                else:
+                    self._reply(404, b'{"error":"not found"}')
+
+            def do_POST(self) -> None:
+                if self.path in ("/enable", "/disable"):
+                    if self._authorized():
+                        invoker.set_enabled(self.path == "/enable")
+                        self._reply(200, f"{self.path[1:]}d".encode(), "text/plain")
+                else:
+                    self._reply(404, b'{"error":"not found"}')
+
+        self._http = ThreadingHTTPServer((self.settings.http_bind, self.settings.http_port), Handler)
+        threading.Thread(target=self._http.serve_forever, name="invoker-http", daemon=True).start()
+
+
+def instance_id(instance: int, user_memory: ByteSize, tags=(), dedicated=(), unique_name=None,
+                displayed_name=None) -> InvokerInstanceId:
+    return InvokerInstanceId(
+        instance=instance, user_memory=user_memory, tags=tuple(tags), dedicated_namespaces=tuple(dedicated),
+        unique_name=unique_name, displayed_name=displayed_name,
+    )
+
+
+def pool_limits(payload_max: ByteSize) -> PoolLimits:
+    return PoolLimits(max_payload_bytes=payload_max.bytes, truncation_bytes=payload_max.bytes)

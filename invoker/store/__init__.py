@@ -1,0 +1,1 @@
+"""Entity store (actions) and activation store, over CouchDB or an embedded store."""
