@@ -1,0 +1,179 @@
+"""Invoker overhead and warm throughput, measured side by side in one run.
+
+* overhead: publish → slot-freeing ack for a warm no-op action, p50/p99;
+* floor: what no invoker can beat on this machine — a Kafka round trip of the
+  same shape (controller → topic → relay → topic → controller) plus a direct
+  ``/run`` to the same runtime, measured interleaved with the invoker samples;
+* throughput: N activations published at once, completions per second.
+
+Run: ``.venv/bin/python bench/invoker_overhead.py [--samples 500] [--burst 2000]``.
+Writes ``bench/results/invoker_overhead.json`` with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from invoker.cli import build_invoker
+from invoker.config import load_config
+from invoker.containerpool.container import RuntimeClient
+from invoker.embedded.broker import EmbeddedKafka
+from invoker.embedded.controller import EmbeddedController
+from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS, action_document
+from invoker.messages import FullyQualifiedEntityName
+from invoker.messaging import KafkaSettings, ensure_topic
+from invoker.store.embedded import EmbeddedServer
+from invoker.store.entities import EntityStore
+
+NOOP = "def main(args):\n    return {}\n"
+RESULTS = Path(__file__).parent / "results"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class KafkaRelayFloor:
+    """A → relay → B: the two broker hops an activation makes, with nothing else."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.settings = KafkaSettings(bootstrap)
+        for topic in ("floor-in", "floor-out"):
+            ensure_topic(self.settings, topic)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+        self._got = threading.Event()
+        self._stop = threading.Event()
+        self._ready = threading.Barrier(3)
+        threading.Thread(target=self._relay, daemon=True).start()
+        threading.Thread(target=self._sink, daemon=True).start()
+        self._ready.wait(30)
+
+    def _consumer(self, topic: str) -> KafkaConsumer:
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False)
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_end(partition)
+        consumer.position(partition)
+        return consumer
+
+    def _relay(self) -> None:
+        consumer = self._consumer("floor-in")
+        self._ready.wait(30)
+        while not self._stop.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                for record in records:
+                    self.producer.send("floor-out", record.value)
+
+    def _sink(self) -> None:
+        consumer = self._consumer("floor-out")
+        self._ready.wait(30)
+        while not self._stop.is_set():
+            if consumer.poll(timeout_ms=50):
+                self._got.set()
+
+    def round_trip_ms(self) -> float:
+        self._got.clear()
+        start = time.perf_counter()
+        self.producer.send("floor-in", b'{"x":1}')
+        self.producer.flush()
+        self._got.wait(10)
+        return (time.perf_counter() - start) * 1000
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument("--user-memory", default="2048 m")
+    args = parser.parse_args()
+
+    with EmbeddedKafka() as broker:
+        store = EmbeddedServer()
+        config = load_config(["--id", "0", "--port", "0", "--user-memory", args.user_memory,
+                              *EMBEDDED_KAFKA_TIMINGS], env={})
+        whisks, activations = store.database(config.db_whisks), store.database(config.db_activations)
+        whisks.ensure_exists()
+        activations.ensure_exists()
+        kafka = KafkaSettings(broker.bootstrap_servers, session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                              max_poll_interval_ms=5000)
+        controller = EmbeddedController(kafka)
+        invoker = build_invoker(config, broker.bootstrap_servers, env={}, whisks=whisks, activations=activations)
+        invoker.start()
+        assert invoker.wait_ready(60), "invoker never joined its topic"
+        doc = action_document("guest", "noop", "python:3", None, False)
+        doc["limits"]["memory"] = 128
+        doc["limits"]["logs"] = 0  # a pure no-op: one Combined ack, no log collection
+        rev = EntityStore(whisks).put_action(doc, NOOP, False)
+        fqn = FullyQualifiedEntityName("guest", "noop", "0.0.1")
+        floor = KafkaRelayFloor(broker.bootstrap_servers)
+
+        # Warm up: the cold start, and a few runs so every path is hot.
+        for _ in range(20):
+            controller.invoke(0, controller.message(fqn, rev, {}), timeout_s=60)
+        warm = [p for p in invoker.pool._containers if p.action is not None][0]
+        direct = RuntimeClient(warm.container.client.host, warm.container.client.port)
+        run_payload = {"value": {}, "namespace": "guest", "action_name": "/guest/noop", "action_version": "0.0.1",
+                       "activation_id": "0" * 32, "transaction_id": "bench", "deadline": "0"}
+
+        invoker_ms, kafka_ms, run_ms = [], [], []
+        for _ in range(args.samples):  # interleaved, so noise hits all three alike
+            msg = controller.message(fqn, rev, {})
+            start = time.perf_counter()
+            controller.invoke(0, msg, timeout_s=60)
+            invoker_ms.append((time.perf_counter() - start) * 1000)
+            kafka_ms.append(floor.round_trip_ms())
+            while warm.active:  # the container is ours again before the direct call
+                time.sleep(0.0005)
+            start = time.perf_counter()
+            outcome = direct.post("/run", run_payload, 10)
+            run_ms.append((time.perf_counter() - start) * 1000)
+            assert outcome.status == 200
+        floor_ms = [k + r for k, r in zip(kafka_ms, run_ms, strict=True)]
+
+        # Throughput: a burst of blocking no-ops, all published at once.
+        messages = [controller.message(fqn, rev, {}) for _ in range(args.burst)]
+        start = time.perf_counter()
+        controller.publish_many(0, messages)
+        for msg in messages:
+            controller.wait_for(msg.activation_id, timeout_s=300)
+        burst_s = time.perf_counter() - start
+        pool = invoker.pool.snapshot()
+        floor.close()
+        controller.close()
+        invoker.stop()
+
+    result = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "broker": "Tansu (embedded, memory storage)", "store": "embedded", "backend": "process",
+        "samples": args.samples,
+        "invoker_publish_to_ack_ms": {"p50": statistics.median(invoker_ms), "p99": percentile(invoker_ms, 0.99)},
+        "floor_ms": {"p50": statistics.median(floor_ms), "p99": percentile(floor_ms, 0.99)},
+        "floor_parts_p50_ms": {"kafka_round_trip": statistics.median(kafka_ms), "direct_run": statistics.median(run_ms)},
+        "overhead_ratio_p50": statistics.median(invoker_ms) / statistics.median(floor_ms),
+        "overhead_ratio_p99": percentile(invoker_ms, 0.99) / percentile(floor_ms, 0.99),
+        "burst": {"activations": args.burst, "seconds": burst_s, "per_second": args.burst / burst_s,
+                  "containers_at_end": len(pool["containers"])},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "invoker_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The container pool on the process backend: warm reuse, memory accounting, the
+run buffer, eviction, concurrency and idle removal (PROTOCOL.md §6.2)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig, StemCellConfig
+from invoker.containerpool.process import ProcessContainerFactory
+from invoker.containerpool.proxy import Job
+from invoker.embedded.controller import new_identity
+from invoker.embedded.standalone import action_document
+from invoker.entities import WhiskAction
+from invoker.messages import ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, TransactionId
+
+SLEEPY = "import time\ndef main(args):\n    time.sleep(args.get('sleep', 0))\n    return {'ok': True}\n"
+
+
+class PythonOnly(ImageResolver):
+    def image_for(self, kind: str) -> str:
+        if not kind.startswith("python"):
+            raise KeyError(kind)
+        return "owruntime"
+
+
+class Recorder:
+    """Collects what the pool reports; a test's window into the sink protocol."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, object] = {}
+        self.done = threading.Condition()
+
+    def result_ready(self, job, activation) -> None:
+        pass
+
+    def completed(self, job, activation) -> None:
+        with self.done:
+            self.results[job.msg.activation_id] = activation
+            self.done.notify_all()
+
+    def wait(self, n: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self.done:
+            while len(self.results) < n:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"only {len(self.results)} of {n} finished"
+                self.done.wait(remaining)
+
+
+def make_action(name: str, memory: int = 256, concurrency: int = 1, code: str = SLEEPY, rev: str = "1-a") -> WhiskAction:
+    doc = action_document("guest", name, "python:3", None, False)
+    doc["limits"].update(memory=memory, concurrency=concurrency)
+    doc["_rev"] = rev
+    return WhiskAction.from_document(doc, code)
+
+
+_user = new_identity()
+
+
+def job(action: WhiskAction, sink: Recorder, args: dict | None = None, user=_user) -> Job:
+    msg = ActivationMessage(
+        transid=TransactionId.new("t" * 32, int(time.time() * 1000)),
+        action=FullyQualifiedEntityName("guest", action.name, "0.0.1"),
+        revision=action.rev, user=user, activation_id=f"{time.time_ns():032x}"[-32:],
+        root_controller_index=ControllerInstanceId("0"), blocking=True,
+    )
+    return Job(msg=msg, action=action, arguments=args or {}, init_env={}, sink=sink)
+
+
+@pytest.fixture
+def pool_factory():
+    pools: list[ContainerPool] = []
+
+    def make(**config) -> ContainerPool:
+        pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "pooltest"}), PythonOnly(),
+                             PoolConfig(**config))
+        pool.start()
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.shutdown()
+
+
+def test_warm_container_is_reused_per_namespace_and_action(pool_factory):
+    pool = pool_factory(user_memory_mb=1024)
+    sink = Recorder()
+    action = make_action("a")
+    for i in range(3):
+        pool.run(job(action, sink))
+        sink.wait(i + 1)
+    assert pool.cold_starts == 1 and pool.warm_starts == 2
+    # Another invoking namespace never shares the container.
+    pool.run(job(action, sink, user=new_identity("other")))
+    sink.wait(4)
+    assert pool.cold_starts == 2
+
+
+def test_changed_action_revision_gets_a_new_container(pool_factory):
+    pool = pool_factory(user_memory_mb=1024)
+    sink = Recorder()
+    pool.run(job(make_action("a", rev="1-a"), sink))
+    sink.wait(1)
+    pool.run(job(make_action("a", rev="2-b"), sink))
+    sink.wait(2)
+    assert pool.cold_starts == 2
+
+
+def test_memory_is_never_overcommitted_and_the_buffer_drains(pool_factory):
+    pool = pool_factory(user_memory_mb=512)
+    sink = Recorder()
+    actions = [make_action(f"m{i}", memory=256) for i in range(4)]
+    for action in actions:
+        pool.run(job(action, sink, {"sleep": 0.5}))
+    time.sleep(0.2)
+    snapshot = pool.snapshot()
+    assert snapshot["used_mb"] <= 512
+    assert snapshot["buffered"] == 2  # two fit, two wait
+    sink.wait(4)
+    assert all(a.response.status_code == 0 for a in sink.results.values())
+    assert pool.snapshot()["used_mb"] <= 512
+
+
+def test_idle_warm_containers_are_evicted_lru_to_make_room(pool_factory):
+    pool = pool_factory(user_memory_mb=512)
+    sink = Recorder()
+    first, second, third = (make_action(n, memory=256) for n in ("first", "second", "third"))
+    pool.run(job(first, sink))
+    sink.wait(1)
+    pool.run(job(second, sink))
+    sink.wait(2)
+    pool.run(job(first, sink))  # first is now the most recently used
+    sink.wait(3)
+    pool.run(job(third, sink))
+    sink.wait(4)
+    names = {p.action.name for p in pool._containers}
+    assert names == {"first", "third"}  # second, the least recently used, went
+
+
+def test_head_of_line_buffering_does_not_starve_a_big_action(pool_factory):
+    pool = pool_factory(user_memory_mb=512)
+    sink = Recorder()
+    small, big = make_action("small", memory=256), make_action("big", memory=512)
+    pool.run(job(small, sink, {"sleep": 0.5}))
+    big_job = job(big, sink)
+    pool.run(big_job)
+    later = job(make_action("small2", memory=256), sink)
+    pool.run(later)
+    sink.wait(3)
+    order = list(sink.results)
+    assert order.index(big_job.msg.activation_id) < order.index(later.msg.activation_id)
+
+
+def test_action_bigger_than_the_pool_fails_fast(pool_factory):
+    pool = pool_factory(user_memory_mb=256)
+    sink = Recorder()
+    pool.run(job(make_action("huge", memory=512), sink))
+    sink.wait(1)
+    (activation,) = sink.results.values()
+    assert activation.response.status_code == 3
+    assert activation.response.result == {"error": "Failed to provision resources to run the action."}
+
+
+def test_intra_container_concurrency_shares_one_container(pool_factory):
+    pool = pool_factory(user_memory_mb=256)
+    sink = Recorder()
+    action = make_action("conc", memory=256, concurrency=4)
+    # The first run initialises; then four overlapping runs fit in the one container.
+    pool.run(job(action, sink))
+    sink.wait(1)
+    for _ in range(4):
+        pool.run(job(action, sink, {"sleep": 0.3}))
+    sink.wait(5)
+    assert pool.cold_starts == 1
+    assert len(pool._containers) == 1
+
+
+def test_idle_containers_are_removed_after_the_idle_timeout(pool_factory):
+    pool = pool_factory(user_memory_mb=512, pause_grace_s=0.2, idle_timeout_s=1.0)
+    sink = Recorder()
+    pool.run(job(make_action("idle"), sink))
+    sink.wait(1)
+    (proxy,) = pool._containers
+    deadline = time.monotonic() + 10
+    while pool._containers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pool._containers
+    assert not proxy.container.is_alive()
+
+
+def test_stem_cells_are_started_used_and_replenished(pool_factory):
+    pool = pool_factory(user_memory_mb=1024, stem_cells=(StemCellConfig("python:3", 256, 1),))
+    deadline = time.monotonic() + 10
+    while not any(p.is_prewarm for p in pool._containers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stem = next(p for p in pool._containers if p.is_prewarm)
+    sink = Recorder()
+    pool.run(job(make_action("uses-stem"), sink))
+    sink.wait(1)
+    assert pool.prewarm_starts == 1 and pool.cold_starts == 0
+    assert stem.action is not None and stem.action.name == "uses-stem"
+    deadline = time.monotonic() + 10
+    while not any(p.is_prewarm for p in pool._containers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(p.is_prewarm for p in pool._containers), "the stem cell was not replaced"
+
+
+def test_unrunnable_kind_is_a_provisioning_error(pool_factory):
+    pool = pool_factory(user_memory_mb=512)
+    sink = Recorder()
+    doc = action_document("guest", "node", "nodejs:20", None, False)
+    doc["_rev"] = "1-a"
+    pool.run(job(WhiskAction.from_document(doc, "function main(){}"), sink))
+    sink.wait(1)
+    (activation,) = sink.results.values()
+    assert activation.response.status_code == 3
