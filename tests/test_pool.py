@@ -12,7 +12,7 @@ from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig,
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.containerpool.proxy import Job
 from invoker.embedded.controller import new_identity
-from invoker.embedded.standalone import action_document
+from invoker.embedded.controller import action_document
 from invoker.entities import WhiskAction
 from invoker.messages import ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, TransactionId
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from invoker.cli import build_invoker
 from invoker.config import load_config
 from invoker.embedded.broker import EmbeddedKafka
-from invoker.embedded.controller import EmbeddedController, result_of
+from invoker.embedded.controller import EmbeddedController, action_document, result_of
 from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import KafkaSettings
 from invoker.store.database import DocumentNotFound
@@ -44,25 +44,6 @@ EMBEDDED_KAFKA_TIMINGS = [
     "--kafka-heartbeat-interval-ms", "1000",
     "--kafka-max-poll-interval-ms", "5000",
 ]
-
-
-def action_document(namespace: str, name: str, kind: str, main: str | None, binary: bool) -> dict:
-    exec_: dict = {"kind": kind, "binary": binary}
-    if main:
-        exec_["main"] = main
-    return {
-        "_id": f"{namespace}/{name}",
-        "entityType": "action",
-        "namespace": namespace,
-        "name": name,
-        "exec": exec_,
-        "parameters": [],
-        "limits": {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1},
-        "version": "0.0.1",
-        "publish": False,
-        "annotations": [{"key": "exec", "value": kind}, {"key": "provide-api-key", "value": False}],
-        "updated": int(time.time() * 1000),
-    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

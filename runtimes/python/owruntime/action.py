@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import importlib
 import importlib.util
 import io
@@ -306,9 +305,8 @@ def _prepare(payload: bytes, workdir: str) -> str:
     """
     if zipfile.is_zipfile(io.BytesIO(payload)):
         _extract_zip(payload, workdir)
-    elif payload[:2] == b"\x1f\x8b" and _is_tar_gz(payload):
-        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
-            tar.extractall(workdir, filter="data")
+    elif payload[:2] == b"\x1f\x8b":  # gzip: a tar.gz, like the Go proxy's UnTar
+        _extract_tar_gz(payload, workdir)
     else:
         entry = os.path.join(workdir, MODULE_NAME + ".py")
         with open(entry, "wb") as f:
@@ -326,38 +324,44 @@ def _prepare(payload: bytes, workdir: str) -> str:
     return entry
 
 
-def _is_tar_gz(payload: bytes) -> bool:
+def _extract_tar_gz(payload: bytes, workdir: str) -> None:
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(payload)) as f:
-            head = f.read(512)
-        return len(head) == 512 and head[257:262] == b"ustar" or tarfile.is_tarfile(
-            io.BytesIO(gzip.decompress(payload))
-        )
-    except (OSError, EOFError, tarfile.TarError):
-        return False
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as archive:
+            if hasattr(tarfile, "tar_filter"):  # 3.11.4+: no paths outside workdir, no devices
+                archive.extractall(workdir, filter="tar")
+            else:
+                archive.extractall(workdir)
+    except (tarfile.TarError, OSError, EOFError) as ex:
+        raise InitFailure(MSG_BUILD_FAILED, f"Cannot extract the archive: {ex}") from None
 
 
 def _extract_zip(payload: bytes, workdir: str) -> None:
     """Extract with ``zipfile``'s path sanitising, keeping Unix modes and symlinks (virtualenvs
-    contain both), like the Go proxy's ``Unzip``."""
+    contain both), like the Go proxy's ``Unzip``. Symlinks are made last, so that no file is
+    written through one."""
     root = os.path.realpath(workdir)
-    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
-        for info in archive.infolist():
-            mode = (info.external_attr >> 16) & 0xFFFF if info.create_system == 3 else 0
-            if stat.S_ISLNK(mode):
-                target = archive.read(info).decode("utf-8", "surrogateescape")
-                path = os.path.realpath(os.path.join(root, info.filename.lstrip("/")))
-                if not path.startswith(root + os.sep):
+    links = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            for info in archive.infolist():
+                mode = (info.external_attr >> 16) & 0xFFFF if info.create_system == 3 else 0
+                if stat.S_ISLNK(mode):
+                    links.append((info.filename, archive.read(info)))
                     continue
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                try:
-                    os.symlink(target, path)
-                except FileExistsError:
-                    pass
-                continue
-            path = archive.extract(info, root)
-            if mode and not info.is_dir():
-                os.chmod(path, stat.S_IMODE(mode) | stat.S_IRUSR | stat.S_IWUSR)
+                path = archive.extract(info, root)
+                if mode and not info.is_dir():
+                    os.chmod(path, stat.S_IMODE(mode) | stat.S_IRUSR | stat.S_IWUSR)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as ex:
+        raise InitFailure(MSG_BUILD_FAILED, f"Cannot extract the zip file: {ex}") from None
+    for name, target in links:
+        path = os.path.normpath(os.path.join(root, name.lstrip("/")))
+        if not path.startswith(root + os.sep):
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.symlink(os.fsdecode(target), path)
+        except OSError:
+            pass
 
 
 def _activate_this(venv: str) -> str | None:

@@ -1,0 +1,1 @@
+"""Embedded services (Kafka-protocol broker, controller, standalone runner) for local use and tests."""

@@ -1,0 +1,409 @@
+"""The HTTP layer: ``POST /init`` and ``POST /run`` on a ``ThreadingHTTPServer``.
+
+* HTTP/1.1 keep-alive, every answer has ``Content-Length`` and ``Content-Type: application/json``
+  and is sent with one ``send``; ``TCP_NODELAY`` on accepted sockets; no access log, no banner.
+* Header parsing is a small loop instead of ``email.parser`` (the /run round trip is the
+  invoker's hot path); request bodies may use ``Content-Length`` or chunked encoding.
+* The action is executed on the **main thread** (like ActionLoop, where the launcher's main thread
+  calls ``main``), so actions may use ``signal.signal``/``signal.alarm`` and libraries that insist
+  on the main thread. Connection threads hand /init and /run to it through
+  :class:`MainThreadExecutor`; this also serialises runs. With ``__OW_ALLOW_CONCURRENT=true``,
+  /run executes directly on the connection threads, concurrently (/init still on the main thread).
+* SIGTERM/SIGINT: stop accepting, finish the activations in progress, answer 503 to any request
+  that arrives meanwhile, remove the action's directory and exit 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import logs
+from .action import ActionRuntime, error_body
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    411: b"Length Required",
+    413: b"Payload Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
+}
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+_SMALL_BODY = 64 * 1024  # below this the head and the body are joined into one send
+SHUTTING_DOWN = (503, error_body("the action runtime is shutting down"))
+
+
+def concurrency_enabled(environ=os.environ) -> bool:
+    """``__OW_ALLOW_CONCURRENT=true`` in the container environment (Node.js runtime's switch)."""
+    return environ.get("__OW_ALLOW_CONCURRENT", "").strip().lower() == "true"
+
+
+class _Job:
+    __slots__ = ("fn", "body", "handler", "close", "done")
+
+    def __init__(self, fn, body: bytes, handler: Handler, close: bool) -> None:
+        self.fn, self.body, self.handler, self.close = fn, body, handler, close
+        self.done = threading.Lock()
+        self.done.acquire()  # released once the answer has been written
+
+    def wait(self) -> None:
+        self.done.acquire()
+        self.done.release()
+
+
+class MainThreadExecutor:
+    """Runs /init and /run on the thread that calls :meth:`serve` (the main thread).
+
+    A connection thread parses the request and queues a job; the main thread runs it and writes
+    the answer to the connection itself, so the critical path has one thread switch, not two.
+    The connection thread meanwhile goes back to reading its socket; it waits for the job only
+    before closing the connection (see :meth:`Handler.finish`).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopped = False
+
+    def submit(self, fn, body: bytes, handler: Handler, close: bool) -> _Job:
+        job = _Job(fn, body, handler, close)
+        if self.stopped:
+            self._finish(job, SHUTTING_DOWN)
+        else:
+            self._queue.put(job)
+        return job
+
+    @staticmethod
+    def _finish(job: _Job, answer: tuple[int, bytes]) -> None:
+        try:
+            job.handler.answer(answer[0], answer[1], job.close)
+        except OSError:  # the client went away
+            pass
+        finally:
+            job.done.release()
+
+    def serve(self) -> None:
+        get = self._queue.get
+        finish = self._finish
+        while True:
+            try:
+                # The timeout lets Python run signal handlers even when the signal was
+                # delivered to a thread the action started rather than to this one.
+                job = get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if job is None:
+                break
+            try:
+                answer = job.fn(job.body)
+            except BaseException:  # a bug in the runtime: answer, keep serving
+                logs.error(traceback.format_exc())
+                answer = (500, error_body("internal error in the action runtime"))
+            finish(job, answer)
+        while True:  # answer what was queued behind the stop
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                finish(job, SHUTTING_DOWN)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._queue.put(None)
+
+
+class App:
+    """Routes /init and /run to the :class:`ActionRuntime` on the right thread; counts requests
+    in progress for a clean shutdown."""
+
+    def __init__(self, runtime: ActionRuntime, executor: MainThreadExecutor, concurrent: bool):
+        self.runtime = runtime
+        self.executor = executor
+        self.concurrent = concurrent
+        self.stopping = False
+        self._busy = 0
+        self._idle = threading.Condition(threading.Lock())
+
+    def enter(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._idle:
+            while self._busy:
+                self._idle.wait(0.5)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: RuntimeServer
+    headers: dict  # lower-case names (see parse_request)
+    _job = None  # the last job queued for the main thread
+
+    def setup(self) -> None:
+        super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - no access log on stderr
+        pass
+
+    def parse_request(self) -> bool:
+        """Request line as ``BaseHTTPRequestHandler`` checks it, then a plain header loop into a
+        dict with lower-case names (``http.client.parse_headers`` builds an ``email`` message,
+        which costs more than the rest of a warm /run)."""
+        self.command = None
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.requestline = line
+        words = line.split()
+        if not words:
+            return False
+        if len(words) != 3:
+            self.send_error(400, f"Bad request syntax ({line!r})")
+            return False
+        command, path, version = words
+        if version == "HTTP/1.1":
+            self.close_connection = False
+        elif version != "HTTP/1.0":
+            if version.startswith("HTTP/") and version[5:6].isdigit() and version[5:6] != "1":
+                self.send_error(505, f"Invalid HTTP version ({version})")
+            else:
+                self.send_error(400, f"Bad request version ({version!r})")
+            return False
+        self.command, self.path, self.request_version = command, path, version
+
+        headers = {}
+        readline = self.rfile.readline
+        for _ in range(_MAX_HEADERS + 1):
+            raw = readline(_MAX_LINE + 1)
+            if len(raw) > _MAX_LINE:
+                self.send_error(431, "Line too long")
+                return False
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = raw.partition(b":")
+            if not sep:
+                self.send_error(400, "Bad header line")
+                return False
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        else:
+            self.send_error(431, "Too many headers")
+            return False
+        self.headers = headers
+
+        connection = headers.get("connection")
+        if connection:
+            tokens = connection.lower()
+            if "close" in tokens:
+                self.close_connection = True
+            elif "keep-alive" in tokens:
+                self.close_connection = False
+        expect = headers.get("expect")
+        if expect and expect.lower() == "100-continue" and version == "HTTP/1.1":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _read_body(self) -> bytes | None:
+        headers = self.headers
+        encoding = headers.get("transfer-encoding")
+        if encoding is not None and "chunked" in encoding.lower():
+            return self._read_chunked()
+        length = headers.get("content-length")
+        if length is None:
+            return b""
+        try:
+            size = int(length)
+            if size < 0:
+                raise ValueError(length)
+        except ValueError:
+            self.send_error(400, f"Bad Content-Length ({length!r})")
+            return None
+        body = self.rfile.read(size)
+        if len(body) < size:  # the client went away
+            self.close_connection = True
+            return None
+        return body
+
+    def _read_chunked(self) -> bytes | None:
+        parts = []
+        readline, read = self.rfile.readline, self.rfile.read
+        while True:
+            line = readline(_MAX_LINE + 1)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self.send_error(400, "Bad chunk size")
+                return None
+            if size == 0:
+                while readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return b"".join(parts)
+            chunk = read(size)
+            if len(chunk) < size:
+                self.close_connection = True
+                return None
+            parts.append(chunk)
+            readline(_MAX_LINE + 1)  # CRLF after the chunk
+
+    def answer(self, status: int, body: bytes, close: bool) -> None:
+        """Write a whole response (head and body in one ``send`` when small)."""
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+            status,
+            _REASONS.get(status, b"Unknown"),
+            len(body),
+            b"Connection: close\r\n" if close else b"",
+        )
+        if len(body) <= _SMALL_BODY:
+            self.wfile.write(head + body)
+        else:
+            self.wfile.write(head)
+            self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        app = self.server.app
+        app.enter()
+        try:
+            body = self._read_body()
+            if body is None:
+                return
+            close = self.close_connection
+            if app.stopping:
+                self.close_connection = True
+                self.answer(*SHUTTING_DOWN, True)
+                return
+            path = self.path
+            if "?" in path:
+                path = path.split("?", 1)[0]
+            if path == "/run":
+                if app.concurrent:
+                    self.answer(*app.runtime.run(body), close)
+                    return
+                job = app.executor.submit(app.runtime.run, body, self, close)
+            elif path == "/init":
+                job = app.executor.submit(app.runtime.init, body, self, close)
+            else:
+                self.answer(404, error_body(f"no such route: {path}"), close)
+                return
+            self._job = job
+            if close:
+                job.wait()
+        finally:
+            app.leave()
+
+    def finish(self) -> None:
+        job = self._job
+        if job is not None:  # never close the socket under the main thread's answer
+            job.wait()
+        super().finish()
+
+    def do_GET(self) -> None:
+        self._read_body()
+        self.answer(404, error_body(f"no such route: GET {self.path}"), self.close_connection)
+
+    def send_error(self, code, message=None, explain=None) -> None:
+        """JSON instead of ``BaseHTTPRequestHandler``'s HTML page; closes the connection."""
+        self.close_connection = True
+        if message is None:
+            message = _REASONS.get(code, b"Error").decode()
+        try:
+            self.answer(code, error_body(message), True)
+        except OSError:
+            pass
+
+
+class RuntimeServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address, app: App) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.app = app
+        super().__init__(address, Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can take
+        # seconds in a container; the name is never used.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = host, port
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver prints a traceback to stderr by default: an action log stream.
+        # A dropped connection is no error; anything else is reported briefly.
+        kind = sys.exc_info()[0]
+        if kind is not None and not issubclass(kind, ConnectionError):
+            logs.error(f"owruntime: error while serving {client_address}: {traceback.format_exc()}")
+
+
+def _serve_forever(httpd: RuntimeServer) -> None:
+    # Signals go to the main thread: block them here (and in the connection threads, which
+    # inherit the mask) so that SIGTERM interrupts the main thread's wait at once.
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    except (AttributeError, OSError, ValueError):
+        pass
+    httpd.serve_forever(poll_interval=0.2)
+
+
+def serve(host: str, port: int, concurrent: bool | None = None, ready=None) -> int:
+    """Serve until SIGTERM/SIGINT; must be called on the main thread. Returns the exit status."""
+    if concurrent is None:
+        concurrent = concurrency_enabled()
+    runtime = ActionRuntime()
+    executor = MainThreadExecutor()
+    app = App(runtime, executor, concurrent)
+    httpd = RuntimeServer((host, port), app)
+
+    def on_signal(signum, frame):
+        if app.stopping:
+            os._exit(128 + signum)
+        app.stopping = True
+        executor.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=_serve_forever, args=(httpd,), name="owruntime-http", daemon=True)
+    thread.start()
+    if ready is not None:
+        ready(httpd.server_address)
+    try:
+        executor.serve()
+    finally:
+        app.stopping = True
+        executor.stopped = True
+        httpd.shutdown()
+        thread.join()
+        app.wait_idle()
+        httpd.server_close()
+        runtime.close()
+        logs.flush()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
