@@ -61,7 +61,8 @@ class KafkaRelayFloor:
         self._ready.wait(30)
 
     def _consumer(self, topic: str) -> KafkaConsumer:
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False)
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False,
+                                 fetch_max_wait_ms=5)
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
         consumer.seek_to_end(partition)
@@ -110,7 +111,7 @@ def main() -> None:
         whisks.ensure_exists()
         activations.ensure_exists()
         kafka = KafkaSettings(broker.bootstrap_servers, session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                              max_poll_interval_ms=5000)
+                              max_poll_interval_ms=5000, fetch_max_wait_ms=5)
         controller = EmbeddedController(kafka)
         invoker = build_invoker(config, broker.bootstrap_servers, env={}, whisks=whisks, activations=activations)
         invoker.start()

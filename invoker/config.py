@@ -68,6 +68,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka_max_poll_interval_ms", "--kafka-max-poll-interval-ms",
             ("CONFIG_whisk_kafka_consumer_maxPollIntervalMs",), 300_000,
             "Consumer max poll interval (also the group join wait on some brokers).", int),
+    Setting("kafka_fetch_max_wait_ms", "--kafka-fetch-max-wait-ms", ("CONFIG_whisk_kafka_consumer_fetchMaxWaitMs",),
+            500, "Longest a fetch may wait at the broker for new records.", int),
     Setting("couchdb_protocol", "--couchdb-protocol", ("CONFIG_whisk_couchdb_protocol",), "http", "CouchDB protocol."),
     Setting("couchdb_host", "--couchdb-host", ("CONFIG_whisk_couchdb_host",), None,
             "CouchDB host. Unset: use the embedded store."),

@@ -40,6 +40,9 @@ class KafkaSettings:
     session_timeout_ms: int = 30_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
+    # How long the broker may hold a fetch with no data. Kafka answers as soon as a
+    # record arrives; some embedded brokers wait the whole time, so they want it short.
+    fetch_max_wait_ms: int = 500
     extra: dict = field(default_factory=dict)  # passed to every client (security settings)
 
     def topic(self, name: str) -> str:
@@ -172,6 +175,7 @@ class ActivationFeed:
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             **self.settings.extra,
         )
         self._consumer.subscribe([self.topic])

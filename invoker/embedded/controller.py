@@ -120,7 +120,7 @@ class EmbeddedController:
     def _read(self, topic: str, on_value) -> None:
         # Assigned, not subscribed: no group join to wait for, and we want only new records.
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False,
-                                 **self.kafka.extra)
+                                 fetch_max_wait_ms=self.kafka.fetch_max_wait_ms, **self.kafka.extra)
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
         consumer.seek_to_end(partition)

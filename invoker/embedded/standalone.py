@@ -43,6 +43,7 @@ EMBEDDED_KAFKA_TIMINGS = [
     "--kafka-session-timeout-ms", "6000",
     "--kafka-heartbeat-interval-ms", "1000",
     "--kafka-max-poll-interval-ms", "5000",
+    "--kafka-fetch-max-wait-ms", "5",
 ]
 
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         activations.ensure_exists()
         say(f"  broker at {broker.bootstrap_servers}; store: embedded, in memory; backend: processes; GPU: none used")
         kafka = KafkaSettings(broker.bootstrap_servers, session_timeout_ms=6000,
-                              heartbeat_interval_ms=1000, max_poll_interval_ms=5000)
+                              heartbeat_interval_ms=1000, max_poll_interval_ms=5000, fetch_max_wait_ms=5)
         controller = EmbeddedController(kafka)
         invoker = build_invoker(config, broker.bootstrap_servers, env={}, whisks=whisks, activations=activations)
         say("starting invoker0 and waiting for it to join its topic ...")

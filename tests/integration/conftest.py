@@ -14,8 +14,8 @@ import pytest
 
 from invoker.cli import build_invoker
 from invoker.config import load_config
-from invoker.embedded.controller import EmbeddedController
-from invoker.embedded.controller import action_document
+from invoker.embedded.controller import EmbeddedController, action_document
+from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS as FAST_KAFKA
 from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import KafkaSettings
 from invoker.service import Invoker
@@ -23,14 +23,12 @@ from invoker.store.couchdb import CouchServer
 from invoker.store.database import Database, DocumentNotFound
 from invoker.store.entities import EntityStore
 
-FAST_KAFKA = ["--kafka-session-timeout-ms", "6000", "--kafka-heartbeat-interval-ms", "1000",
-              "--kafka-max-poll-interval-ms", "5000"]
 _instances = itertools.count(10)
 
 
 def kafka_settings(bootstrap: str, prefix: str = "") -> KafkaSettings:
     return KafkaSettings(bootstrap, topic_prefix=prefix, session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                         max_poll_interval_ms=5000)
+                         max_poll_interval_ms=5000, fetch_max_wait_ms=5)
 
 
 @dataclass

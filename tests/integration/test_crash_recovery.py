@@ -48,6 +48,7 @@ def start_invoker(deployment, couchdb_url: str, kafka_bootstrap: str, log_path: 
         "CONFIG_whisk_kafka_consumer_sessionTimeoutMs": "6000",
         "CONFIG_whisk_kafka_consumer_heartbeatIntervalMs": "1000",
         "CONFIG_whisk_kafka_consumer_maxPollIntervalMs": "5000",
+        "CONFIG_whisk_kafka_consumer_fetchMaxWaitMs": "5",
         "PORT": "0",
     }
     log = log_path.open("ab")

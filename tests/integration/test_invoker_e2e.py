@@ -278,9 +278,18 @@ def test_non_blocking_fallback_ack_is_shrunk(deployment):
     assert ack.response == msg.activation_id
 
 
-def test_wrong_revision(deployment):
+def test_unknown_revision_runs_the_latest_code(deployment):
+    # The revision the controller read may be gone (updated and compacted): like the
+    # Scala invoker on a revision mismatch, run the action's latest revision.
     fqn, rev = deployment.deploy("revved", ECHO)
-    msg, acks = deployment.invoke(fqn, "9-ffffffffffffffffffffffffffffffff", {})
+    msg, acks = deployment.invoke(fqn, "9-ffffffffffffffffffffffffffffffff", {"n": 7})
+    assert acks.result["response"]["result"] == {"echo": {"n": 7}}
+
+
+def test_revision_of_a_deleted_action_is_not_found(deployment):
+    fqn, rev = deployment.deploy("deleted", ECHO)
+    deployment.entities.delete_action(fqn.docid)
+    msg, acks = deployment.invoke(fqn, rev, {})
     expect(deployment, msg, acks, 1, "Action could not be found or may have been deleted.")
 
 

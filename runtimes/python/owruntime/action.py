@@ -95,6 +95,13 @@ def _format_exception(ex: BaseException, skip: int = 1) -> str:
     return "".join(traceback.format_exception(type(ex), ex, tb))
 
 
+def _exception_text(ex: BaseException) -> str:
+    try:
+        return str(ex)
+    except Exception:  # a broken __str__
+        return type(ex).__name__
+
+
 def _exit_message(ex: BaseException) -> str | None:
     """What the interpreter would print for an uncaught ``SystemExit`` (``sys.exit("text")``)."""
     if isinstance(ex, SystemExit) and ex.code is not None and not isinstance(ex.code, int):
@@ -139,7 +146,10 @@ class ActionRuntime:
             payload = code.encode("utf-8", "surrogatepass")
         try:
             self.main = self._load(payload, main_name)
-        except InitFailure as failure:
+        except Exception as ex:
+            failure = ex if isinstance(ex, InitFailure) else InitFailure(
+                MSG_BUILD_FAILED, _format_exception(ex, skip=0)  # e.g. disk full while extracting
+            )
             logs.error(failure.detail)
             logs.end_activation()
             return 502, error_body(failure.message)
@@ -222,7 +232,7 @@ class ActionRuntime:
         except Exception as ex:
             # ActionLoop's launcher: Traceback to stderr, 200 {"error": str(ex)}
             logs.error(_format_exception(ex))
-            result = {"error": str(ex)}
+            result = {"error": _exception_text(ex)}
         except BaseException as ex:  # SystemExit (and KeyboardInterrupt): the action process "died"
             text = _exit_message(ex)
             if text:

@@ -159,16 +159,10 @@ class App:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # StreamRequestHandler.setup sets TCP_NODELAY
     server: RuntimeServer
     headers: dict  # lower-case names (see parse_request)
     _job = None  # the last job queued for the main thread
-
-    def setup(self) -> None:
-        super().setup()
-        try:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - no access log on stderr
         pass
@@ -363,16 +357,6 @@ class RuntimeServer(ThreadingHTTPServer):
             logs.error(f"owruntime: error while serving {client_address}: {traceback.format_exc()}")
 
 
-def _serve_forever(httpd: RuntimeServer) -> None:
-    # Signals go to the main thread: block them here (and in the connection threads, which
-    # inherit the mask) so that SIGTERM interrupts the main thread's wait at once.
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    except (AttributeError, OSError, ValueError):
-        pass
-    httpd.serve_forever(poll_interval=0.2)
-
-
 def serve(host: str, port: int, concurrent: bool | None = None, ready=None) -> int:
     """Serve until SIGTERM/SIGINT; must be called on the main thread. Returns the exit status."""
     if concurrent is None:
@@ -389,7 +373,12 @@ def serve(host: str, port: int, concurrent: bool | None = None, ready=None) -> i
         executor.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    thread = threading.Thread(target=_serve_forever, args=(httpd,), name="owruntime-http", daemon=True)
+    # Linux delivers a process-directed signal to the main thread unless it blocks it, which
+    # interrupts the executor's wait at once; the other threads keep the default signal mask
+    # (a blocked mask would be inherited by the action's subprocesses).
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="owruntime-http", daemon=True
+    )
     thread.start()
     if ready is not None:
         ready(httpd.server_address)
