@@ -101,11 +101,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--user-memory", default="2048 m")
+    parser.add_argument("--max-peek", default=None, help="activations taken from Kafka at once (invoker default)")
     args = parser.parse_args()
 
     with EmbeddedKafka() as broker:
         store = EmbeddedServer()
-        config = load_config(["--id", "0", "--port", "0", "--user-memory", args.user_memory,
+        peek = ["--max-peek", args.max_peek] if args.max_peek else []
+        config = load_config(["--id", "0", "--port", "0", "--user-memory", args.user_memory, *peek,
                               *EMBEDDED_KAFKA_TIMINGS], env={})
         whisks, activations = store.database(config.db_whisks), store.database(config.db_activations)
         whisks.ensure_exists()
@@ -162,7 +164,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "broker": "Tansu (embedded, memory storage)", "store": "embedded", "backend": "process",
-        "samples": args.samples,
+        "samples": args.samples, "max_peek": invoker.feed.capacity, "user_memory": args.user_memory,
         "invoker_publish_to_ack_ms": {"p50": statistics.median(invoker_ms), "p99": percentile(invoker_ms, 0.99)},
         "floor_ms": {"p50": statistics.median(floor_ms), "p99": percentile(floor_ms, 0.99)},
         "floor_parts_p50_ms": {"kafka_round_trip": statistics.median(kafka_ms), "direct_run": statistics.median(run_ms)},

@@ -118,8 +118,6 @@ class CouchServer:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update({"Accept": "application/json"})
-        # The environment (.netrc, proxies) must not change where documents go.
-        self._session.trust_env = False
         if username is not None:
             self._session.auth = (username, password or "")
 

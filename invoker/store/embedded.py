@@ -108,8 +108,8 @@ class EmbeddedDatabase:
     def exists(self, docid: str) -> bool:
         with self._lock:
             self._check_created()
-            revisions = self._docs.get(docid)
-            return bool(revisions) and not revisions[-1].deleted
+            current = self._current(docid)
+            return current is not None and not current.deleted
 
     def get_attachment(self, docid: str, name: str, rev: str | None = None) -> bytes:
         with self._lock:

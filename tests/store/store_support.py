@@ -33,7 +33,7 @@ class CountingDatabase:
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[str, tuple[Any, ...]]] = []
         self._lock = threading.Lock()
-        self.before: dict[str, Callable[..., None]] = {}
+        self.before: dict[str, Callable[..., object]] = {}
 
     def _count(self, method: str, *args: Any) -> None:
         with self._lock:

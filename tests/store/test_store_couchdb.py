@@ -60,7 +60,7 @@ class FakeCouch:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def then(self, status: int, body: object = None, headers: dict[str, str] | None = None,
@@ -200,7 +200,7 @@ def test_many_threads_share_the_pool(couchdb_url: str) -> None:
 
         def work(i: int) -> None:
             try:
-                for j in range(10):
+                for j in range(4):
                     rev = db.put({"_id": f"t{i}/d{j}"})
                     assert db.get(f"t{i}/d{j}", rev)["_rev"] == rev
             except BaseException as error:  # collected for the assert below

@@ -214,7 +214,7 @@ def test_all_docs(db: Database) -> None:
 
 def test_concurrent_updates_lose_nothing(db: Database) -> None:
     db.put({"_id": "ns/counter", "n": 0})
-    threads, per_thread = 8, 10
+    threads, per_thread = 8, 5
 
     def bump() -> None:
         for _ in range(per_thread):
