@@ -28,8 +28,7 @@ from invoker.cli import build_invoker
 from invoker.config import load_config
 from invoker.containerpool.container import RuntimeClient
 from invoker.embedded.broker import EmbeddedKafka
-from invoker.embedded.controller import EmbeddedController
-from invoker.embedded.controller import action_document
+from invoker.embedded.controller import EmbeddedController, action_document
 from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS
 from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import KafkaSettings, ensure_topic

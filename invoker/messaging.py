@@ -249,6 +249,10 @@ class ActivationFeed:
         record = FeedRecord(partition, offset, value, maybe_replayed=offset < end)
         with self._lock:
             progress = self._progress.setdefault(partition, _PartitionProgress())
+            if offset <= progress.highest_seen:
+                # A rebalance rewinds the consumer to the committed offset, so records
+                # this process already has in flight (or finished) come again: skip them.
+                return
             progress.pending.add(offset)
             progress.highest_seen = max(progress.highest_seen, offset)
             self._in_flight += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -79,9 +80,23 @@ class InvokerReactive:
         self.done: Callable[[FeedRecord], None] = lambda record: None  # set by the invoker service
         self.replayed = 0
         self.malformed = 0
+        self.duplicates = 0
+        # Activation ids running now, and the last ones finished: a record that comes
+        # twice (a producer retry, a rebalance) must not run the action twice.
+        self._ids_lock = threading.Lock()
+        self._running: set[str] = set()
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._finished_max = 50_000
 
     def close(self) -> None:
         self._prepare.shutdown(wait=True)
+
+    def finished(self, activation_id: str) -> None:
+        with self._ids_lock:
+            self._running.discard(activation_id)
+            self._finished[activation_id] = None
+            while len(self._finished) > self._finished_max:
+                self._finished.popitem(last=False)
 
     # ------------------------------------------------------------------ entry point (feed thread)
 
@@ -96,6 +111,17 @@ class InvokerReactive:
             self.malformed += 1
             log.error("dropping malformed activation message at %s@%d: %s", record.partition, record.offset, error)
             self.done(record)
+            return
+        with self._ids_lock:
+            duplicate = msg.activation_id in self._running or msg.activation_id in self._finished
+            if not duplicate:
+                self._running.add(msg.activation_id)
+        if duplicate:
+            self.duplicates += 1
+            log.warning("activation %s arrived again at %s@%d; not running it twice",
+                        msg.activation_id, record.partition, record.offset)
+            if not self._answer_from_record(record, msg, track=False):
+                self.done(record)  # still running: its own acks are on their way
             return
         try:
             if record.maybe_replayed and self._answer_from_record(record, msg):
@@ -113,7 +139,7 @@ class InvokerReactive:
 
     # ------------------------------------------------------------------ steps
 
-    def _answer_from_record(self, record: FeedRecord, msg: ActivationMessage) -> bool:
+    def _answer_from_record(self, record: FeedRecord, msg: ActivationMessage, track: bool = True) -> bool:
         """After a crash: an activation whose record exists was finished; ack it from
         the record instead of running it twice."""
         doc = self.activations.get(f"{msg.user.namespace_name}/{msg.activation_id}")
@@ -122,7 +148,7 @@ class InvokerReactive:
         self.replayed += 1
         activation = WhiskActivation.from_document(doc)
         log.info("activation %s was already recorded; acking it from the record", msg.activation_id)
-        sink = Acknowledgements(self, record, msg, store=False)
+        sink = Acknowledgements(self, record, msg, store=False, track=track)
         sink.completed_activation(activation, fallback=msg.blocking)
         return True
 
@@ -214,8 +240,10 @@ class Acknowledgements:
     """The ack sequence of one activation (PROTOCOL.md §1.6.2), its record, and the
     feed's ``done`` once both have landed. Implements the pool's ``ActivationSink``."""
 
-    def __init__(self, reactive: InvokerReactive, record: FeedRecord, msg: ActivationMessage, store: bool = True) -> None:
+    def __init__(self, reactive: InvokerReactive, record: FeedRecord, msg: ActivationMessage, store: bool = True,
+                 track: bool = True) -> None:
         self.reactive = reactive
+        self.track = track
         self.record = record
         self.msg = msg
         self.store = store
@@ -295,6 +323,8 @@ class Acknowledgements:
             self._pending -= 1
             last = self._pending == 0
         if last:
+            if self.track:
+                self.reactive.finished(self.msg.activation_id)
             # Even when a write finally failed the record is released: the store
             # already retried until its deadline, and holding the offset forever
             # would stop the invoker. The replay check covers a crash before this.

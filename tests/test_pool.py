@@ -11,10 +11,14 @@ import pytest
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig, StemCellConfig
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.containerpool.proxy import Job
-from invoker.embedded.controller import new_identity
-from invoker.embedded.controller import action_document
+from invoker.embedded.controller import action_document, new_identity
 from invoker.entities import WhiskAction
-from invoker.messages import ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, TransactionId
+from invoker.messages import (
+    ActivationMessage,
+    ControllerInstanceId,
+    FullyQualifiedEntityName,
+    TransactionId,
+)
 
 SLEEPY = "import time\ndef main(args):\n    time.sleep(args.get('sleep', 0))\n    return {'ok': True}\n"
 

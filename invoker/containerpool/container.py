@@ -12,7 +12,6 @@ import http.client
 import json
 import queue
 import socket
-import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -70,7 +69,6 @@ class RuntimeClient:
         self.host = host
         self.port = port
         self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
-        self._lock = threading.Lock()
         self._closed = False
         self.max_connections = max_connections
 
@@ -116,7 +114,7 @@ class RuntimeClient:
                 else:
                     self._release(conn)
                 return HttpOutcome(start, end, status=status, body=data)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 conn.close()
                 return HttpOutcome(start, now_ms(), timed_out=True)
             except ConnectionRefusedError:
@@ -192,5 +190,5 @@ class ContainerFactory(ABC):
     def cleanup(self) -> None:
         """Remove containers a previous run of this invoker left behind."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release backend resources at shutdown."""

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from invoker.containerpool.container import Container, HttpOutcome, now_ms
-from invoker.containerpool.logs import COLLECTION_ISSUE, DEVELOPER_ERROR_NOTE, IDLE_TIMEOUT_S, note_line
+from invoker.containerpool.logs import (
+    COLLECTION_ISSUE,
+    DEVELOPER_ERROR_NOTE,
+    IDLE_TIMEOUT_S,
+    note_line,
+)
 from invoker.entities import (
     ActivationResponse,
     WhiskAction,

@@ -92,6 +92,9 @@ class ActivationStore:
         self._lock = threading.Lock()
         self._closed = False
         self._outstanding = 0
+        # Records queued or being written, by _id: for exists()/get() they are already
+        # recorded, so a message redelivered meanwhile is not run a second time.
+        self._unwritten: dict[str, _Pending] = {}
         self._writers = [
             threading.Thread(target=self._run, name=f"activation-store-{i}", daemon=True)
             for i in range(concurrency)
@@ -114,7 +117,10 @@ class ActivationStore:
                 return future
             self._outstanding += 1
             # A shallow copy: the caller may reuse its dict while the record waits.
-            self._queue.put(_Pending(dict(doc), future))
+            pending = _Pending(dict(doc), future)
+            # The first record of an id is the one the database keeps (later ones conflict).
+            self._unwritten.setdefault(doc["_id"], pending)
+            self._queue.put(pending)
         return future
 
     @property
@@ -124,9 +130,17 @@ class ActivationStore:
             return self._outstanding
 
     def exists(self, activation_docid: str) -> bool:
+        with self._lock:
+            if activation_docid in self._unwritten:
+                return True
         return self.db.exists(activation_docid)
 
     def get(self, docid: str) -> dict | None:
+        """The record, from the database or still on its way there; None if neither."""
+        with self._lock:
+            pending = self._unwritten.get(docid)
+            if pending is not None:
+                return dict(pending.doc)
         try:
             return self.db.get(docid)
         except DocumentNotFound:
@@ -223,6 +237,10 @@ class ActivationStore:
         batch = [p for p in batch if not p.finished]
         with self._lock:
             self._outstanding -= len(batch)
+            for pending in batch:
+                docid = pending.doc["_id"]
+                if self._unwritten.get(docid) is pending:
+                    del self._unwritten[docid]
         for pending in batch:
             pending.finished = True
             try:

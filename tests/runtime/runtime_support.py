@@ -25,6 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_SOURCE = REPO / "runtimes" / "python"
 SENTINEL = "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"
+# The interpreter that runs the runtime (the tests themselves run under pytest's): set
+# OWRUNTIME_TEST_PYTHON to check the runtime against another Python, e.g. the container's.
+RUNTIME_PYTHON = os.environ.get("OWRUNTIME_TEST_PYTHON") or sys.executable
 
 
 def free_port() -> int:
@@ -72,7 +75,7 @@ class RuntimeProcess:
         self.err_path = directory / f"stderr-{self.port}.txt"
         self._out = open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
-        cmd = [sys.executable, "-m", "owruntime", "--host", "127.0.0.1"]
+        cmd = [RUNTIME_PYTHON, "-m", "owruntime", "--host", "127.0.0.1"]
         if args is None:
             cmd += ["--port", str(self.port)]
         else:

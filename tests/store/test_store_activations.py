@@ -107,6 +107,26 @@ def test_exists_and_get(db: Database) -> None:
         assert got is not None and got["activationId"] == doc["activationId"]
 
 
+def test_a_record_on_its_way_already_exists(db: Database) -> None:
+    # A message redelivered while its record waits in the queue must not run again.
+    counting = CountingDatabase(db)
+    gate = threading.Event()
+    counting.before["bulk_put"] = lambda n: gate.wait(10)
+    first, second = record(), dict(record(), logs=["second"])
+    second["_id"], second["activationId"] = first["_id"], first["activationId"]
+    with ActivationStore(counting, concurrency=1) as store:
+        futures = [store.store(first), store.store(second)]
+        assert not db.exists(first["_id"])
+        assert store.exists(first["_id"])
+        got = store.get(first["_id"])
+        assert got is not None and got["logs"] == first["logs"]  # the first write is the one kept
+        gate.set()
+        for future in futures:
+            future.result(timeout=30)
+        assert store.exists(first["_id"]) and store.get(first["_id"])["logs"] == first["logs"]  # type: ignore[index]
+    assert db.get(first["_id"])["logs"] == first["logs"]
+
+
 def test_store_needs_an_id(db: Database) -> None:
     with ActivationStore(db) as store, pytest.raises(ValueError):
         store.store({"activationId": "x"})
