@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 # Payload max (1 MiB) plus OpenWhisk's serdes overhead: the max.message.bytes of
 # the invoker and completed topics, and the producer's max.request.size.
 MAX_MESSAGE_BYTES = 1024 * 1024 + 6068
+
+
+# Clocks of the controller (record timestamps) and this host may differ this much.
+REPLAY_CLOCK_SKEW_MS = 5_000
 
 
 class RecordTooLarge(Exception):
@@ -163,6 +168,7 @@ class ActivationFeed:
         self._consumer: KafkaConsumer | None = None
         self._paused = False
         self.ready = threading.Event()  # set once partitions are assigned
+        self._started_ms = int(time.time() * 1000)
 
     def start(self) -> None:
         self._consumer = KafkaConsumer(
@@ -213,7 +219,7 @@ class ActivationFeed:
                     self.ready.set()
                 for partition, records in batch.items():
                     for record in records:
-                        self._dispatch(partition, record.offset, record.value)
+                        self._dispatch(partition, record.offset, record.value, record.timestamp)
                 self._commit(consumer)
             self._commit(consumer)
         except Exception:
@@ -242,11 +248,14 @@ class ActivationFeed:
             log.warning("cannot read end offsets (%s): checking every record for a replay", error)
             self._replay_end = {p: 2**62 for p in partitions}
 
-    def _dispatch(self, partition: TopicPartition, offset: int, value: bytes) -> None:
+    def _dispatch(self, partition: TopicPartition, offset: int, value: bytes, timestamp_ms: int | None = None) -> None:
         end = self._replay_end.get(partition)
         if end is None and partition not in self._replay_end:
             end = 2**62  # assigned later (rebalance): be safe
-        record = FeedRecord(partition, offset, value, maybe_replayed=offset < end)
+        # Some Kafka-protocol brokers (Tansu) report end offsets per batch, not per
+        # record, so a record written before this run started counts as well.
+        written_before_start = timestamp_ms is not None and 0 <= timestamp_ms < self._started_ms + REPLAY_CLOCK_SKEW_MS
+        record = FeedRecord(partition, offset, value, maybe_replayed=offset < end or written_before_start)
         with self._lock:
             progress = self._progress.setdefault(partition, _PartitionProgress())
             if offset <= progress.highest_seen:
