@@ -28,7 +28,11 @@ def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFact
         from invoker.containerpool.docker import DockerContainerFactory  # needs the docker SDK
 
         return DockerContainerFactory(
-            name_prefix=owner, api_host=config.resolved_api_host(env)
+            name_prefix=owner,
+            api_host=config.resolved_api_host(env),
+            network=config.docker_network,
+            publish_host=config.docker_publish_host,
+            ulimits=config.docker_ulimits,
         )
     from invoker.containerpool.process import ProcessContainerFactory
 

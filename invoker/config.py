@@ -46,6 +46,18 @@ def parse_bool(text: str) -> bool:
     return str(text).strip().lower() in ("1", "true", "yes", "on")
 
 
+def parse_ulimits(text: str) -> dict[str, tuple[int, int]]:
+    """Docker's ``--ulimit`` syntax, comma-separated: ``nofile=1024:1024,nproc=512``."""
+    limits: dict[str, tuple[int, int]] = {}
+    for item in parse_list(text):
+        match = re.fullmatch(r"([a-z]+)=(\d+)(?::(\d+))?", item)
+        if not match:
+            raise ConfigError(f"not a ulimit (name=soft[:hard]): {item!r}")
+        soft = int(match.group(2))
+        limits[match.group(1)] = (soft, int(match.group(3) or soft))
+    return limits
+
+
 @dataclass(frozen=True)
 class Setting:
     dest: str
@@ -115,6 +127,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Basic-auth password of /enable and /disable (never logged).", str, True),
     Setting("backend", "--backend", ("INVOKER_BACKEND",), "process",
             "Container backend: process (runtimes as child processes) or docker."),
+    Setting("docker_network", "--docker-network", ("CONFIG_whisk_containerFactory_containerArgs_network",), None,
+            "Docker backend: network for action containers, reached at their container address. "
+            "Unset: the default network, reached through a port published on --docker-publish-host."),
+    Setting("docker_publish_host", "--docker-publish-host", ("INVOKER_DOCKER_PUBLISH_HOST",), "127.0.0.1",
+            "Docker backend: host address the runtime port is published on."),
+    Setting("docker_ulimits", "--docker-ulimits", ("INVOKER_DOCKER_ULIMITS",), "",
+            "Docker backend: ulimits of action containers, e.g. nofile=1024:1024 (none by default; "
+            "pids are limited by a cgroup).", parse_ulimits),
     Setting("max_peek", "--max-peek", ("INVOKER_MAX_PEEK",), None,
             "Most activations taken from Kafka and not yet finished (default: userMemory/128MB, at least 16).", int),
     Setting("log_level", "--log-level", ("INVOKER_LOG_LEVEL",), "INFO", "Python log level."),

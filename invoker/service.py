@@ -37,17 +37,19 @@ MIN_ACTION_MEMORY_MB = 128
 class ManifestImages(ImageResolver):
     """Kinds → images from the manifest, limited to what the backend can run."""
 
-    def __init__(self, manifest: RuntimesManifest, backend: str, registry: str | None = None) -> None:
+    def __init__(self, manifest: RuntimesManifest, factory: ContainerFactory, registry: str | None = None) -> None:
         self.manifest = manifest
-        self.backend = backend
+        self.factory = factory
+        self.backend = factory.name
         self.registry = registry
 
     def runnable(self, kind: str) -> bool:
         runtime = self.manifest.resolve(kind)
         if runtime is None:
             return False
-        # The process backend runs only the project's own Python runtime.
-        return self.backend != "process" or runtime.family == "python"
+        if self.backend == "process":  # it runs only the project's own Python runtime
+            return runtime.family == "python"
+        return self.factory.has_image(runtime.image.resolve(self.registry))
 
     def image_for(self, kind: str) -> str:
         runtime = self.manifest.resolve(kind)
@@ -81,7 +83,7 @@ class Invoker:
     ) -> None:
         self.settings = settings
         self.manifest = manifest
-        images = ManifestImages(manifest, factory.name)
+        images = ManifestImages(manifest, factory)
         self.pool = ContainerPool(factory, images, settings.pool)
         self.producer = Producer(settings.kafka)
         self.entity_store = EntityStore(whisks)

@@ -6,11 +6,14 @@ Fixtures:
   couchdb_url (session)             ``http://127.0.0.1:PORT`` of an in-memory pouchdb-server
   couchdb_server_factory (function) ``make(port=None, start=True) -> CouchServer``
   kafka_broker_factory (function)   ``make(port=None, start=True) -> EmbeddedKafka``
+  docker_client (session)           a docker SDK client of the engine at DOCKER_HOST (podman in CI);
+                                    skips without one, fails instead under ./dev test
 Servers made by a factory are independent of the session ones and stopped at teardown.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -25,6 +28,7 @@ from services import (  # noqa: E402
     CouchServer,
     CouchStartError,
     EmbeddedKafka,
+    container_engine_problem,
     nvidia_gpu_count,
 )
 
@@ -106,3 +110,17 @@ def kafka_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
     yield make
     for broker in made:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    problem = container_engine_problem()
+    if problem is not None:
+        if os.environ.get("OWGPU_REQUIRE_CONTAINER_ENGINE"):
+            pytest.fail(f"container tests cannot run: {problem}", pytrace=False)
+        pytest.skip(f"no container engine: {problem}")
+    import docker
+
+    client = docker.from_env(timeout=60)
+    yield client
+    client.close()

@@ -27,8 +27,8 @@ from invoker.embedded.broker import (
     stop_process,
 )
 
-__all__ = ["BrokerStartError", "CouchServer", "CouchStartError", "EmbeddedKafka", "free_port",
-           "nvidia_gpu_count", "pouchdb_server_binary"]
+__all__ = ["RUNTIME_IMAGE", "BrokerStartError", "CouchServer", "CouchStartError", "EmbeddedKafka",
+           "container_engine_problem", "free_port", "nvidia_gpu_count", "pouchdb_server_binary"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_POUCHDB_SERVER = REPO / ".cache" / "node" / "node_modules" / ".bin" / "pouchdb-server"
@@ -163,3 +163,32 @@ def nvidia_gpu_count() -> int:
         return 0
     finally:
         pynvml.nvmlShutdown()
+
+
+RUNTIME_IMAGE = "owgpu/action-python-v3:latest"
+# Set by `./dev test` (and so in CI), where podman is installed and serving: there a missing
+# engine or image is a failure, not a reason to skip.
+REQUIRE_ENGINE_ENV = "OWGPU_REQUIRE_CONTAINER_ENGINE"
+
+
+def container_engine_problem() -> str | None:
+    """Why the container tests cannot run here (no Docker API, no runtime image), or None."""
+    try:
+        import docker
+        from docker.errors import DockerException, ImageNotFound
+    except ImportError:
+        return "the docker SDK is not installed"
+    try:
+        client = docker.from_env(timeout=10)
+    except DockerException as e:
+        return f"no Docker API reachable (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): {e}"
+    try:
+        client.ping()
+        client.images.get(RUNTIME_IMAGE)
+    except ImageNotFound:
+        return f"image {RUNTIME_IMAGE} is not built (runtimes/build.sh --local-base)"
+    except DockerException as e:
+        return f"the Docker API at {client.api.base_url} does not answer: {e}"
+    finally:
+        client.close()
+    return None

@@ -14,6 +14,7 @@ import queue
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from invoker.containerpool.logs import LogBuffer
@@ -88,9 +89,12 @@ class RuntimeClient:
         else:
             self._idle.put(conn)
 
-    def post(self, path: str, payload: dict, timeout_s: float, retry_refused: bool = False) -> HttpOutcome:
-        """POST JSON. ``retry_refused`` retries a refused connection every 50 ms until
-        the timeout is spent, as OpenWhisk does for ``/init`` of a starting container."""
+    def post(self, path: str, payload: dict, timeout_s: float, retry_refused: bool = False,
+             alive: Callable[[], bool] | None = None) -> HttpOutcome:
+        """POST JSON. ``retry_refused`` retries every 50 ms, until the timeout is spent, a
+        connection that was refused or closed before any answer, as OpenWhisk does for ``/init``
+        of a starting container (Docker's port proxy accepts and then resets connections until
+        the runtime listens). ``alive`` stops the retries as soon as the container is gone."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         start = now_ms()
         deadline = time.monotonic() + timeout_s
@@ -117,9 +121,9 @@ class RuntimeClient:
             except TimeoutError:
                 conn.close()
                 return HttpOutcome(start, now_ms(), timed_out=True)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
                 conn.close()
-                if retry_refused and deadline - time.monotonic() > 0.05:
+                if retry_refused and deadline - time.monotonic() > 0.05 and (alive is None or alive()):
                     time.sleep(0.05)
                     continue
                 return HttpOutcome(start, now_ms(), connection_lost=True)
@@ -146,7 +150,7 @@ class Container(ABC):
         self.logs = LogBuffer()
 
     def initialize(self, payload: dict, timeout_s: float) -> HttpOutcome:
-        return self.client.post("/init", {"value": payload}, timeout_s, retry_refused=True)
+        return self.client.post("/init", {"value": payload}, timeout_s, retry_refused=True, alive=self.is_alive)
 
     def run(self, payload: dict, timeout_s: float) -> HttpOutcome:
         return self.client.post("/run", payload, timeout_s)
@@ -185,6 +189,10 @@ class ContainerFactory(ABC):
     def create(self, spec: ContainerSpec) -> Container:
         """Start a container and return once it is created (not necessarily ready:
         ``/init`` retries until the runtime listens). Raises ContainerStartError."""
+
+    def has_image(self, image: str) -> bool:
+        """Whether containers of ``image`` can start on this node (backends without images: always)."""
+        return True
 
     @abstractmethod
     def cleanup(self) -> None:

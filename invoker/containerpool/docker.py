@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import docker
@@ -31,6 +32,7 @@ RUNTIME_PORT = "8080/tcp"
 LABEL_INVOKER = "org.openwhisk.invoker"
 LABEL_ACTION = "org.openwhisk.action"
 LABEL_KIND = "org.openwhisk.kind"
+IMAGE_RECHECK_S = 30.0
 
 
 class DockerContainer(Container):
@@ -49,13 +51,18 @@ class DockerContainer(Container):
         try:
             lines = self.handle.logs(stream=True, follow=True, timestamps=True,
                                      stdout=stream == "stdout", stderr=stream == "stderr")
-            pending = b""
-            for chunk in lines:
-                pending += chunk
+            # Each frame is one log entry, "TIMESTAMP text": a whole line, or (podman, and
+            # Docker past 16 KiB) a partial one without its newline, continued by the next
+            # frames. A line keeps the timestamp of its first fragment.
+            pending, line_timestamp = b"", ""
+            for frame in lines:
+                timestamp, _, text = frame.partition(b" ")
+                if not pending:
+                    line_timestamp = timestamp.decode("ascii", errors="replace")
+                pending += text
                 while b"\n" in pending:
                     raw, pending = pending.split(b"\n", 1)
-                    timestamp, _, text = raw.decode("utf-8", errors="replace").partition(" ")
-                    self.logs.append(stream, text, timestamp)
+                    self.logs.append(stream, raw.decode("utf-8", errors="replace"), line_timestamp)
         except (DockerException, OSError) as error:
             log.debug("log stream %s of %s ended: %s", stream, self.id, error)
         finally:
@@ -90,6 +97,11 @@ class DockerContainer(Container):
     def destroy(self) -> None:
         self.client.close()
         try:
+            # kill first: a forced remove alone waits out podman's stop sequence (2-4 s here).
+            self.handle.kill()
+        except (APIError, NotFound):
+            pass  # already stopped, or gone
+        try:
             self.handle.remove(force=True)
         except NotFound:
             pass
@@ -110,12 +122,20 @@ class DockerContainerFactory(ContainerFactory):
         client: docker.DockerClient | None = None,
         extra_env: dict[str, str] | None = None,
         publish_host: str = "127.0.0.1",
+        ulimits: dict[str, tuple[int, int]] | None = None,
+        pids_limit: int = 1024,
     ) -> None:
         self.name_prefix = name_prefix
         self.api_host = api_host
         self.network = network
         self.extra_env = extra_env or {}
         self.publish_host = publish_host
+        # Empty by default: some hosts (nested containers) refuse any rlimit; pids_limit
+        # (a cgroup, not an rlimit) is what stops a fork bomb.
+        self.ulimits = [Ulimit(name=n, soft=s, hard=h) for n, (s, h) in (ulimits or {}).items()]
+        self.pids_limit = pids_limit
+        self._images: dict[str, tuple[bool, float]] = {}  # image -> (present, when checked)
+        self._images_lock = threading.Lock()
         try:
             self.client = client or docker.from_env()
         except DockerException as error:
@@ -126,34 +146,70 @@ class DockerContainerFactory(ContainerFactory):
         kwargs: dict[str, Any] = dict(
             image=spec.image,
             name=spec.name,
-            detach=True,
             environment=environment,
-            labels={LABEL_INVOKER: self.name_prefix, LABEL_ACTION: spec.labels.get("action", ""),
-                    LABEL_KIND: spec.kind, **spec.labels},
+            labels={**{k: v for k, v in spec.labels.items() if k != "action"},
+                    LABEL_INVOKER: self.name_prefix, LABEL_ACTION: spec.labels.get("action", ""),
+                    LABEL_KIND: spec.kind},
             mem_limit=f"{spec.memory_mb}m",
             memswap_limit=f"{spec.memory_mb}m",
             cpu_shares=spec.cpu_shares,
             cap_drop=["NET_RAW", "NET_ADMIN"],
             security_opt=["no-new-privileges"],
-            ulimits=[Ulimit(name="nofile", soft=1024, hard=1024)],
-            pids_limit=1024,
+            pids_limit=self.pids_limit,
             log_config={"type": "json-file"},
         )
+        if self.ulimits:
+            kwargs["ulimits"] = self.ulimits
         if self.network:
             kwargs["network"] = self.network
         else:
             kwargs["ports"] = {RUNTIME_PORT: (self.publish_host, None)}
         if spec.gpu is not None:
             kwargs["device_requests"] = [DeviceRequest(device_ids=[spec.gpu], capabilities=[["gpu"]])]
+        handle = None
         try:
-            handle = self.client.containers.run(**kwargs)
+            handle = self.client.containers.create(**kwargs)
+            handle.start()
             handle.reload()
             host, port = self._address(handle)
         except ImageNotFound as error:
             raise ContainerStartError(f"image {spec.image} is not on this node: {error}") from error
         except (APIError, DockerException, KeyError, TypeError) as error:
+            if handle is not None:  # created but not started: leave nothing behind
+                self._remove(handle)
             raise ContainerStartError(f"docker run {spec.image} failed: {error}") from error
         return DockerContainer(handle, spec, host, port)
+
+    @staticmethod
+    def _remove(handle: Any) -> None:
+        try:
+            handle.remove(force=True)
+        except (APIError, NotFound) as error:
+            log.warning("removing container %s failed: %s", handle.id[:12], error)
+
+    def has_image(self, image: str) -> bool:
+        """Whether ``image`` is on this node. Images are not pulled: runtime images are built
+        or loaded by the deployment (ansible/), as OpenWhisk's do. A missing image is looked
+        for again after a while, so loading it later needs no restart."""
+        now = time.monotonic()
+        with self._images_lock:
+            known = self._images.get(image)
+            if known is not None and (known[0] or now - known[1] < IMAGE_RECHECK_S):
+                return known[0]
+        try:
+            self.client.images.get(image)
+            present = True
+        except ImageNotFound:
+            present = False
+        except (APIError, DockerException) as error:
+            log.warning("cannot inspect image %s: %s", image, error)
+            return False
+        with self._images_lock:
+            if not present and image not in self._images:
+                log.warning("image %s is not on this node: its kind cannot run here "
+                            "(runtimes/build.sh builds the project's images)", image)
+            self._images[image] = (present, now)
+        return present
 
     def _address(self, handle: Any) -> tuple[str, int]:
         settings = handle.attrs["NetworkSettings"]

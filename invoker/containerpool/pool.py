@@ -220,7 +220,8 @@ class ContainerPool:
         image = self.images.image_for(kind)
         name = f"{self.config.container_prefix}_{next(self._seq)}_{sanitize(label)}"
         shares = max(1024 * memory_mb // max(self.config.user_memory_mb, 1), 2)
-        return ContainerSpec(name=name, kind=kind, image=image, memory_mb=memory_mb, cpu_shares=shares)
+        return ContainerSpec(name=name, kind=kind, image=image, memory_mb=memory_mb, cpu_shares=shares,
+                             labels={"action": label})
 
     def _execute(self, placed: ContainerProxy, job: Job) -> None:
         proxy = placed

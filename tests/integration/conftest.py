@@ -1,6 +1,10 @@
-"""An invoker on the process backend against a real broker and a real CouchDB API
-(pouchdb-server), driven by the embedded controller exactly as OpenWhisk's
-controller drives it."""
+"""An invoker against a real broker and a real CouchDB API (pouchdb-server), driven by the
+embedded controller exactly as OpenWhisk's controller drives it, on each container
+backend: ``process`` (runtimes as child processes) and ``docker`` (the project's runtime
+image through the Docker API: podman in CI).
+
+``deployment`` runs on both backends; ``deployment_factory(backend=...)`` on the one asked.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ class Deployment:
     instance: int
     prefix: str
     start_invoker: Callable[[], Invoker]
+    backend: str = "process"
 
     @property
     def entities(self) -> EntityStore:
@@ -75,11 +80,22 @@ class Deployment:
         return msg, acks
 
 
-@pytest.fixture
-def deployment_factory(kafka_bootstrap, couchdb_url) -> Iterator[Callable[..., Deployment]]:
-    made: list[Deployment] = []
+BACKENDS = ("process", "docker")
 
-    def make(extra_args: list[str] | None = None, start: bool = True) -> Deployment:
+
+def leftover_containers(docker_client, instance: int) -> list:
+    return docker_client.containers.list(all=True, filters={"label": f"org.openwhisk.invoker=wsk{instance}"})
+
+
+@pytest.fixture
+def deployment_factory(request, kafka_bootstrap, couchdb_url) -> Iterator[Callable[..., Deployment]]:
+    made: list[Deployment] = []
+    docker_client = None
+
+    def make(extra_args: list[str] | None = None, start: bool = True, backend: str = "process") -> Deployment:
+        nonlocal docker_client
+        if backend == "docker" and docker_client is None:
+            docker_client = request.getfixturevalue("docker_client")
         instance = next(_instances)
         prefix = f"t{uuid.uuid4().hex[:8]}_"
         server = CouchServer(couchdb_url)
@@ -89,7 +105,7 @@ def deployment_factory(kafka_bootstrap, couchdb_url) -> Iterator[Callable[..., D
         activations.ensure_exists()
         controller = EmbeddedController(kafka_settings(kafka_bootstrap, prefix))
         args = ["--id", str(instance), "--port", "0", "--topic-prefix", prefix, "--user-memory", "1024 m",
-                *FAST_KAFKA, *(extra_args or [])]
+                "--backend", backend, *FAST_KAFKA, *(extra_args or [])]
 
         def start_invoker() -> Invoker:
             config = load_config(args, env={})
@@ -99,7 +115,7 @@ def deployment_factory(kafka_bootstrap, couchdb_url) -> Iterator[Callable[..., D
             deployment.invoker = invoker
             return invoker
 
-        deployment = Deployment(None, controller, whisks, activations, instance, prefix, start_invoker)
+        deployment = Deployment(None, controller, whisks, activations, instance, prefix, start_invoker, backend)
         if start:
             start_invoker()
         made.append(deployment)
@@ -110,8 +126,15 @@ def deployment_factory(kafka_bootstrap, couchdb_url) -> Iterator[Callable[..., D
         deployment.controller.close()
         if deployment.invoker is not None:
             deployment.invoker.stop()
+    if docker_client is not None:
+        # A stopped invoker leaves no container behind (the factory removes them by label).
+        for deployment in made:
+            left = leftover_containers(docker_client, deployment.instance)
+            for container in left:
+                container.remove(force=True)
+            assert not left, f"containers left behind by invoker {deployment.instance}: {left}"
 
 
-@pytest.fixture
-def deployment(deployment_factory) -> Deployment:
-    return deployment_factory()
+@pytest.fixture(params=BACKENDS)
+def deployment(request, deployment_factory) -> Deployment:
+    return deployment_factory(backend=request.param)

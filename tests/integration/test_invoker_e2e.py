@@ -241,10 +241,21 @@ def test_result_too_large(deployment):
     assert len(json.dumps(acks.result)) < 1024 * 1024 + 6068 or isinstance(acks.result, str)
 
 
-def test_runtime_process_killed_mid_run(deployment):
-    code = "import os, time\ndef main(args):\n    print(os.getpid(), flush=True)\n    time.sleep(30)\n    return {}\n"
+BACKENDS = ("process", "docker")  # as the deployment fixture's params
+
+
+def kill_from_outside(deployment, proxy) -> None:
+    """What a crash, the OOM killer or an operator does to a container: SIGKILL, not via the pool."""
+    if deployment.backend == "docker":
+        proxy.container.handle.kill()
+    else:
+        os.killpg(proxy.container.pid, signal.SIGKILL)
+
+
+def test_container_killed_mid_run(deployment):
+    code = "import os, time\ndef main(args):\n    time.sleep(args.get('sleep', 0))\n    return {'pid': os.getpid()}\n"
     fqn, rev = deployment.deploy("victim", code)
-    msg = deployment.controller.message(fqn, rev, {})
+    msg = deployment.controller.message(fqn, rev, {"sleep": 30})
     deployment.controller.publish(deployment.instance, msg)
     pool = deployment.invoker.pool
     deadline = time.monotonic() + 30
@@ -256,9 +267,38 @@ def test_runtime_process_killed_mid_run(deployment):
         time.sleep(0.05)
     assert victim is not None
     time.sleep(0.3)
-    os.killpg(victim.container.pid, signal.SIGKILL)
+    kill_from_outside(deployment, victim)
     acks = deployment.controller.wait_for(msg.activation_id, 30)
     expect(deployment, msg, acks, 2, Messages.abnormal_run)
+    # The dead container is not reused: the next call is a cold start, and succeeds.
+    msg2, _ = deployment.invoke(fqn, rev, {})
+    record = deployment.record(msg2)
+    assert record["response"]["statusCode"] == 0
+    assert "initTime" in annotations(record)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paused_container_is_resumed_for_the_next_call(deployment_factory, backend):
+    deployment = deployment_factory(["--pause-grace", "200 ms"], backend=backend)
+    fqn, rev = deployment.deploy("napper", "def main(args):\n    return {'n': args.get('n')}\n")
+    msg, _ = deployment.invoke(fqn, rev, {"n": 1})
+    assert deployment.record(msg)["response"]["result"] == {"n": 1}
+    pool = deployment.invoker.pool
+    deadline = time.monotonic() + 20
+    while not any(p.suspended for p in pool._containers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (paused,) = [p for p in pool._containers if p.suspended]
+    if backend == "docker":
+        paused.container.handle.reload()
+        assert paused.container.handle.status == "paused"  # the engine's word, not the pool's
+    msg2, _ = deployment.invoke(fqn, rev, {"n": 2})
+    record = deployment.record(msg2)
+    assert record["response"]["result"] == {"n": 2}
+    assert "initTime" not in annotations(record)  # warm: the same container, resumed
+    assert paused.container.is_alive() and paused in pool._containers
+    if backend == "docker":
+        paused.container.handle.reload()
+        assert paused.container.handle.status == "running"
 
 
 def test_unknown_action_is_an_application_error_with_one_combined_ack(deployment):

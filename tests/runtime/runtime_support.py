@@ -164,6 +164,64 @@ class RuntimeProcess:
         self._err.close()
 
 
+class RuntimeContainer(RuntimeProcess):
+    """The same conversation with the runtime *image*, started with testcontainers through the
+    Docker API (podman in CI): what OpenWhisk's ``ActionContainer`` does with ``docker run``.
+    The port is published on 127.0.0.1 only; streams are the container's log streams."""
+
+    def __init__(self, image: str, env: dict[str, str] | None = None):
+        from testcontainers.core.container import DockerContainer
+
+        self.container = DockerContainer(image).with_kwargs(
+            cap_drop=["NET_RAW", "NET_ADMIN"], security_opt=["no-new-privileges"])
+        # with_bind_ports takes no host address; this is what the docker SDK accepts.
+        self.container.ports = {"8080/tcp": ("127.0.0.1", None)}
+        for key, value in (env or {}).items():
+            self.container.with_env(key, value)
+        self.container.start()
+        self.port = int(self.container.get_exposed_port(8080))
+        self.connection = None
+        self.returncode = None
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        wrapped = self.container.get_wrapped_container()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            wrapped.reload()
+            if wrapped.status == "exited":
+                raise RuntimeError(f"runtime container exited: {wrapped.logs().decode(errors='replace')}")
+            try:
+                # Published ports may accept before the runtime listens: ask it something.
+                status, _ = self.request("GET", "/", timeout=2)
+                if status:
+                    return
+            except OSError:
+                self.connection = None
+                time.sleep(0.05)
+        raise RuntimeError("runtime container did not start listening")
+
+    def stop(self, timeout: float = 15.0) -> tuple[str, str]:
+        """``docker stop`` (SIGTERM, then SIGKILL after ``timeout``), return (stdout, stderr)."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        wrapped = self.container.get_wrapped_container()
+        wrapped.stop(timeout=int(timeout))
+        wrapped.reload()
+        self.returncode = wrapped.attrs["State"]["ExitCode"]
+        out = wrapped.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+        err = wrapped.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        self.container.stop()  # removes it
+        return out, err
+
+    def kill(self) -> None:
+        try:
+            self.container.stop()
+        except Exception:  # already removed by stop()
+            pass
+
+
 # -------------------------------------------------------------------- payloads (ActionContainer.scala)
 
 

@@ -1,4 +1,5 @@
-"""OpenWhisk's runtime test suites, ported to the ``owruntime`` process.
+"""OpenWhisk's runtime test suites, ported, run against the ``owruntime`` process and against
+the runtime image (``owgpu/action-python-v3``, started with testcontainers).
 
 BasicActionRunnerTests (the canonical suite of apache/openwhisk), and PythonBasicTests,
 PythonAdvancedTests and Python3Tests (apache/openwhisk-runtime-python), with the expectations of
@@ -10,7 +11,37 @@ from __future__ import annotations
 
 import textwrap
 
-from runtime_support import check_streams, init_payload, make_zip, run_payload
+import pytest
+from runtime_support import (
+    RuntimeContainer,
+    RuntimeProcess,
+    check_streams,
+    init_payload,
+    make_zip,
+    run_payload,
+)
+from services import RUNTIME_IMAGE
+
+
+@pytest.fixture(params=["process", "image"])
+def start_runtime(request, tmp_path):
+    """``start_runtime(env=None)``: the runtime as a process, or its image as a container."""
+    if request.param == "image":
+        request.getfixturevalue("docker_client")  # skips (or fails under ./dev test) without an engine
+    started: list[RuntimeProcess] = []
+
+    def start(env: dict[str, str] | None = None) -> RuntimeProcess:
+        if request.param == "image":
+            runtime = RuntimeContainer(RUNTIME_IMAGE, env)
+        else:
+            runtime = RuntimeProcess(tmp_path / "logs", env)
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in started:
+        runtime.kill()
+
 
 ECHO = """
 def main(args):
