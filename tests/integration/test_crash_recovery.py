@@ -32,7 +32,8 @@ def main(args):
 """
 
 
-def start_invoker(deployment, couchdb_url: str, kafka_bootstrap: str, log_path: Path) -> subprocess.Popen:
+def start_invoker(deployment, couchdb_url: str, kafka_bootstrap: str, log_path: Path,
+                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     url = urlparse(couchdb_url)
     env = {
         **os.environ,
@@ -50,6 +51,7 @@ def start_invoker(deployment, couchdb_url: str, kafka_bootstrap: str, log_path: 
         "CONFIG_whisk_kafka_consumer_maxPollIntervalMs": "5000",
         "CONFIG_whisk_kafka_consumer_fetchMaxWaitMs": "5",
         "PORT": "0",
+        **(extra_env or {}),
     }
     log = log_path.open("ab")
     return subprocess.Popen([sys.executable, "-m", "invoker", "--id", str(deployment.instance)],
@@ -126,3 +128,71 @@ def test_sigkill_mid_flight_loses_nothing_and_reruns_nothing_recorded(
     # Only what was in flight at the crash can be acked twice or rerun.
     in_flight_bound = 64
     assert duplicates <= in_flight_bound and reruns <= in_flight_bound
+
+
+def runtime_processes_of(owner: str) -> list[int]:
+    """Runtime processes whose environment names ``owner`` as their invoker."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"owruntime" in cmdline and f"__OW_INVOKER={owner}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("backend", ["process", "docker"])
+def test_restart_after_sigkill_leaves_no_orphaned_containers(
+    deployment_factory, couchdb_url, kafka_bootstrap, tmp_path, backend, request
+):
+    deployment = deployment_factory(start=False, backend=backend)
+    owner = f"wsk{deployment.instance}"
+    if backend == "docker":
+        docker_client = request.getfixturevalue("docker_client")
+
+        def leftovers() -> list[str]:
+            found = docker_client.containers.list(all=True, filters={"label": f"org.openwhisk.invoker={owner}"})
+            return sorted(c.id for c in found)
+    else:
+        def leftovers() -> list[str]:
+            return sorted(str(pid) for pid in runtime_processes_of(owner))
+
+    actions = [deployment.deploy(f"warm{i}", "def main(args):\n    return args\n", limits={"memory": 128})
+               for i in range(3)]
+    log_path = tmp_path / "invoker.log"
+    backend_env = {"INVOKER_BACKEND": backend}
+    first = start_invoker(deployment, couchdb_url, kafka_bootstrap, log_path, backend_env)
+    try:
+        for fqn, rev in actions:  # three warm containers, one per action
+            msg = deployment.controller.message(fqn, rev, {"x": 1})
+            acks = deployment.controller.invoke(deployment.instance, msg, 120)
+            assert acks.slot_freeing, log_path.read_text()[-3000:]
+        before = leftovers()
+        assert len(before) == 3, (before, log_path.read_text()[-3000:])
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert leftovers() == before  # nobody removed them: they are orphans now
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    second = start_invoker(deployment, couchdb_url, kafka_bootstrap, log_path, backend_env)
+    try:
+        # The restarted invoker removes the orphans before it takes work: a call after start-up
+        # is a cold start in a new container, and the old ones are gone.
+        fqn, rev = actions[0]
+        msg = deployment.controller.message(fqn, rev, {"x": 2})
+        acks = deployment.controller.invoke(deployment.instance, msg, 120)
+        assert acks.slot_freeing, log_path.read_text()[-3000:]
+        now = leftovers()
+        assert not set(now) & set(before), (now, before)
+        assert len(now) == 1
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    assert leftovers() == []  # and a clean stop leaves nothing either
