@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from invoker.messages import JsonObject, MessageError
+from invoker.messages import ActivationMessage, JsonObject, MessageError
 
 # Limits defaults (OpenWhisk application.conf, PROTOCOL.md §7.6).
 DEFAULT_LOGS_MB = 10
@@ -310,3 +310,28 @@ def stringify_env_value(value: Any) -> str:
     if value is None:
         return ""
     return json.dumps(value, separators=(",", ":"))
+
+
+def instant_activation(msg: ActivationMessage, response: ActivationResponse, action: WhiskAction | None,
+                       now: int) -> WhiskActivation:
+    """An activation that took no time: the action never ran (no such action, a container that
+    could not start) or the invoker answered it itself. Without ``action`` it is the Scala
+    invoker's ``generateFallbackActivation`` (kind ``unknown``); with it, the record carries the
+    action's own annotations, as a run would."""
+    if action is None:
+        annotations: list[tuple[str, Any]] = [("path", msg.action.docid), ("kind", "unknown")]
+        if msg.cause is not None:
+            annotations.append(("causedBy", "sequence"))
+        name, version = msg.action.name, msg.action.version or "0.0.1"
+    else:
+        annotations = [("limits", action.limits.to_json()), ("path", action.path), ("kind", action.kind),
+                       ("timeout", False)]
+        if msg.cause is not None:
+            annotations.append(("causedBy", "sequence"))
+        annotations.append(("waitTime", max(0, now - msg.transid.start_ms)))
+        name, version = action.name, action.version
+    return WhiskActivation(
+        namespace=msg.user.namespace_name, name=name, subject=msg.user.subject,
+        activation_id=msg.activation_id, start_ms=now, end_ms=now, response=response, version=version,
+        annotations=annotations, cause=msg.cause, duration_ms=0,
+    )

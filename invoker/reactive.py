@@ -25,6 +25,7 @@ from invoker.entities import (
     DocumentUnreadable,
     WhiskAction,
     WhiskActivation,
+    instant_activation,
     stringify_env_value,
 )
 from invoker.manifest import RuntimesManifest
@@ -196,30 +197,14 @@ class InvokerReactive:
     def _health_shortcut(self, record: FeedRecord, msg: ActivationMessage, action: WhiskAction) -> None:
         """The controller's health test action is ``nodejs:default`` echoing its input
         (§1.7.3). A node without that runtime answers it as it would."""
-        now = now_ms()
         result: Any = msg.content if msg.content is not None else {}
-        activation = WhiskActivation(
-            namespace=msg.user.namespace_name, name=action.name, subject=msg.user.subject,
-            activation_id=msg.activation_id, start_ms=now, end_ms=now,
-            response=ActivationResponse.success(result, len(serialize(result))),
-            version=action.version,
-            annotations=[("limits", action.limits.to_json()), ("path", action.path), ("kind", action.kind),
-                         ("timeout", False), ("waitTime", max(0, now - msg.transid.start_ms))],
-            duration_ms=0,
-        )
+        response = ActivationResponse.success(result, len(serialize(result)))
+        activation = instant_activation(msg, response, action, now_ms())
         Acknowledgements(self, record, msg).completed_activation(activation, fallback=False)
 
     def _fallback(self, record: FeedRecord, msg: ActivationMessage, response: ActivationResponse) -> None:
         """``generateFallbackActivation``: the action never ran."""
-        now = now_ms()
-        annotations: list[tuple[str, Any]] = [("path", msg.action.docid), ("kind", "unknown")]
-        if msg.cause is not None:
-            annotations.append(("causedBy", "sequence"))
-        activation = WhiskActivation(
-            namespace=msg.user.namespace_name, name=msg.action.name, subject=msg.user.subject,
-            activation_id=msg.activation_id, start_ms=now, end_ms=now, response=response,
-            version=msg.action.version or "0.0.1", annotations=annotations, cause=msg.cause, duration_ms=0,
-        )
+        activation = instant_activation(msg, response, None, now_ms())
         Acknowledgements(self, record, msg).completed_activation(activation, fallback=True)
 
     # ------------------------------------------------------------------ sending

@@ -32,7 +32,7 @@ from invoker.containerpool.proxy import (
     PoolLimits,
     State,
 )
-from invoker.entities import ActivationResponse, WhiskActivation
+from invoker.entities import ActivationResponse, instant_activation
 
 log = logging.getLogger(__name__)
 
@@ -314,25 +314,7 @@ class ContainerPool:
 
     def _fail(self, job: Job, response: ActivationResponse) -> None:
         """An activation that never reached a container (start failure, no room)."""
-        now = now_ms()
-        action = job.action
-        activation = WhiskActivation(
-            namespace=job.msg.user.namespace_name,
-            name=action.name,
-            subject=job.msg.user.subject,
-            activation_id=job.msg.activation_id,
-            start_ms=now,
-            end_ms=now,
-            response=response,
-            version=action.version,
-            annotations=[("limits", action.limits.to_json()), ("path", action.path), ("kind", action.kind),
-                         ("timeout", False), ("waitTime", max(0, now - job.msg.transid.start_ms))],
-            cause=job.msg.cause,
-            duration_ms=0,
-        )
-        if job.msg.cause is not None:
-            activation.annotations.insert(4, ("causedBy", "sequence"))
-        job.sink.completed(job, activation)
+        job.sink.completed(job, instant_activation(job.msg, response, job.action, now_ms()))
 
     # ------------------------------------------------------------------ stem cells and idling
 
