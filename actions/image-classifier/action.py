@@ -59,7 +59,7 @@ def main(args):
     top = int(args.get("top", 5))
     best = np.argsort(-scores, axis=1)[:, :top]
     result = {
-        "top": [[{"class": int(c), "score": float(s[c])} for c in row] for row, s in zip(best, scores)],
+        "top": [[{"class": int(c), "score": float(s[c])} for c in row] for row, s in zip(best, scores, strict=True)],
         "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu",
         "provider": provider,
     }
