@@ -54,7 +54,7 @@ class DockerProbe:
     reason: str
 
 
-def probe_docker(manifest: RuntimesManifest, kinds: tuple[str, ...] = ("python:3",)) -> DockerProbe:
+def probe_docker(manifest: RuntimesManifest, kinds: tuple[str, ...] = ("python:3", "python:3-gpu")) -> DockerProbe:
     """Usable when the SDK is installed, the engine answers, and the images of ``kinds`` are there."""
     try:
         import docker

@@ -108,7 +108,7 @@ def choose_backend(requested: str, manifest: RuntimesManifest) -> tuple[str, str
     if requested != "auto":
         return requested, "as requested"
     docker = probe_docker(manifest)
-    return ("docker", docker.reason) if docker.usable else ("process", docker.reason)
+    return ("docker", docker.reason) if docker.usable else ("process", f"Docker not used: {docker.reason}")
 
 
 def guest_identity(key: GuestKey) -> Identity:

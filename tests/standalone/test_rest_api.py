@@ -3,10 +3,13 @@ timeout (202), status codes of failed activations, input checks, and the guest k
 
 from __future__ import annotations
 
+import socket
 import stat
+import subprocess
+import sys
 
 import requests
-from standalone_support import Standalone
+from standalone_support import ROOT, Standalone
 
 SLEEPY = '''
 import time
@@ -121,3 +124,15 @@ def test_get_without_code_and_count(standalone: Standalone) -> None:
     assert answer.status_code == 200 and "code" not in answer.json()["exec"]
     count = requests.get(standalone.api("actions"), params={"count": "true"}, auth=standalone.auth, timeout=10)
     assert count.json()["actions"] >= 1
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "invoker.standalone", "--port", str(port), "--backend",
+                               "process", "--auth-file", str(tmp_path / "auth")], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"standalone: cannot serve on 127.0.0.1:{port}:" in done.stderr
