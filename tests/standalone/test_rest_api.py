@@ -3,13 +3,15 @@ timeout (202), status codes of failed activations, input checks, and the guest k
 
 from __future__ import annotations
 
+import signal
 import socket
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import requests
-from standalone_support import ROOT, Standalone
+from standalone_support import ROOT, Standalone, start_standalone
 
 SLEEPY = '''
 import time
@@ -136,3 +138,31 @@ def test_a_taken_port_is_a_clear_error(tmp_path) -> None:
                               text=True, timeout=60)
     assert done.returncode == 1
     assert f"standalone: cannot serve on 127.0.0.1:{port}:" in done.stderr
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat_file.parent.name))
+    return found
+
+
+def test_ctrl_c_stops_the_whole_process_tree(tmp_path) -> None:
+    server = start_standalone(tmp_path)
+    try:
+        assert put(server, "echo", {"exec": {"kind": "python:3", "code": "def main(a):\n    return a\n"}}).ok
+        assert invoke(server, "echo", {"k": 1}, blocking="true", result="true").json() == {"k": 1}
+        started = children(server.process.pid)
+        assert len(started) >= 2  # at least the broker and the action's runtime process
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(30) == 0
+        alive = {pid for pid in started if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
+        assert not alive, f"left running: {alive}"
+    finally:
+        server.stop()
