@@ -1,4 +1,5 @@
-// Deploy the pipeline: the CPU preprocess action and the GPU image classifier.
+// Deploy the pipeline: the CPU preprocess action, the GPU image classifier, and the
+// sequence `image-classify` that chains them.
 //
 //   python actions/image-classifier/export_model.py            # once: writes the ONNX file
 //   export __OW_API_HOST=http://127.0.0.1:3233 __OW_API_KEY="$(cat .cache/standalone/guest.auth)"
@@ -23,5 +24,7 @@ openwhisk().actions.update({
     // The GPU half is the image classifier, deployed by its own script.
     execFileSync('node', [path.join(__dirname, '..', 'image-classifier', 'deploy.js'), ...process.argv.slice(2)],
       { stdio: 'inherit' })
-  },
+    return openwhisk().actions.update({ name: 'image-classify', sequence: ['/_/image-preprocess', '/_/image-classifier'] })
+  }).then(
+  sequence => console.log(`deployed /${sequence.namespace}/${sequence.name} ${sequence.version} (sequence: ${sequence.exec.components.join(' -> ')})`),
   err => { console.error(`deploy failed: ${err.message}`); process.exit(1) })

@@ -4,3 +4,4 @@ set -eu
 here=$(dirname "$0")
 wsk action update image-preprocess "$here/preprocess.py" --kind python:3 --memory 256
 "$here/../image-classifier/deploy.sh" "$@"
+wsk action update image-classify --sequence image-preprocess,image-classifier

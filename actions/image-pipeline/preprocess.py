@@ -2,6 +2,7 @@
 
 Input:  ``image``  base64 of a binary PPM (P6, 8-bit RGB: ``convert x.jpg x.ppm``).
         ``size``   output side in pixels (default 224).
+        ``top``, ``logits``  passed through for the classifier (in a sequence).
 Output: ``tensor`` base64 little-endian float32, ``shape`` [1, 3, size, size]: the
         picture resized (bilinear, as ``torch.nn.functional.interpolate`` with
         ``align_corners=False``) and normalised with the ImageNet mean and deviation,
@@ -69,4 +70,6 @@ def main(args):
     resized = resize_bilinear(image, size) / 255.0
     tensor = ((resized - MEAN) / STD).transpose(2, 0, 1)[None].astype("<f4")
     print(f"preprocessed a {image.shape[1]}x{image.shape[0]} picture to {list(tensor.shape)}")
-    return {"tensor": base64.b64encode(tensor.tobytes()).decode("ascii"), "shape": list(tensor.shape)}
+    result = {"tensor": base64.b64encode(tensor.tobytes()).decode("ascii"), "shape": list(tensor.shape)}
+    result.update({k: args[k] for k in ("top", "logits") if k in args})
+    return result

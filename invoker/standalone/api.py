@@ -9,6 +9,7 @@ Routes (``{ns}`` is ``_`` or the guest namespace)::
     GET    /api/v1/namespaces                            ["guest"]
     GET    /api/v1/namespaces/{ns}/actions               list (skip, limit, count)
     PUT    /api/v1/namespaces/{ns}/actions/{name}        create, or update with ?overwrite=true
+                                                         (a code action, or a sequence of them)
     GET    /api/v1/namespaces/{ns}/actions/{name}        get (?code=false: without the code)
     DELETE /api/v1/namespaces/{ns}/actions/{name}        delete
     POST   /api/v1/namespaces/{ns}/actions/{name}        invoke (blocking, result, timeout)
@@ -187,7 +188,7 @@ class RestApi:
             return Reply(200, self.platform.list_activations(skip, limit, name, since, upto, request.flag("docs")))
         activation_id = tail[0]
         if len(activation_id) != _ACTIVATION_ID_LENGTH:
-            raise ApiError(400, f"activation id length is {len(activation_id)} but must be {_ACTIVATION_ID_LENGTH}.")
+            raise ApiError(400, f"Activation id length is {len(activation_id)} but must be {_ACTIVATION_ID_LENGTH}.")
         if any(c not in "0123456789abcdef" for c in activation_id):
             raise ApiError(400, errors.ACTIVATION_ID_ILLEGAL)
         record = self.platform.get_activation(activation_id)

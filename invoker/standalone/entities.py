@@ -23,6 +23,8 @@ CONCURRENCY = (1, 1, 1)
 EXEC_SIZE_LIMIT = 48 * 1024 * 1024
 PARAMETERS_SIZE_LIMIT = 1024 * 1024
 ACTIVATION_ENTITY_LIMIT = 1024 * 1024  # an invoke's request body
+SEQUENCE_LIMIT = 50  # whisk.actionSequence.maxLimit
+SEQUENCE = "sequence"
 
 _ENTITY_NAME = re.compile(r"^([\w]|[\w][\w@ .-]*[\w@.-]+)$")
 ENTITY_NAME_MAX = 256
@@ -46,6 +48,18 @@ class ActionPut:
     limits: dict[str, int] | None = None
     version: str | None = None
     publish: bool | None = None
+    components: tuple[str, ...] | None = None  # a sequence's actions, as given
+
+
+def _components(exec_: dict) -> tuple[str, ...]:
+    components = exec_.get("components")
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+        raise ApiError.malformed("'components' must be an array of action names")
+    if not components:
+        raise ApiError(400, "No component specified for the sequence.")
+    if len(components) > SEQUENCE_LIMIT:
+        raise ApiError(400, "Too many actions in the sequence.")
+    return tuple(components)
 
 
 def _key_values(value: Any, field: str) -> list[dict]:
@@ -93,6 +107,8 @@ def parse_action_put(body: Any, manifest: RuntimesManifest) -> ActionPut:
         raw_kind = exec_.get("kind")
         if not isinstance(raw_kind, str):
             raise ApiError.malformed("'kind' must be a string defined in 'exec'")
+        if raw_kind.strip().lower() == SEQUENCE:
+            return _sequence_put(body, _components(exec_))
         runtime = manifest.resolve(raw_kind)
         if runtime is None:
             known = ", ".join(sorted([*manifest.kinds, "blackbox", "sequence"]))
@@ -143,6 +159,14 @@ def parse_action_put(body: Any, manifest: RuntimesManifest) -> ActionPut:
     return ActionPut(kind, code, binary, main, parameters, annotations, limits, version, publish)
 
 
+def _sequence_put(body: dict, components: tuple[str, ...]) -> ActionPut:
+    # A sequence's parameters are its component list (makeWhiskAction): given ones are dropped.
+    plain = parse_action_put({k: v for k, v in body.items() if k not in ("exec", "parameters")},
+                             RuntimesManifest([], []))
+    return ActionPut(SEQUENCE, None, False, None, None, plain.annotations, plain.limits, plain.version,
+                     plain.publish, components)
+
+
 def up_patch(version: str) -> str:
     major, minor, patch = (int(p) for p in version.split("."))
     return f"{major}.{minor}.{patch + 1}"
@@ -154,7 +178,7 @@ def _with_exec_annotation(annotations: list[dict], kind: str) -> list[dict]:
 
 def new_action_document(namespace: str, name: str, put: ActionPut) -> dict:
     """The document the controller writes for a new action (without its code)."""
-    if put.kind is None or put.code is None:
+    if put.kind is None or (put.code is None and put.kind != SEQUENCE):
         raise ApiError(400, "exec undefined")
     limits = {"timeout": TIMEOUT_MS[2], "memory": MEMORY_MB[2], "logs": LOGS_MB[2], "concurrency": CONCURRENCY[2]}
     limits.update(put.limits or {})
@@ -185,6 +209,14 @@ def updated_action_document(old: dict, put: ActionPut) -> dict:
     return doc
 
 
+def sequence_document(doc: dict, components: list[str]) -> dict:
+    """A sequence's exec and parameters: the fully qualified components, as the controller keeps them."""
+    out = dict(doc)
+    out["exec"] = {"kind": SEQUENCE, "components": components, "binary": False}
+    out["parameters"] = [{"key": "_actions", "value": components}]
+    return out
+
+
 def _document(namespace: str, name: str, kind: str, main: str | None, binary: bool, parameters: list[dict],
               limits: dict, version: str, publish: bool, annotations: list[dict]) -> dict:
     exec_: dict[str, Any] = {"kind": kind, "binary": binary}
@@ -209,9 +241,12 @@ def action_json(doc: dict, code: str | None) -> dict:
     """``WhiskAction`` as the API answers it; ``code`` None: without the code (``?code=false``)."""
     stored = doc.get("exec") or {}
     exec_: dict[str, Any] = {"kind": stored.get("kind")}
-    if code is not None:
+    if stored.get("kind") == SEQUENCE:
+        exec_["components"] = stored.get("components") or []
+    elif code is not None:
         exec_["code"] = code
-    exec_["binary"] = bool(stored.get("binary"))
+    if stored.get("kind") != SEQUENCE:
+        exec_["binary"] = bool(stored.get("binary"))
     if stored.get("main"):
         exec_["main"] = stored["main"]
     return {

@@ -45,7 +45,7 @@ def test_image_classifier_matches_onnxruntime_and_keeps_the_model_resident(
     assert [c["class"] for c in result["top"][0]] == list(np.argsort(-expected[0])[:3])
     assert result["device"] in ("cpu", "cuda")
     second = invoke(standalone, "image-classifier", payload)
-    np.testing.assert_array_equal(np.array(second["response"]["result"]["logits"], dtype=np.float32), got)
+    np.testing.assert_allclose(np.array(second["response"]["result"]["logits"], dtype=np.float32), got, rtol=1e-6)
     logs = [standalone.record(a["activationId"])["logs"] for a in (first, second)]
     assert any("loaded " in line for line in logs[0]), logs[0]
     assert not any("loaded " in line for line in logs[1]), "the warm activation loaded the model again"
@@ -88,6 +88,7 @@ def reference_tensor(data: bytes, width: int, height: int) -> np.ndarray:
 def test_cpu_preprocess_feeds_gpu_classifier(standalone: Standalone, resnet50_onnx, tmp_path) -> None:
     out = node(standalone, ACTIONS / "image-pipeline" / "deploy.js", str(resnet50_onnx))
     assert "deployed /guest/image-preprocess" in out and "(python:3)" in out
+    assert "deployed /guest/image-classify 0.0.1 (sequence: /guest/image-preprocess -> /guest/image-classifier)" in out
     picture = tmp_path / "picture.ppm"
     picture.write_bytes(ppm(131, 97))
     result = json.loads(node(standalone, ACTIONS / "image-pipeline" / "run.js", str(picture), "--logits"))
@@ -95,6 +96,11 @@ def test_cpu_preprocess_feeds_gpu_classifier(standalone: Standalone, resnet50_on
     got = np.array(result["logits"], dtype=np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
     assert result["top"][0][0]["class"] == int(np.argmax(expected[0]))
+    # The same through the sequence the deploy script created: one invoke, two activations.
+    sequence = invoke(standalone, "image-classify", {"image": base64.b64encode(picture.read_bytes()).decode(),
+                                                      "logits": True})
+    np.testing.assert_allclose(np.array(sequence["response"]["result"]["logits"], dtype=np.float32), got, rtol=1e-6)
+    assert len(sequence["logs"]) == 2
     kinds = {}
     for name in ("image-preprocess", "image-classifier"):
         listed = requests.get(standalone.api("activations"), params={"name": name, "limit": 1}, auth=standalone.auth,

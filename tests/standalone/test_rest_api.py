@@ -166,3 +166,47 @@ def test_ctrl_c_stops_the_whole_process_tree(tmp_path) -> None:
         assert not alive, f"left running: {alive}"
     finally:
         server.stop()
+
+
+ADD_ONE = "def main(args):\n    return {'n': args['n'] + args.get('step', 1)}\n"
+DOUBLE = "def main(args):\n    if args['n'] > 100:\n        return {'error': 'too big'}\n    return {'n': 2 * args['n']}\n"
+
+
+def test_sequence_feeds_each_result_to_the_next_action(standalone: Standalone) -> None:
+    assert put(standalone, "add-one", {"exec": {"kind": "python:3", "code": ADD_ONE},
+                                       "parameters": [{"key": "step", "value": 1}]}).ok
+    assert put(standalone, "double", {"exec": {"kind": "python:3", "code": DOUBLE}}).ok
+    created = put(standalone, "add-then-double",
+                  {"exec": {"kind": "sequence", "components": ["/_/add-one", "double", "/guest/add-one"]}})
+    assert created.status_code == 200, created.text
+    assert created.json()["exec"] == {"kind": "sequence",
+                                      "components": ["/guest/add-one", "/guest/double", "/guest/add-one"]}
+    answer = invoke(standalone, "add-then-double", {"n": 4}, blocking="true")
+    assert answer.status_code == 200, answer.text
+    activation = answer.json()
+    assert activation["response"]["result"] == {"n": 11}  # (4 + 1) * 2 + 1
+    assert {a["key"]: a["value"] for a in activation["annotations"]}["kind"] == "sequence"
+    components = activation["logs"]
+    assert len(components) == 3
+    first = standalone.record(components[0])
+    assert first["cause"] == activation["activationId"] and first["response"]["result"] == {"n": 5}
+    assert standalone.record(activation["activationId"])["logs"] == components
+    # A failing component ends the sequence with its response.
+    failed = invoke(standalone, "add-then-double", {"n": 200}, blocking="true")
+    assert failed.status_code == 502
+    assert failed.json()["response"]["result"] == {"error": "too big"} and len(failed.json()["logs"]) == 2
+    later = invoke(standalone, "add-then-double", {"n": 0})
+    assert later.status_code == 202
+    assert standalone.record(later.json()["activationId"])["response"]["result"] == {"n": 3}
+
+
+def test_sequence_components_are_checked(standalone: Standalone) -> None:
+    cases = [
+        ({"kind": "sequence", "components": ["/_/missing"]}, "Sequence component does not exist."),
+        ({"kind": "sequence", "components": []}, "No component specified for the sequence."),
+        ({"kind": "sequence", "components": ["/_/seq-self"]}, "Sequence may not refer to itself."),
+        ({"kind": "sequence", "components": ["/someone/else"]}, "Sequence component does not exist."),
+    ]
+    for exec_, message in cases:
+        answer = put(standalone, "seq-self", {"exec": exec_})
+        assert answer.status_code == 400 and answer.json()["error"] == message, answer.text
