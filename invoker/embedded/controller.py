@@ -79,8 +79,11 @@ class AckTimeout(TimeoutError):
 class EmbeddedController:
     """Publishes activations and collects acks and pings (one ``completed{C}`` reader)."""
 
-    def __init__(self, kafka: KafkaSettings, controller_id: str = "0", identity: Identity | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, controller_id: str = "0", identity: Identity | None = None,
+                 keep_acks: int | None = None) -> None:
         self.kafka = kafka
+        # A long-running controller (standalone mode) keeps only the newest acks.
+        self.keep_acks = keep_acks
         self.controller = ControllerInstanceId(controller_id)
         self.identity = identity or new_identity()
         self.completed_topic = kafka.topic(f"completed{controller_id}")
@@ -152,6 +155,10 @@ class EmbeddedController:
             for book in (self._acks[activation_id], self._by_transid[ack.transid.id]):
                 book.acks.append(ack)
                 book.arrived.append(now)
+            if self.keep_acks is not None:
+                for books in (self._acks, self._by_transid):
+                    while len(books) > self.keep_acks:
+                        del books[next(iter(books))]  # dicts keep insertion order: the oldest
             self._cond.notify_all()
 
     def _on_ping(self, value: bytes) -> None:
@@ -215,6 +222,20 @@ class EmbeddedController:
                     raise AckTimeout(f"no completion for {activation_id} within {timeout_s} s")
                 self._cond.wait(remaining)
             return self._acks[activation_id]
+
+    def wait_for_result(self, activation_id: str, timeout_s: float = 60.0) -> AckRecord | None:
+        """Until the activation's result ack arrived (what a blocking invoke answers with);
+        None when it did not within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                record = self._acks.get(activation_id)
+                if record is not None and isinstance(record.result, dict):
+                    return record
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
 
     def wait_for_transid(self, transid: str, timeout_s: float = 30.0) -> AckRecord:
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,5 @@
+import sys
+
+from invoker.standalone.server import main
+
+sys.exit(main())
