@@ -98,6 +98,7 @@ class Running:
     backend_reason: str
     gpus: Gpus
     key_created: bool
+    images: ManifestImages  # the invoker's own: which kinds its backend can run
 
     @property
     def url(self) -> str:
@@ -150,7 +151,8 @@ def running(settings: Settings, env: Mapping[str, str] | None = None) -> Iterato
                 platform = Platform(identity, whisks, activations, manifest, controller)
                 api.api = RestApi(platform, key)
                 api.start()
-                yield Running(api, platform, config, hosts, store, backend, reason, find_gpus(), created)
+                yield Running(api, platform, config, hosts, store, backend, reason, find_gpus(), created,
+                              invoker.pool.images)
             finally:
                 api.shutdown()
                 controller.close()
@@ -162,7 +164,7 @@ def running(settings: Settings, env: Mapping[str, str] | None = None) -> Iterato
 def report(run: Running, settings: Settings) -> str:
     """What runs where, and how to point ``wsk`` and the npm client at it."""
     manifest = run.platform.manifest
-    images = ManifestImages(manifest, run.backend)
+    images = run.images
     if run.gpus.count:
         gpu_line = f"{run.gpus.count} NVIDIA GPU(s) ({', '.join(run.gpus.names)}; found by {run.gpus.how})"
     else:
