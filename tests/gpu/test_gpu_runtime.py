@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from owruntime.resident import HEADER, parse_header
 
 RUNTIME_SOURCE = Path(__file__).resolve().parents[2] / "runtimes" / "python"
