@@ -290,8 +290,9 @@ class ContainerPool:
         return placeholder
 
     def _evict_gpu(self, needed_mb: int, loads: dict[int, int]) -> None:
-        """Remove idle warm containers, least recently used first, on the one GPU where that
-        makes room for ``needed_mb`` with the fewest evictions; nothing if no GPU can."""
+        """Remove idle warm containers (least recently used first, then idle stem cells) on the
+        one GPU where that makes room for ``needed_mb`` with the fewest evictions; nothing if
+        no GPU can."""
         assert self._ledger is not None
         ledger = self._ledger
         best: tuple[tuple, list[ContainerProxy]] | None = None
@@ -301,12 +302,12 @@ class ContainerPool:
             available = ledger.free_mb(gpu) + ledger.releasing_mb(gpu)
             if available >= needed_mb:
                 return  # room is already on its way: wait for it, evict nothing more
-            idle = sorted(
-                (p for p in self._containers
-                 if p.gpu is not None and p.gpu.gpu == gpu and not p.is_prewarm and p.active == 0
-                 and p.state is not State.REMOVING),
-                key=lambda p: p.last_used,
-            )
+            on_gpu = [p for p in self._containers
+                      if p.gpu is not None and p.gpu.gpu == gpu and p.active == 0 and p.state is not State.REMOVING]
+            # Idle warm containers, least recently used first; then idle stem cells, so that
+            # stem cells of another request class can never keep a job waiting for good.
+            idle = sorted((p for p in on_gpu if not p.is_prewarm), key=lambda p: p.last_used)
+            idle += [p for p in on_gpu if p.is_prewarm and p.state is State.STARTED]
             victims: list[ContainerProxy] = []
             for proxy in idle:
                 if available >= needed_mb:
@@ -364,7 +365,9 @@ class ContainerPool:
             with self._lock:
                 assert self._ledger is not None
                 self._ledger.release(proxy)
-            self._drain()
+            self._drain()  # waiting jobs first, then stem cells get what is left
+            if not self._stop.is_set():
+                self._replenish_stem_cells()
 
     # ------------------------------------------------------------------ execution
 
@@ -548,6 +551,7 @@ class ContainerPool:
                            and (p.kind, p.memory_mb, p.gpu.gpu) == key)
                 starting = self._gpu_starting.get(key, 0)
                 if (have + starting >= cell.count
+                        or self._buffer  # waiting work comes before prewarming (no evict/refill cycles)
                         or self._used_mb() + cell.memory_mb > self.config.user_memory_mb
                         or self._ledger.free_mb(gpu) < placement.memory_mb):
                     break

@@ -203,3 +203,16 @@ def test_concurrent_burst_drains_without_overcommit(gpu_pool):
     assert max(watch.worst.values()) <= 800
     assert sorted({r["gpu"] for r in results}) == ["0", "1"]
     time.sleep(0)  # keep the pool alive until every result is in
+
+
+def test_idle_stem_cells_of_another_class_give_way_to_a_waiting_job(gpu_pool):
+    pool = gpu_pool("0:1GiB", stem_cells=(GpuStemCell("python:3-gpu", 256, 2),), prewarm=())
+    wait_until(lambda: sum(p.is_prewarm for p in pool._containers) == 2, what="two stem cells")
+    sink = Recorder()
+    result = sink.result(_run(pool, job(gpu_action("wide", gpu={"memory": "800 MB"}), sink)))
+    assert result["gpu"] == "0"
+    assert pool.gpu_evictions == 2 and pool.prewarm_starts == 0
+    # No room for a stem cell next to the 800 MB container: none is started.
+    time.sleep(0.5)
+    assert not any(p.is_prewarm for p in pool._containers)
+    assert pool.gpu_snapshot()["gpus"][0]["committed_mb"] == 800
