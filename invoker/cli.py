@@ -9,10 +9,14 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from invoker.config import ConfigError, InvokerConfig, load_config
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import PoolConfig
+from invoker.gpu.inventory import load_inventory
+from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
+from invoker.gpu.mps import MpsError
 from invoker.manifest import RuntimesManifest
 from invoker.messaging import KafkaSettings
 from invoker.reactive import StorePolicy
@@ -37,6 +41,19 @@ def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFact
     from invoker.containerpool.process import ProcessContainerFactory
 
     return ProcessContainerFactory(api_host=config.resolved_api_host(env), extra_env={"__OW_INVOKER": owner})
+
+
+def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest) -> GpuLayer | None:
+    """The GPU layer, when the node has GPUs (detected, or declared with --gpus)."""
+    inventory = load_inventory(config.gpus)
+    if not inventory.devices:
+        return None
+    cells = config.gpu_stem_cells
+    if cells is None:
+        cells = tuple(GpuStemCell(c.kind, c.memory_mb, c.count) for c in manifest.stem_cells()
+                      if manifest.kinds[c.kind].is_gpu)
+    settings = GpuSettings(reserved_mb=config.gpu_reserved, stem_cells=cells, prewarm=tuple(config.gpu_prewarm))
+    return GpuLayer.start(inventory, settings, config.gpu_mps, mps_dir=Path(config.gpu_mps_dir))
 
 
 def open_databases(config: InvokerConfig) -> tuple[Database, Database, str]:
@@ -66,6 +83,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
     instance = instance_id(config.instance, config.user_memory, config.tags, config.dedicated_namespaces,
                            config.unique_name, config.displayed_name)
     factory = make_factory(config, env)
+    gpu = make_gpu_layer(config, manifest)
     settings = InvokerSettings(
         instance=instance,
         kafka=KafkaSettings(
@@ -91,7 +109,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
         http_username=config.invoker_username,
         http_password=config.invoker_password,
     )
-    return Invoker(settings, factory, manifest, whisks, activations)
+    return Invoker(settings, factory, manifest, whisks, activations, gpu=gpu)
 
 
 @contextlib.contextmanager
@@ -121,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with kafka_hosts_for(config) as hosts:
-        invoker = build_invoker(config, hosts)
+        try:
+            invoker = build_invoker(config, hosts)
+        except MpsError as error:
+            print(f"invoker: {error}", file=sys.stderr)
+            return 2
         invoker.start()
         stop.wait()
         log.info("stopping: finishing activations in flight")

@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoker.gpu.inventory import parse_declared
+from invoker.gpu.layer import GpuStemCell
+from invoker.gpu.request import parse_size_mb
 from invoker.messages import ByteSize
 
 
@@ -56,6 +59,36 @@ def parse_ulimits(text: str) -> dict[str, tuple[int, int]]:
         soft = int(match.group(2))
         limits[match.group(1)] = (soft, int(match.group(3) or soft))
     return limits
+
+
+def parse_declared_gpus(text: str) -> str:
+    """Validated here so that a bad declaration stops the invoker at start."""
+    parse_declared(text)
+    return text
+
+
+def parse_gpu_stem_cells(text: str) -> tuple[GpuStemCell, ...]:
+    """``python:3-gpu:2048MB:1[,...]``: kind, container memory, count per GPU."""
+    cells = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        parts = item.rsplit(":", 2)
+        if len(parts) != 3:
+            raise ConfigError(f"GPU stem cell {item!r} must be kind:memory:count, e.g. python:3-gpu:2048MB:1")
+        kind, memory, count = parts
+        try:
+            cells.append(GpuStemCell(kind.strip().lower(), parse_size_mb(memory), int(count)))
+        except ValueError as error:
+            raise ConfigError(f"GPU stem cell {item!r}: {error}") from error
+    return tuple(cells)
+
+
+def parse_mps_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"must be auto, on or off, not {text!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -138,6 +171,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_peek", "--max-peek", ("INVOKER_MAX_PEEK",), None,
             "Most activations taken from Kafka and not yet finished (default: userMemory/128MB, at least 16).", int),
     Setting("log_level", "--log-level", ("INVOKER_LOG_LEVEL",), "INFO", "Python log level."),
+    Setting("gpus", "--gpus", ("INVOKER_GPUS",), None,
+            "GPUs declared, not detected: index:memory[,...] (e.g. 0:80GiB,1:80GiB), for nodes where NVML "
+            "is absent, so GPU placement and admission run on a declared inventory (logged and reported "
+            "as declared). Ignored when NVML detects GPUs. Unset and no NVML: no GPU layer.",
+            parse_declared_gpus),
+    Setting("gpu_mps", "--gpu-mps", ("INVOKER_GPU_MPS",), "auto",
+            "GPU sharing: auto (MPS where it can run, else time-slicing, with the reason logged), "
+            "on (MPS or refuse to start), off (time-slicing).", parse_mps_mode),
+    Setting("gpu_mps_dir", "--gpu-mps-dir", ("INVOKER_GPU_MPS_DIR",), "/run/openwhisk-gpu-mps",
+            "Directory of the MPS daemon's pipe/ and log/ (mounted into GPU containers)."),
+    Setting("gpu_reserved", "--gpu-reserved-memory", ("INVOKER_GPU_RESERVED_MEMORY",), "512 MB",
+            "GPU memory per GPU never admitted to actions (driver, MPS server).", parse_size_mb),
+    Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,
+            "Prewarmed GPU containers per GPU: kind:memory:count[,...] (e.g. python:3-gpu:2048MB:1). "
+            "Unset: the stemCells of GPU kinds in the runtimes manifest, counted per GPU.", parse_gpu_stem_cells),
+    Setting("gpu_prewarm", "--gpu-prewarm", ("INVOKER_GPU_PREWARM",), "torch,onnxruntime",
+            "What a GPU stem cell imports and initialises (CUDA context) before it counts as ready.", parse_list),
 )
 
 

@@ -1,6 +1,7 @@
 """The invoker service: wires messaging, stores, pool and health together, and
 serves the invoker's small HTTP API (``/ping``, ``/enable``, ``/disable``,
-``/isEnabled``) like ``DefaultInvokerServer``."""
+``/isEnabled``) like ``DefaultInvokerServer``, plus ``/pool``, ``/gpus`` (per-GPU
+state as JSON) and ``/metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.proxy import PoolLimits
+from invoker.gpu import metrics
+from invoker.gpu.layer import GpuLayer
 from invoker.manifest import RuntimesManifest
 from invoker.messages import ByteSize, InvokerInstanceId, PingMessage, serialize
 from invoker.messaging import (
@@ -80,11 +83,13 @@ class Invoker:
         manifest: RuntimesManifest,
         whisks: Database,
         activations: Database,
+        gpu: GpuLayer | None = None,
     ) -> None:
         self.settings = settings
         self.manifest = manifest
+        self.gpu = gpu
         images = ManifestImages(manifest, factory)
-        self.pool = ContainerPool(factory, images, settings.pool)
+        self.pool = ContainerPool(factory, images, settings.pool, gpu)
         self.producer = Producer(settings.kafka)
         self.entity_store = EntityStore(whisks)
         self.activation_store = ActivationStore(activations)
@@ -119,9 +124,11 @@ class Invoker:
         if self.settings.http_port is not None:
             self._start_http()
         log.info(
-            "invoker%d up: consuming %s, userMemory %s, tags %s, backend %s",
+            "invoker%d up: consuming %s, userMemory %s, tags %s, backend %s, GPUs: %s",
             self.settings.instance.instance, self.topic, self.settings.instance.user_memory.to_json(),
             list(self.settings.instance.tags), self.pool.factory.name,
+            f"{self.gpu.inventory.describe()}, {self.gpu.sharing.mode} ({self.gpu.sharing.reason})"
+            if self.gpu is not None else "none",
         )
 
     def stop(self) -> None:
@@ -130,6 +137,8 @@ class Invoker:
         self.feed.stop()
         self.reactive.close()
         self.pool.shutdown()
+        if self.gpu is not None:
+            self.gpu.stop()
         self.activation_store.close()
         try:
             self.producer.send(self.settings.kafka.topic("health"),
@@ -196,6 +205,10 @@ class Invoker:
                         self._reply(200, json.dumps({"enabled": invoker.enabled}).encode())
                 elif self.path == "/pool":
                     self._reply(200, json.dumps(invoker.pool.snapshot()).encode())
+                elif self.path == "/gpus":
+                    self._reply(200, json.dumps(invoker.pool.gpu_snapshot()).encode())
+                elif self.path == "/metrics":
+                    self._reply(200, metrics.render(invoker.pool.gpu_snapshot()).encode(), metrics.CONTENT_TYPE)
                 else:
                     self._reply(404, b'{"error":"not found"}')
 

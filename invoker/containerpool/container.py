@@ -17,6 +17,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from owruntime.resident import HEADER as RESIDENT_HEADER
+from owruntime.resident import ResidentModel, parse_header
+
 from invoker.containerpool.logs import LogBuffer
 
 
@@ -40,6 +43,7 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     gpu: str | None = None  # device UUID or index assigned by the GPU layer
+    mounts: tuple[str, ...] = ()  # host directories bound at the same path (the MPS pipe and log)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class HttpOutcome:
     body: bytes = b""
     timed_out: bool = False
     connection_lost: bool = False
+    # Models the runtime reported resident (``X-OW-Resident``); None: the header was absent.
+    resident: tuple[ResidentModel, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,12 +118,14 @@ class RuntimeClient:
                 response = conn.getresponse()
                 data = response.read()
                 status = response.status
+                reported = response.getheader(RESIDENT_HEADER)
                 end = now_ms()
                 if response.will_close:
                     conn.close()
                 else:
                     self._release(conn)
-                return HttpOutcome(start, end, status=status, body=data)
+                resident = tuple(parse_header(reported)) if reported is not None else None
+                return HttpOutcome(start, end, status=status, body=data, resident=resident)
             except TimeoutError:
                 conn.close()
                 return HttpOutcome(start, now_ms(), timed_out=True)
@@ -130,6 +138,18 @@ class RuntimeClient:
             except (http.client.HTTPException, OSError):
                 conn.close()
                 return HttpOutcome(start, now_ms(), connection_lost=True)
+
+    def get_status(self, path: str, timeout_s: float) -> tuple[int, bytes] | None:
+        """One GET on a fresh connection; None when the runtime does not answer (yet)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        except (http.client.HTTPException, OSError):
+            return None
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self._closed = True
@@ -148,12 +168,32 @@ class Container(ABC):
         self.spec = spec
         self.client = RuntimeClient(host, port)
         self.logs = LogBuffer()
+        self.resident: tuple[ResidentModel, ...] = ()  # as last reported by the runtime
 
     def initialize(self, payload: dict, timeout_s: float) -> HttpOutcome:
         return self.client.post("/init", {"value": payload}, timeout_s, retry_refused=True, alive=self.is_alive)
 
     def run(self, payload: dict, timeout_s: float) -> HttpOutcome:
-        return self.client.post("/run", payload, timeout_s)
+        outcome = self.client.post("/run", payload, timeout_s)
+        if outcome.resident is not None:
+            self.resident = outcome.resident
+        return outcome
+
+    def wait_ready(self, timeout_s: float) -> dict | None:
+        """Until the runtime answers ``GET /ready`` with 200 (its warm-up, e.g. the CUDA
+        context and framework imports of a GPU stem cell, has finished). Returns the
+        runtime's readiness report, or None when it did not get ready in time or died."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.is_alive():
+            answer = self.client.get_status("/ready", timeout_s=min(5.0, max(0.1, deadline - time.monotonic())))
+            if answer is not None and answer[0] == 200:
+                try:
+                    report = json.loads(answer[1])
+                except ValueError:
+                    report = {}
+                return report if isinstance(report, dict) else {}
+            time.sleep(0.05)
+        return None
 
     def set_max_concurrency(self, n: int) -> None:
         self.client.max_connections = n

@@ -166,6 +166,11 @@ class DockerContainerFactory(ContainerFactory):
             kwargs["ports"] = {RUNTIME_PORT: (self.publish_host, None)}
         if spec.gpu is not None:
             kwargs["device_requests"] = [DeviceRequest(device_ids=[spec.gpu], capabilities=[["gpu"]])]
+        if spec.mounts:
+            # MPS clients reach the host's control daemon through its pipe directory and
+            # shared memory (gpu-facts §4): bind the directories, share the host IPC namespace.
+            kwargs["volumes"] = {path: {"bind": path, "mode": "rw"} for path in spec.mounts}
+            kwargs["ipc_mode"] = "host"
         handle = None
         try:
             handle = self.client.containers.create(**kwargs)

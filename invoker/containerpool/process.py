@@ -106,6 +106,8 @@ class ProcessContainerFactory(ContainerFactory):
             **self.extra_env,
             **spec.env,
         }
+        if spec.gpu is not None:  # what a GPU device request does for a container
+            env["CUDA_VISIBLE_DEVICES"] = spec.gpu
         try:
             process = subprocess.Popen(
                 [self.python, "-m", "owruntime", "--host", "127.0.0.1", "--port", str(port)],

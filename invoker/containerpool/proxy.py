@@ -127,6 +127,7 @@ class ContainerProxy:
         self.pause_lock = threading.Lock()
         self.suspended = False  # the backend really paused it (state PAUSED may precede this)
         self.activations_run = 0
+        self.gpu = None  # GpuPlacement of a GPU container (invoker.gpu.layer); None on the CPU
 
     def __repr__(self) -> str:
         action = self.action.path if self.action else None

@@ -9,12 +9,17 @@
   on the main thread. Connection threads hand /init and /run to it through
   :class:`MainThreadExecutor`; this also serialises runs. With ``__OW_ALLOW_CONCURRENT=true``,
   /run executes directly on the connection threads, concurrently (/init still on the main thread).
+* Every /run answer carries ``X-OW-Resident``: the models the action holds resident
+  (:mod:`owruntime.resident`), so the invoker places work where a model already is.
+* ``GET /ready``: 503 while the warm-up that ``OW_GPU_PREWARM`` asks for runs (GPU stem cells,
+  :mod:`owruntime.prewarm`), then 200 with its report. /init and /run wait for the warm-up.
 * SIGTERM/SIGINT: stop accepting, finish the activations in progress, answer 503 to any request
   that arrives meanwhile, remove the action's directory and exit 0. A second signal exits at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -25,8 +30,10 @@ import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import logs
+from . import logs, prewarm
 from .action import ActionRuntime, error_body
+from .resident import HEADER as RESIDENT_HEADER
+from .resident import REGISTRY
 
 _REASONS = {
     200: b"OK",
@@ -90,9 +97,9 @@ class MainThreadExecutor:
         return job
 
     @staticmethod
-    def _finish(job: _Job, answer: tuple[int, bytes]) -> None:
+    def _finish(job: _Job, answer: tuple) -> None:
         try:
-            job.handler.answer(answer[0], answer[1], job.close)
+            job.handler.answer(answer[0], answer[1], job.close, *answer[2:])
         except OSError:  # the client went away
             pass
         finally:
@@ -138,8 +145,15 @@ class App:
         self.executor = executor
         self.concurrent = concurrent
         self.stopping = False
+        self.ready = threading.Event()
+        self.readiness: dict = {}
         self._busy = 0
         self._idle = threading.Condition(threading.Lock())
+
+    def run(self, body: bytes) -> tuple[int, bytes, bytes]:
+        """/run, with the resident models as they are after it."""
+        status, out = self.runtime.run(body)
+        return status, out, b"%s: %s\r\n" % (RESIDENT_HEADER.encode(), REGISTRY.header_value().encode())
 
     def enter(self) -> None:
         with self._idle:
@@ -266,12 +280,13 @@ class Handler(BaseHTTPRequestHandler):
             parts.append(chunk)
             readline(_MAX_LINE + 1)  # CRLF after the chunk
 
-    def answer(self, status: int, body: bytes, close: bool) -> None:
+    def answer(self, status: int, body: bytes, close: bool, extra_headers: bytes = b"") -> None:
         """Write a whole response (head and body in one ``send`` when small)."""
-        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n" % (
             status,
             _REASONS.get(status, b"Unknown"),
             len(body),
+            extra_headers,
             b"Connection: close\r\n" if close else b"",
         )
         if len(body) <= _SMALL_BODY:
@@ -296,10 +311,11 @@ class Handler(BaseHTTPRequestHandler):
             if "?" in path:
                 path = path.split("?", 1)[0]
             if path == "/run":
-                if app.concurrent:
-                    self.answer(*app.runtime.run(body), close)
+                if app.concurrent and app.ready.is_set():
+                    status, out, headers = app.run(body)
+                    self.answer(status, out, close, headers)
                     return
-                job = app.executor.submit(app.runtime.run, body, self, close)
+                job = app.executor.submit(app.run, body, self, close)
             elif path == "/init":
                 job = app.executor.submit(app.runtime.init, body, self, close)
             else:
@@ -319,6 +335,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._read_body()
+        app = self.server.app
+        if self.path.split("?", 1)[0] == "/ready":
+            if app.ready.is_set():
+                self.answer(200, json.dumps({"ready": True, "prewarm": app.readiness}).encode(), self.close_connection)
+            else:
+                self.answer(503, json.dumps({"ready": False, "warming": prewarm.requested()}).encode(),
+                            self.close_connection)
+            return
         self.answer(404, error_body(f"no such route: GET {self.path}"), self.close_connection)
 
     def send_error(self, code, message=None, explain=None) -> None:
@@ -383,6 +407,12 @@ def serve(host: str, port: int, concurrent: bool | None = None, ready=None) -> i
     if ready is not None:
         ready(httpd.server_address)
     try:
+        # On the main thread, before any /init or /run (they wait in the executor's queue).
+        warm = prewarm.requested()
+        if warm:
+            app.readiness = prewarm.warm_up(warm)
+            logs.flush()
+        app.ready.set()
         executor.serve()
     finally:
         app.stopping = True

@@ -1,0 +1,89 @@
+"""GPU memory admission: what each GPU has committed, and to which container.
+
+Every GPU container is charged its request's memory (a stem cell: its CUDA context's
+share, ``context_mb``; once claimed: the action's request) on exactly one GPU, from
+before it starts until it is destroyed. A GPU never has more committed than its
+capacity (total memory minus ``reserved_mb`` of headroom for the driver and the MPS
+server). Committed memory is what was admitted, not what NVML sees used: the runtime's
+real use is reported beside it (resident models), as the pool accounts host memory by
+``limits.memory`` rather than by use.
+
+Not thread-safe by itself: the pool calls it under its own lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
+from invoker.gpu.inventory import GpuDevice, Inventory
+
+
+class AdmissionError(ValueError):
+    """A charge that would overflow a GPU (a bug in the caller: check ``free_mb`` first)."""
+
+
+@dataclass
+class Charge:
+    gpu: int
+    memory_mb: int
+    releasing: bool = False  # its container is being destroyed: still committed until it is gone
+
+
+class GpuLedger:
+    def __init__(self, inventory: Inventory, reserved_mb: int = 0) -> None:
+        self.devices: dict[int, GpuDevice] = {d.index: d for d in inventory.devices}
+        self.reserved_mb = reserved_mb
+        self._charges: dict[Hashable, Charge] = {}
+
+    def capacity_mb(self, gpu: int) -> int:
+        """What may be committed on a GPU; 0 for a MIG-enabled GPU (its instances are not placed on)."""
+        device = self.devices[gpu]
+        if device.mig_enabled:
+            return 0
+        return max(0, device.memory_total_mb - self.reserved_mb)
+
+    def committed_mb(self, gpu: int) -> int:
+        return sum(c.memory_mb for c in self._charges.values() if c.gpu == gpu)
+
+    def releasing_mb(self, gpu: int) -> int:
+        return sum(c.memory_mb for c in self._charges.values() if c.gpu == gpu and c.releasing)
+
+    def free_mb(self, gpu: int) -> int:
+        return self.capacity_mb(gpu) - self.committed_mb(gpu)
+
+    def fits_anywhere(self, memory_mb: int) -> bool:
+        """Whether some GPU could ever hold the request (else: fail, do not queue)."""
+        return any(self.capacity_mb(g) >= memory_mb for g in self.devices)
+
+    def candidates(self, memory_mb: int, loads: Mapping[int, int]) -> list[int]:
+        """GPUs that can admit the request now: most free memory first, then least load."""
+        fitting = [g for g in self.devices if self.free_mb(g) >= memory_mb]
+        return sorted(fitting, key=lambda g: (-self.free_mb(g), loads.get(g, 0), g))
+
+    def commit(self, key: Hashable, gpu: int, memory_mb: int) -> None:
+        if key in self._charges:
+            raise AdmissionError(f"{key!r} is already charged on GPU {self._charges[key].gpu}")
+        if self.free_mb(gpu) < memory_mb:
+            raise AdmissionError(f"GPU {gpu} has {self.free_mb(gpu)} MB free, {memory_mb} MB asked")
+        self._charges[key] = Charge(gpu, memory_mb)
+
+    def resize(self, key: Hashable, memory_mb: int) -> None:
+        """Change a container's charge on its GPU (a stem cell claimed by an action)."""
+        charge = self._charges[key]
+        if self.free_mb(charge.gpu) + charge.memory_mb < memory_mb:
+            raise AdmissionError(f"GPU {charge.gpu} cannot grow {key!r} to {memory_mb} MB")
+        charge.memory_mb = memory_mb
+
+    def move(self, old: Hashable, new: Hashable) -> None:
+        """Hand a charge to another key (a cold-start placeholder becomes its container)."""
+        self._charges[new] = self._charges.pop(old)
+
+    def mark_releasing(self, key: Hashable) -> None:
+        self._charges[key].releasing = True
+
+    def release(self, key: Hashable) -> None:
+        self._charges.pop(key, None)
+
+    def charge(self, key: Hashable) -> Charge | None:
+        return self._charges.get(key)

@@ -1,0 +1,95 @@
+"""Prometheus text exposition (format 0.0.4) of the pool's GPU state, for ``GET /metrics``.
+
+Written by hand rather than with ``prometheus_client``: a dozen gauges and counters
+rendered from one snapshot need no dependency and no global registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MB = 1024 * 1024
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: dict[str, object]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
+
+
+class _Family:
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        self.name, self.kind, self.help = name, kind, help_text
+        self.samples: list[tuple[dict[str, object], float]] = []
+
+    def add(self, value: float | int | None, **labels: object) -> None:
+        if value is not None:
+            self.samples.append((labels, float(value)))
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for labels, value in self.samples:
+            number = repr(int(value)) if value.is_integer() else repr(value)
+            yield f"{self.name}{_labels(labels)} {number}"
+
+
+def render(snapshot: dict) -> str:
+    """``snapshot`` is ``ContainerPool.gpu_snapshot()``."""
+    inventory = snapshot.get("inventory", {})
+    sharing = snapshot.get("sharing", {"mode": "none", "reason": ""})
+    stats = snapshot.get("stats", {})
+    families = {
+        "info": _Family("owgpu_inventory_info", "gauge",
+                        "GPU inventory source (nvml: detected; declared: configured, not detected) and sharing mode."),
+        "total": _Family("owgpu_gpu_memory_total_bytes", "gauge", "GPU memory, as detected or declared."),
+        "capacity": _Family("owgpu_gpu_memory_capacity_bytes", "gauge", "GPU memory the invoker may admit."),
+        "committed": _Family("owgpu_gpu_memory_committed_bytes", "gauge",
+                             "GPU memory admitted to containers (requests, not use)."),
+        "used": _Family("owgpu_gpu_memory_used_bytes", "gauge", "GPU memory in use as NVML reports it (all processes)."),
+        "util": _Family("owgpu_gpu_utilization_ratio", "gauge", "GPU utilisation as NVML reports it (0-1)."),
+        "mps": _Family("owgpu_gpu_mps_enabled", "gauge", "1 when the GPU is shared through MPS, 0 for time-slicing."),
+        "mig": _Family("owgpu_gpu_mig_enabled", "gauge", "1 when MIG is enabled (the GPU is not placed on)."),
+        "containers": _Family("owgpu_gpu_containers", "gauge", "Containers on the GPU by role."),
+        "active": _Family("owgpu_gpu_active_activations", "gauge", "Activations running on the GPU."),
+        "models": _Family("owgpu_gpu_resident_models", "gauge", "Distinct models runtimes report resident on the GPU."),
+        "model_bytes": _Family("owgpu_gpu_resident_model_bytes", "gauge",
+                               "GPU memory the runtimes report their resident models take."),
+        "starts": _Family("owgpu_pool_starts_total", "counter", "Activations by how their container was found."),
+        "evictions": _Family("owgpu_gpu_evictions_total", "counter", "Idle warm GPU containers evicted to make room."),
+        "waits": _Family("owgpu_gpu_admission_waits_total", "counter",
+                          "Placement attempts of GPU activations that found no GPU memory free (they wait)."),
+        "refused": _Family("owgpu_gpu_admission_refused_total", "counter",
+                           "GPU activations refused: the request exceeds every GPU."),
+        "buffered": _Family("owgpu_pool_buffered_activations", "gauge", "Activations waiting in the run buffer."),
+    }
+    families["info"].add(1, source=inventory.get("source", "none"), sharing=sharing["mode"])
+    for gpu in snapshot.get("gpus", []):
+        labels = {"gpu": gpu["index"], "uuid": gpu.get("uuid") or ""}
+        families["total"].add(gpu["memory_total_mb"] * MB, **labels)
+        families["capacity"].add(gpu["capacity_mb"] * MB, **labels)
+        families["committed"].add(gpu["committed_mb"] * MB, **labels)
+        if gpu.get("memory_used_mb") is not None:
+            families["used"].add(gpu["memory_used_mb"] * MB, **labels)
+        if gpu.get("utilization_pct") is not None:
+            families["util"].add(gpu["utilization_pct"] / 100, **labels)
+        families["mps"].add(int(bool(gpu["mps"])), **labels)
+        families["mig"].add(int(bool(gpu["mig_enabled"])), **labels)
+        stem = sum(1 for c in gpu["containers"] if c["stem_cell"])
+        families["containers"].add(stem, **labels, role="stem_cell")
+        families["containers"].add(len(gpu["containers"]) - stem, **labels, role="action")
+        families["active"].add(gpu["active"], **labels)
+        families["models"].add(len(gpu["resident_models"]), **labels)
+        families["model_bytes"].add(gpu["resident_bytes"], **labels)
+    for kind in ("cold", "prewarm", "warm"):
+        families["starts"].add(stats.get(f"{kind}_starts"), start=kind)
+    families["evictions"].add(stats.get("gpu_evictions"))
+    families["waits"].add(stats.get("gpu_waits"))
+    families["refused"].add(stats.get("gpu_refused"))
+    families["buffered"].add(stats.get("buffered"))
+    return "\n".join(line for family in families.values() for line in family.render()) + "\n"

@@ -1,0 +1,180 @@
+"""NVIDIA MPS: the control daemon's life and the environment of its clients.
+
+The invoker owns the daemon, so users do not have to (the pitfalls are in
+``/work/shared/notes/gpu-facts.md`` §4): it starts ``nvidia-cuda-mps-control -d`` with its
+own pipe and log directories (not ``/tmp/nvidia-mps``, which the NVIDIA container runtime
+mounts into every GPU container), checks it answers, and stops it (``quit``) at shutdown.
+GPU containers get the two directories mounted, the host IPC namespace, and their limits:
+``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` (SM share) and ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``
+(device memory; ordinal 0 because each container sees exactly one GPU). Both are read
+when the client creates its CUDA context, so they cannot change for a running container.
+
+Where MPS cannot run — configured off, no NVML-detected GPU, MIG on every GPU, no
+``nvidia-cuda-mps-control`` binary, or the daemon does not come up — GPU containers share
+their GPU by time-slicing, and ``SharingStatus`` says why (log, ``/gpus``, metrics).
+
+MPS serves one Linux user at a time: every GPU container must run as the same UID (the
+runtime images all run as ``action``, uid 10001).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from invoker.gpu.inventory import Inventory
+
+log = logging.getLogger(__name__)
+
+CONTROL_BINARY = "nvidia-cuda-mps-control"
+Mode = Literal["auto", "on", "off"]
+
+
+class MpsError(RuntimeError):
+    """The MPS control daemon could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class SharingStatus:
+    """How GPU containers share a GPU on this node, and why."""
+
+    mps: bool
+    reason: str
+    gpus: tuple[int, ...] = ()  # GPUs shared through MPS (others: time-slicing)
+
+    @property
+    def mode(self) -> str:
+        return "mps" if self.mps else "time-slicing"
+
+    def mps_on(self, index: int) -> bool:
+        return self.mps and index in self.gpus
+
+
+class MpsDaemon:
+    """One MPS control daemon, identified by its pipe directory."""
+
+    def __init__(self, control: str, pipe_dir: Path, log_dir: Path, visible_devices: tuple[str, ...] = (),
+                 timeout_s: float = 10.0) -> None:
+        self.control = control
+        self.pipe_dir = Path(pipe_dir)
+        self.log_dir = Path(log_dir)
+        self.visible_devices = visible_devices
+        self.timeout_s = timeout_s
+        self.started_here = False
+
+    def env(self) -> dict[str, str]:
+        """What the daemon and every client need to find each other."""
+        return {"CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_dir), "CUDA_MPS_LOG_DIRECTORY": str(self.log_dir)}
+
+    def _env(self) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env()}
+        if self.visible_devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.visible_devices)
+        return env
+
+    def _command(self, text: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([self.control], input=text + "\n", env=self._env(), capture_output=True,
+                                  text=True, timeout=self.timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise MpsError(f"{self.control}: {error}") from error
+
+    def running(self) -> bool:
+        """Whether a control daemon answers on this pipe directory."""
+        try:
+            return self._command("get_server_list").returncode == 0
+        except MpsError:
+            return False
+
+    def start(self) -> None:
+        """Start the daemon (or adopt one already answering on the same pipe directory)."""
+        for directory in (self.pipe_dir, self.log_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise MpsError(f"cannot create {directory}: {error}") from error
+        if self.running():
+            log.info("MPS control daemon already running on %s: using it", self.pipe_dir)
+            return
+        try:
+            done = subprocess.run([self.control, "-d"], env=self._env(), capture_output=True, text=True,
+                                  timeout=self.timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise MpsError(f"{self.control} -d: {error}") from error
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
+            raise MpsError(f"{self.control} -d failed: {detail}")
+        deadline = time.monotonic() + self.timeout_s
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise MpsError(f"{self.control} -d started but the daemon does not answer on {self.pipe_dir}")
+            time.sleep(0.1)
+        self.started_here = True
+        log.info("MPS control daemon started (pipe %s, log %s)", self.pipe_dir, self.log_dir)
+
+    def stop(self) -> None:
+        """``quit`` a daemon this invoker started; one it adopted is left running."""
+        if not self.started_here:
+            return
+        done = self._command("quit")
+        if done.returncode != 0:
+            raise MpsError(f"{self.control} quit failed: {(done.stderr or done.stdout).strip()}")
+        deadline = time.monotonic() + self.timeout_s
+        while self.running():
+            if time.monotonic() > deadline:
+                raise MpsError(f"the MPS control daemon on {self.pipe_dir} did not quit")
+            time.sleep(0.1)
+        self.started_here = False
+        log.info("MPS control daemon stopped")
+
+
+def client_env(daemon: MpsDaemon, memory_mb: int, sm_percent: int) -> dict[str, str]:
+    """Environment of one GPU container under MPS."""
+    return {
+        **daemon.env(),
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(sm_percent),
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"0={memory_mb}MB",
+    }
+
+
+def start_sharing(inventory: Inventory, mode: Mode, control: str, pipe_dir: Path, log_dir: Path
+                  ) -> tuple[SharingStatus, MpsDaemon | None]:
+    """Start MPS where it can run; otherwise say why GPUs are time-sliced.
+
+    ``auto`` needs NVML-detected GPUs; ``on`` also tries with a declared inventory (a
+    node whose NVML is hidden from the invoker) and is an error if MPS does not come up.
+    """
+    def fallback(reason: str) -> tuple[SharingStatus, None]:
+        if mode == "on":
+            raise MpsError(f"MPS was required (--gpu-mps on) but {reason}")
+        log.warning("GPU sharing: time-slicing, because %s", reason)
+        return SharingStatus(False, reason), None
+
+    if mode == "off":
+        log.info("GPU sharing: time-slicing (MPS off by configuration)")
+        return SharingStatus(False, "MPS off by configuration (--gpu-mps off)"), None
+    if not inventory.devices:
+        return fallback("there are no GPUs")
+    if inventory.source != "nvml" and mode != "on":
+        return fallback("no GPU was detected (the inventory is declared, not detected)")
+    usable = tuple(d for d in inventory.devices if not d.mig_enabled)
+    if not usable:
+        return fallback("MIG is enabled on every GPU")
+    binary = shutil.which(control)
+    if binary is None:
+        return fallback(f"{control} is not installed")
+    daemon = MpsDaemon(binary, pipe_dir, log_dir, tuple(d.device_id for d in usable if d.uuid))
+    try:
+        daemon.start()
+    except MpsError as error:
+        return fallback(str(error))
+    skipped = [d.index for d in inventory.devices if d.mig_enabled]
+    reason = "MPS control daemon running" + (f"; GPUs {skipped} time-sliced (MIG enabled)" if skipped else "")
+    log.info("GPU sharing: MPS on GPUs %s", [d.index for d in usable])
+    return SharingStatus(True, reason, tuple(d.index for d in usable)), daemon

@@ -1,0 +1,57 @@
+"""Warm-up of a GPU stem cell before it is ready: import the frameworks and create the
+CUDA context, so an action's cold start on it pays only for ``/init`` and its model.
+
+``OW_GPU_PREWARM=torch,onnxruntime`` names what to warm (the invoker sets it on GPU
+stem cells). The server answers ``GET /ready`` with 503 until the warm-up has finished,
+then with 200 and the report this module builds (what was imported, whether CUDA came
+up, how long each step took). A failed step is reported, not fatal: the container
+stays usable, it is only less warm.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+
+ENV = "OW_GPU_PREWARM"
+
+
+def requested(environ=os.environ) -> list[str]:
+    return [m.strip() for m in environ.get(ENV, "").split(",") if m.strip()]
+
+
+def _torch() -> dict:
+    import torch
+
+    entry: dict = {"version": torch.__version__, "cuda": bool(torch.cuda.is_available())}
+    if entry["cuda"]:
+        start = time.perf_counter()
+        torch.zeros(1, device="cuda")  # creates the primary context, which onnxruntime's CUDA EP shares
+        torch.cuda.synchronize()
+        entry["context_s"] = round(time.perf_counter() - start, 4)
+        entry["device"] = torch.cuda.get_device_name(0)
+    return entry
+
+
+def _onnxruntime() -> dict:
+    import onnxruntime
+
+    return {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+
+
+_WARMERS = {"torch": _torch, "onnxruntime": _onnxruntime}
+
+
+def warm_up(modules: list[str]) -> dict:
+    report: dict = {}
+    for name in modules:
+        start = time.perf_counter()
+        try:
+            entry = _WARMERS[name]() if name in _WARMERS else {"version": getattr(importlib.import_module(name), "__version__", None)}
+            entry["imported"] = True
+        except Exception as error:  # reported, not fatal: see the module docstring
+            entry = {"imported": False, "error": f"{type(error).__name__}: {error}"}
+        entry["seconds"] = round(time.perf_counter() - start, 4)
+        report[name] = entry
+    return report

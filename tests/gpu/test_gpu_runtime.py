@@ -1,0 +1,121 @@
+"""The runtime's side of the GPU layer, on a real runtime process: ``X-OW-Resident`` on every
+/run answer, and ``GET /ready`` gating a stem cell until its warm-up (``OW_GPU_PREWARM``) ran."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from owruntime.resident import HEADER, parse_header
+
+RUNTIME_SOURCE = Path(__file__).resolve().parents[2] / "runtimes" / "python"
+
+ACTION = """
+import sys
+WARM_AT_INIT = "slowmod" in sys.modules
+from owruntime.resident import REGISTRY
+
+def main(args):
+    if args.get("fail"):
+        raise RuntimeError("asked to fail")
+    if args.get("load"):
+        REGISTRY.register(args["load"], "cuda:0", 4096)
+    if args.get("unload"):
+        REGISTRY.unregister(args["unload"])
+    return {"warm_at_init": WARM_AT_INIT}
+"""
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    procs = []
+
+    def start(env: dict[str, str] | None = None) -> int:
+        port = _port()
+        (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(1.5)\n")
+        full = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{RUNTIME_SOURCE}{os.pathsep}{tmp_path}", **(env or {})}
+        procs.append(subprocess.Popen([sys.executable, "-m", "owruntime", "--host", "127.0.0.1", "--port", str(port)],
+                                      env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return port
+            except OSError:
+                assert time.monotonic() < deadline, "runtime did not listen"
+                time.sleep(0.02)
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def request(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), dict(response.getheaders())
+    finally:
+        conn.close()
+
+
+def init(port: int) -> tuple[int, dict, dict]:
+    return request(port, "POST", "/init", {"value": {"name": "a", "main": "main", "code": ACTION, "binary": False}})
+
+
+def test_every_run_answer_reports_the_resident_models(runtime):
+    port = runtime()
+    assert init(port)[0] == 200
+    status, _, headers = request(port, "POST", "/run", {"value": {}})
+    assert status == 200 and json.loads(headers[HEADER]) == {"models": []}
+    status, _, headers = request(port, "POST", "/run", {"value": {"load": "resnet50"}})
+    assert [(m.key, m.device, m.bytes) for m in parse_header(headers[HEADER])] == [("resnet50", "cuda:0", 4096)]
+    status, body, headers = request(port, "POST", "/run", {"value": {"fail": True}})
+    assert "asked to fail" in body["error"]
+    assert parse_header(headers[HEADER])[0].key == "resnet50"  # an error answer reports too
+    status, _, headers = request(port, "POST", "/run", {"value": {"unload": "resnet50"}})
+    assert parse_header(headers[HEADER]) == []
+
+
+def test_concurrent_runs_report_too(runtime):
+    port = runtime({"__OW_ALLOW_CONCURRENT": "true"})
+    init(port)
+    _, _, headers = request(port, "POST", "/run", {"value": {"load": "m"}})
+    assert parse_header(headers[HEADER])[0].key == "m"
+
+
+def test_ready_waits_for_the_warm_up_and_init_runs_after_it(runtime):
+    port = runtime({"OW_GPU_PREWARM": "slowmod,no_such_module"})
+    status, body, _ = request(port, "GET", "/ready")
+    assert status == 503 and body == {"ready": False, "warming": ["slowmod", "no_such_module"]}
+    status, _, _ = init(port)  # queued behind the warm-up
+    assert status == 200
+    status, body, _ = request(port, "GET", "/ready")
+    assert status == 200 and body["ready"] is True
+    assert body["prewarm"]["slowmod"]["imported"] is True and body["prewarm"]["slowmod"]["seconds"] >= 1.0
+    assert body["prewarm"]["no_such_module"]["imported"] is False
+    assert "ModuleNotFoundError" in body["prewarm"]["no_such_module"]["error"]
+    _, result, _ = request(port, "POST", "/run", {"value": {}})
+    assert result == {"warm_at_init": True}
+
+
+def test_a_runtime_without_warm_up_is_ready_at_once(runtime):
+    port = runtime()
+    status, body, _ = request(port, "GET", "/ready")
+    assert status == 200 and body == {"ready": True, "prewarm": {}}

@@ -1,0 +1,69 @@
+"""The whole invoker with a declared GPU inventory, against the real embedded broker: a GPU
+action invoked through Kafka as the controller does, then ``/gpus`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+
+from gpu_pool_support import PROBE
+
+from invoker.cli import build_invoker
+from invoker.config import load_config
+from invoker.embedded.controller import EmbeddedController, action_document
+from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS
+from invoker.messages import FullyQualifiedEntityName
+from invoker.messaging import KafkaSettings
+from invoker.store.embedded import EmbeddedServer
+from invoker.store.entities import EntityStore
+
+
+def test_gpu_state_on_http_and_as_prometheus_metrics(kafka_bootstrap, tmp_path):
+    prefix = f"g{uuid.uuid4().hex[:8]}_"
+    store = EmbeddedServer()
+    whisks, activations = store.database("whisks"), store.database("activations")
+    for db in (whisks, activations):
+        db.ensure_exists()
+    args = ["--id", "3", "--port", "0", "--topic-prefix", prefix, "--user-memory", "2048 m",
+            "--gpus", "0:4GiB,1:2GiB", "--gpu-reserved-memory", "256 MB", "--gpu-mps-dir", str(tmp_path / "mps"),
+            *EMBEDDED_KAFKA_TIMINGS]
+    invoker = build_invoker(load_config(args, env={}), kafka_bootstrap, env={}, whisks=whisks, activations=activations)
+    controller = EmbeddedController(KafkaSettings(kafka_bootstrap, topic_prefix=prefix, session_timeout_ms=6000,
+                                                  heartbeat_interval_ms=1000, max_poll_interval_ms=5000,
+                                                  fetch_max_wait_ms=5))
+    try:
+        invoker.start()
+        assert invoker.wait_ready(60)
+        doc = action_document("guest", "gpuprobe", "python:3-gpu", None, False)
+        doc["annotations"] = [{"key": "gpu", "value": {"memory": "1 GB", "sm": 20}}]
+        rev = EntityStore(whisks).put_action(doc, PROBE, False)
+        msg = controller.message(FullyQualifiedEntityName("guest", "gpuprobe", "0.0.1"), rev, {"load": "m1"})
+        ack = controller.invoke(3, msg, 60)
+        assert ack.result["response"]["result"]["gpu"] == "0"  # the GPU with the most free memory
+
+        base = f"http://127.0.0.1:{invoker._http.server_address[1]}"
+        with urllib.request.urlopen(f"{base}/gpus", timeout=10) as response:
+            state = json.load(response)
+        assert state["inventory"]["source"] == "declared"
+        assert "declared, not detected" in state["inventory"]["description"]
+        assert state["sharing"]["mode"] == "time-slicing"
+        gpu0, gpu1 = state["gpus"]
+        assert (gpu0["capacity_mb"], gpu0["committed_mb"], gpu0["free_mb"]) == (3840, 1024, 2816)
+        assert gpu1["committed_mb"] == 0 and gpu1["containers"] == []
+        (container,) = gpu0["containers"]
+        assert container["action"] == "guest/gpuprobe" and container["sm_percent"] == 20
+        assert gpu0["resident_models"] == ["m1"]
+
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = response.read().decode()
+        lines = set(text.splitlines())
+        assert 'owgpu_gpu_memory_committed_bytes{gpu="0",uuid=""} 1073741824' in lines
+        assert 'owgpu_gpu_mps_enabled{gpu="0",uuid=""} 0' in lines
+        assert 'owgpu_inventory_info{source="declared",sharing="time-slicing"} 1' in lines
+        assert 'owgpu_pool_starts_total{start="cold"} 1' in lines
+        assert 'owgpu_gpu_resident_models{gpu="0",uuid=""} 1' in lines
+    finally:
+        controller.close()
+        invoker.stop()
