@@ -152,6 +152,12 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Spec]:
     }
 
 
+@pytest.fixture(scope="session")
+def split_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One split cache directory for the session: each model is cut once."""
+    return tmp_path_factory.mktemp("splits")
+
+
 def unit_count(module: nn.Module) -> int:
     """Modules that own tensors directly: the Torch loader's units."""
     return sum(1 for m in module.modules()

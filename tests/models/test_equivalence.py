@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import unit_count
-
 from owruntime.models import CostModel, StageCost, choose_cut, load
 
 MODELS = ["resnet", "encoder", "minilm"]
@@ -80,13 +79,13 @@ def _np(inputs: tuple) -> tuple:
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", MODELS)
-def test_onnx_pipelined_and_partitioned_match_plain(zoo, name, batch, tmp_path):
+def test_onnx_pipelined_and_partitioned_match_plain(zoo, name, batch, split_cache):
     spec = zoo[name]
     inputs = _np(spec.inputs(batch))
     plain = load(spec.onnx, mode="plain", cache=None)
     expected = plain(*inputs)[0]
     plain.close()
-    pipelined = load(spec.onnx, mode="pipelined", cache=None, cache_dir=tmp_path, stages=4)
+    pipelined = load(spec.onnx, mode="pipelined", cache=None, cache_dir=split_cache, stages=4)
     n = len(pipelined.split.stages)
     assert n >= 3, f"{name}: expected the graph to be cut into stages, got {n}"
     got = [pipelined(*inputs)[0], pipelined(*inputs)[0]]
@@ -97,7 +96,7 @@ def test_onnx_pipelined_and_partitioned_match_plain(zoo, name, batch, tmp_path):
     plan = choose_cut(cost)
     assert 0 < plan.cut
     partitioned = load(spec.onnx, mode="pipelined", partition=cost, cache=None,
-                       cache_dir=tmp_path, stages=4)
+                       cache_dir=split_cache, stages=4)
     assert partitioned.split_reused and partitioned.cut == plan.cut
     got += [partitioned(*inputs)[0]]
     partitioned.wait_loaded()

@@ -65,6 +65,10 @@ def onnx_providers(device: Device) -> list[str | tuple[str, dict]]:
             f"device {device.name!r} is not available to onnxruntime: "
             "CUDAExecutionProvider missing (install onnxruntime-gpu)"
         )
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:  # without torch, ORT reports a bad index
+        check_torch_device(device)
     return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .devices import Device, onnx_providers
+from .errors import ModelError, UnknownModelFormatError
 from .onnx_split import Split
 from .partition import CostModel, StageCost
 
@@ -33,6 +34,15 @@ def _options(threads: int | None) -> ort.SessionOptions:
     if threads:
         so.intra_op_num_threads = threads
     return so
+
+
+def _session(path: Path, threads: int | None, providers: list) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), _options(threads), providers=providers)
+    except Exception as e:
+        if "protobuf" in str(e).lower():
+            raise UnknownModelFormatError(f"{str(path)!r} is not a valid ONNX model: {e}") from e
+        raise ModelError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
 
 
 class OnnxModel:
@@ -55,7 +65,7 @@ class OnnxModel:
         self._threads = threads
         self._closed = False
         if mode == "plain":
-            self._plain = ort.InferenceSession(str(path), _options(threads), providers=self.providers)
+            self._plain = _session(path, threads, self.providers)
             self.inputs = [i.name for i in self._plain.get_inputs()]
             self.outputs = [o.name for o in self._plain.get_outputs()]
             return
@@ -88,9 +98,7 @@ class OnnxModel:
             if self._closed:
                 return
             try:
-                self._device[k] = ort.InferenceSession(
-                    str(self.split.stage_path(k)), _options(self._threads), providers=self.providers
-                )
+                self._device[k] = _session(self.split.stage_path(k), self._threads, self.providers)
             except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
                 self._error = e
             self._ready[k].set()

@@ -225,14 +225,9 @@ def load_or_split(
 ) -> tuple[Split, bool]:
     """-> (split, reused): the cached split for this digest, else compute and store it."""
     directory = cache_dir / f"{digest}-s{stages}-x{max_crossing}"
-    meta = directory / "split.json"
-    if meta.is_file():
-        d = json.loads(meta.read_text())
-        if d.get("version") == SPLIT_VERSION and d.get("digest") == digest:
-            return Split(
-                directory, digest, d["inputs"], d["outputs"],
-                [Stage(**s) for s in d["stages"]], d["cuts"],
-            ), True
+    if (cached := _read_split(directory, digest)) is not None:
+        return cached, True
+    shutil.rmtree(directory, ignore_errors=True)  # a stale or broken entry
     model = read_onnx(path)
     try:
         model = onnx.shape_inference.infer_shapes(model)
@@ -250,9 +245,26 @@ def load_or_split(
         }, indent=1))
         try:
             os.replace(tmp, directory)  # atomic: a concurrent loader sees all or nothing
-        except OSError:  # another process stored it first
+        except OSError:  # another process stored it first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
+            if (cached := _read_split(directory, digest)) is not None:
+                return cached, True
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Split(directory, digest, split.inputs, split.outputs, split.stages, cuts), False
+
+
+def _read_split(directory: Path, digest: str) -> Split | None:
+    try:
+        d = json.loads((directory / "split.json").read_text())
+        if d.get("version") != SPLIT_VERSION or d.get("digest") != digest:
+            return None
+        split = Split(directory, digest, d["inputs"], d["outputs"],
+                      [Stage(**s) for s in d["stages"]], d["cuts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all(split.stage_path(k).is_file() for k in range(len(split.stages))):
+        return None
+    return split

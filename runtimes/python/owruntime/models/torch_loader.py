@@ -238,7 +238,7 @@ class TorchModel:
             for slot in host.tensors[i].slots:
                 attrs = slot.module._parameters if slot.is_param else slot.module._buffers
                 self._pending[id(attrs[slot.name])] = host.tensors[i].unit
-        for u, unit in enumerate(host.units):
+        for unit in host.units:
             needs = sorted({host.tensors[i].unit for i in unit.tensors} - self.cpu_units)
             if needs:
                 self._hooks.append(unit.module.register_forward_pre_hook(self._pre_hook(needs)))
