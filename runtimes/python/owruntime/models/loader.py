@@ -58,7 +58,7 @@ def load(
     key: str | None = None,
     partition: CostModel | Plan | int | None = None,
     batch_size: int = 1,
-    stages: int = 8,
+    stages: int = 4,
     max_crossing: int = 4,
     threads: int | None = None,
     cache: ModelCache | None = _PROCESS_CACHE,
@@ -74,6 +74,9 @@ def load(
       :class:`CostModel` (from ``model.measure(...)``), a :class:`Plan`, or a cut index. For
       ONNX a profile stored by :func:`store_profile` for this device and ``batch_size`` is
       used when none is given.
+    * ``stages``/``max_crossing`` (ONNX): how many stages to cut the graph into, and how many
+      activations may cross a cut. Every stage is a session with a fixed creation cost, so a
+      few large stages beat many small ones.
     * ``cache``: the warm container's model cache (the same key and device give the same
       loaded object, whatever the mode); ``None`` loads a private, unregistered copy.
 

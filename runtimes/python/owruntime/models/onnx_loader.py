@@ -31,6 +31,8 @@ log = logging.getLogger("owruntime.models")
 def _options(threads: int | None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # a spinning stage would starve the thread building the next stage's session
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
     return so
