@@ -55,3 +55,46 @@ def test_the_choice_is_explained_in_one_debug_line(zoo, caplog, tmp_path):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("partition:")]
     assert len(lines) == 1
     assert f"cut={choose_cut(cost).cut}/{n}" in lines[0] and "GB/s" in lines[0]
+
+
+def test_a_stored_onnx_profile_chooses_the_cut_of_later_loads(zoo, tmp_path):
+    from owruntime.models import store_profile
+    from owruntime.models.onnx_loader import profile_path, read_profile
+
+    spec = zoo["encoder"]
+    x = spec.inputs(1)[0].numpy()
+    model = load(spec.onnx, mode="pipelined", cache=None, cache_dir=tmp_path)
+    assert model.cut == 0  # nothing measured yet
+    # a simulated 0.1 MB/s link: copying any stage costs more than computing it on the CPU
+    cost = store_profile(model, x, batch_size=1, bandwidth=1e5)
+    model.close()
+    assert len(cost.stages) == len(model.split.stages)
+    assert all(s.cpu_s > 0 and s.device_s > 0 and s.nbytes > 0 for s in cost.stages)
+    assert read_profile(profile_path(model.split, model.device, 1)) == cost
+    again = load(spec.onnx, mode="pipelined", cache=None, cache_dir=tmp_path, batch_size=1)
+    assert again.cut == choose_cut(cost).cut > 0
+    again.close()
+    other = load(spec.onnx, mode="pipelined", cache=None, cache_dir=tmp_path, batch_size=8)
+    assert other.cut == 0  # no profile for batch 8
+    other.close()
+
+
+def test_torch_costs_are_measured_per_module_in_execution_order(zoo):
+    import torch
+
+    spec = zoo["resnet"]
+    x = spec.inputs(1)
+    model = load(spec.make(), weights=spec.weights, mode="pipelined", cache=None)
+    expected = model(*x)
+    cost = model.measure(*x, batch_size=1, bandwidth=1e6)
+    model.close()
+    n = len(model.host.units)
+    assert len(cost.stages) == n and sorted(cost.order) == list(range(n))
+    assert cost.order[0] == 0  # the stem's conv runs first
+    assert sum(s.cpu_s for s in cost.stages) > 0
+    assert [s.nbytes for s in cost.stages] == [model.host.units[u].nbytes for u in cost.order]
+    plan = choose_cut(cost)
+    again = load(spec.make(), weights=spec.weights, mode="pipelined", partition=cost, cache=None)
+    assert again.cut == plan.cut and again.order == list(cost.order)
+    torch.testing.assert_close(again(*x), expected)
+    again.close()

@@ -117,19 +117,21 @@ def load(
         check_torch_device(dev)
         from .torch_loader import read_state_dict
 
-        state = read_state_dict(weights) if weights is not None else None
-        if key is None:
-            key = _module_key(model, state, weights, cdir)
+        if weights is not None and not Path(weights).is_file():
+            raise ModelNotFoundError(f"weights file {str(weights)!r} not found")
+        k = key or _module_key(model, weights, cdir)
 
         def make() -> Any:
+            state = read_state_dict(weights) if weights is not None else None
             return _load_torch(model, state, dev, mode, partition)
-        k = key
     if cache is None:
         return make()
     return cache.get_or_load(k, dev.name, make)
 
 
-def _module_key(module: Any, state: Any, weights: Any, cdir: Path) -> str:
+def _module_key(module: Any, weights: Any, cdir: Path) -> str:
+    """The class and the weights' digest; without a weights file, a hash of the tensors
+    (pass ``key=`` to skip hashing when loading a module on every activation)."""
     cls = f"{type(module).__module__}.{type(module).__qualname__}"
     if weights is not None:
         return f"{cls}@{file_digest(Path(weights), cdir)}"
@@ -165,7 +167,7 @@ def _load_onnx(path: Path, key: str, dev: Device, mode: str, partition: Any, bat
     split, reused = load_or_split(path, digest, cdir, stages=stages, max_crossing=max_crossing)
     log.debug("onnx split of %s: %d stages (%s)", path.name, len(split.stages),
               "cached" if reused else "computed")
-    if partition is None and dev.is_cuda:
+    if partition is None:  # a profile measured earlier for this device and batch size
         partition = read_profile(profile_path(split, dev, batch_size))
     cut, _ = _plan(partition, len(split.stages))
     model = OnnxModel(path, dev, mode="pipelined", split=split, cut=cut, threads=threads)
