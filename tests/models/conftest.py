@@ -62,7 +62,11 @@ def small_resnet() -> nn.Module:
 def encoder() -> nn.Module:
     torch.manual_seed(1)
     layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
-    return nn.TransformerEncoder(layer, 3, enable_nested_tensor=False).eval()
+    m = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False).eval()
+    with torch.no_grad():  # the encoder deep-copies one layer: make the copies differ
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
 
 
 class SentenceEncoder(nn.Module):

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,11 @@ def _session(path: Path, threads: int | None, providers: list) -> ort.InferenceS
         raise ModelError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
 
 
+def _stop_builder(stop: threading.Event, builder: threading.Thread) -> None:
+    stop.set()
+    builder.join()
+
+
 class OnnxModel:
     """Call with the model's inputs (positionally in graph order, or by name) -> list of arrays."""
 
@@ -65,7 +71,7 @@ class OnnxModel:
         self.mode = mode
         self.providers = onnx_providers(device)
         self._threads = threads
-        self._closed = False
+        self._stop = threading.Event()
         if mode == "plain":
             self._plain = _session(path, threads, self.providers)
             self.inputs = [i.name for i in self._plain.get_inputs()]
@@ -94,10 +100,12 @@ class OnnxModel:
             target=self._build, args=(order,), name="owruntime-onnx-stages", daemon=True
         )
         self._builder.start()
+        # a builder still inside onnxruntime at interpreter exit would abort the process
+        weakref.finalize(self, _stop_builder, self._stop, self._builder)
 
     def _build(self, order: list[int]) -> None:
         for k in order:
-            if self._closed:
+            if self._stop.is_set():
                 return
             try:
                 self._device[k] = _session(self.split.stage_path(k), self._threads, self.providers)
@@ -202,9 +210,8 @@ class OnnxModel:
         return CostModel(tuple(stages), bandwidth, batch_size)
 
     def close(self) -> None:
-        self._closed = True
         if self.mode == "pipelined":
-            self._builder.join()
+            _stop_builder(self._stop, self._builder)
             self._device = [None] * len(self._device)
             self._cpu = [None] * len(self._cpu)
         else:
