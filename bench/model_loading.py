@@ -146,7 +146,7 @@ def bench_torch(name, make, inputs, batch, device, repeat, clock, bandwidth) -> 
 
     copy = [clock.time(copy_all)[0] for _ in range(repeat)]
     dst.clear()
-    plain, pipelined, loads = [], [], []
+    plain, pipelined = [], []
     for _ in range(repeat):
         for mode, bucket in (("plain", plain), ("pipelined", pipelined)):
             def first(mode=mode):
@@ -154,8 +154,6 @@ def bench_torch(name, make, inputs, batch, device, repeat, clock, bandwidth) -> 
                 return m, m(*x)
             s, (m, _) = clock.time(first)
             bucket.append(s)
-            if mode == "plain":
-                loads.append(clock.time(lambda: None)[0])
             m.close()
     # the cost model, measured, and the partitioned first call it chooses
     m = TorchModel(host, dev, mode="pipelined")

@@ -101,11 +101,12 @@ def load(
                 "or a torch.nn.Module"
             )
         onnx_providers(dev)  # device check before any work
-        k = key or file_digest(path, cdir)
+        needs_key = cache is not None or mode == "pipelined"  # the split cache is by digest
+        k = key or (file_digest(path, cdir) if needs_key else "")
 
         def make() -> Any:
-            return _load_onnx(path, k, dev, mode, partition, batch_size, stages,
-                              max_crossing, threads, cdir)
+            return _load_onnx(path, dev, mode, partition, batch_size, stages, max_crossing,
+                              threads, cdir)
     else:
         import torch
 
@@ -156,14 +157,14 @@ def _load_torch(module: Any, state: Any, dev: Device, mode: str, partition: Any)
     return TorchModel(host, dev, mode=mode, cut=cut, order=order or None)
 
 
-def _load_onnx(path: Path, key: str, dev: Device, mode: str, partition: Any, batch_size: int,
+def _load_onnx(path: Path, dev: Device, mode: str, partition: Any, batch_size: int,
                stages: int, max_crossing: int, threads: int | None, cdir: Path) -> Any:
     from .onnx_loader import OnnxModel, profile_path, read_profile
     from .onnx_split import load_or_split
 
     if mode == "plain":
         return OnnxModel(path, dev, mode="plain", threads=threads)
-    digest = key.split(":", 1)[-1][:32]
+    digest = file_digest(path, cdir).split(":", 1)[-1][:32]  # memoized; a caller's key is no digest
     split, reused = load_or_split(path, digest, cdir, stages=stages, max_crossing=max_crossing)
     log.debug("onnx split of %s: %d stages (%s)", path.name, len(split.stages),
               "cached" if reused else "computed")

@@ -164,7 +164,7 @@ class OnnxModel:
             else:
                 io.bind_cpu_input(name, v)
         for name in outs:
-            if on_device:
+            if on_device and name not in self.outputs:  # the caller's outputs come home
                 io.bind_output(name, "cuda", self.device.index)
             else:
                 io.bind_output(name)
