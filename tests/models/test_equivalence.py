@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import unit_count
+from model_zoo import unit_count
 from owruntime.models import CostModel, StageCost, choose_cut, load
 
 MODELS = ["resnet", "encoder", "minilm"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import unit_count
+from model_zoo import unit_count
 from owruntime.models import ModelCache, choose_cut, load
 from owruntime.models.copier import StreamCopier
 from owruntime.models.devices import measure_h2d_bandwidth, parse_device
