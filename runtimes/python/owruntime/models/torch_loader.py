@@ -12,6 +12,11 @@ wait for its own weights' event only. During the first call a ``TorchFunctionMod
 for any weight an op touches before its owner ran (modules such as ``nn.MultiheadAttention``
 read their children's weights directly) and, when partitioned, moves CPU activations to the
 device at the CPU/device boundary. After the first call hooks and mode are gone.
+
+Limits of the first call: a module that reads weights outside any torch op (``.data_ptr()``,
+custom CUDA code) is not waited for, and in a partitioned first call an in-place op whose
+result is discarded (``cpu_tensor.add_(device_tensor)``) acts on a moved copy. Later calls
+run the module untouched.
 """
 
 from __future__ import annotations
