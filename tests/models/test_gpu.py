@@ -127,3 +127,27 @@ def test_onnx_pipelined_on_cuda_matches_plain(zoo, name, batch, split_cache):
         m.close()
         for g in got:
             np.testing.assert_allclose(g, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_compute_is_enqueued_while_copies_are_still_running():
+    """1 GB of weights: the first layer's forward starts (host side) long before the last
+    layer's copy has finished, i.e. the pipeline overlaps instead of loading first."""
+    from owruntime.models.torch_loader import HostModule, TorchModel
+    from torch import nn
+
+    torch.manual_seed(5)
+    module = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(16)]).eval()
+    x = torch.randn(4, 4096)
+    copier = StreamCopier(torch.device("cuda:0"), timing=True)
+    model = TorchModel(HostModule(module, pin=True), parse_device("cuda:0"), copier=copier)
+    last_done_at_first_layer: list[bool] = []
+    module[0].register_forward_pre_hook(
+        lambda _m, _a: last_done_at_first_layer.append(model._handles[-1].query()))
+    y = model(x)
+    assert last_done_at_first_layer == [False]
+    assert copier.copy_seconds() > 0
+    plain_out = y.clone()
+    model.close()
+    plain = TorchModel(HostModule(module, pin=True), parse_device("cuda:0"), mode="plain")
+    torch.testing.assert_close(plain_out, plain(x), rtol=1e-4, atol=1e-4)
+    plain.close()

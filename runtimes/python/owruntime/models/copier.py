@@ -31,19 +31,30 @@ class Copier(Protocol):
 
 
 class StreamCopier:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, timing: bool = False) -> None:
         self.device = device
+        self.timing = timing  # timed events, for copy_seconds() (benchmarks)
         self.stream = torch.cuda.Stream(device)
         # Blocks allocated on the compute stream may be reused memory it still reads.
         self.stream.wait_stream(torch.cuda.current_stream(device))
+        self._start = torch.cuda.Event(enable_timing=timing)
+        self._start.record(self.stream)
+        self._last: torch.cuda.Event | None = None
 
     def submit(self, pairs: Pairs) -> torch.cuda.Event:
         with torch.cuda.stream(self.stream):
             for dst, src in pairs:
                 dst.copy_(src, non_blocking=True)
-            event = torch.cuda.Event()
+            event = torch.cuda.Event(enable_timing=self.timing)
             event.record(self.stream)
+        self._last = event
         return event
+
+    def copy_seconds(self) -> float:
+        """Side-stream time from the first copy to the last (needs ``timing=True``; syncs)."""
+        assert self.timing and self._last is not None
+        self._last.synchronize()
+        return self._start.elapsed_time(self._last) / 1e3
 
     def wait(self, handle: torch.cuda.Event) -> None:
         torch.cuda.current_stream(self.device).wait_event(handle)
