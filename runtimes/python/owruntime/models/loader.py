@@ -120,7 +120,7 @@ def load(
 
         if weights is not None and not Path(weights).is_file():
             raise ModelNotFoundError(f"weights file {str(weights)!r} not found")
-        k = key or _module_key(model, weights, cdir)
+        k = key or (_module_key(model, weights, cdir) if cache is not None else "")
 
         def make() -> Any:
             state = read_state_dict(weights) if weights is not None else None
