@@ -59,7 +59,8 @@ def test_the_choice_is_explained_in_one_debug_line(zoo, caplog, tmp_path):
 
 def test_a_stored_onnx_profile_chooses_the_cut_of_later_loads(zoo, tmp_path):
     from owruntime.models import store_profile
-    from owruntime.models.onnx_loader import profile_path, read_profile
+    from owruntime.models.digest import file_digest
+    from owruntime.models.profiles import profile_path, read_profile
 
     spec = zoo["encoder"]
     x = spec.inputs(1)[0].numpy()
@@ -70,7 +71,7 @@ def test_a_stored_onnx_profile_chooses_the_cut_of_later_loads(zoo, tmp_path):
     model.close()
     assert len(cost.stages) == len(model.split.stages)
     assert all(s.cpu_s > 0 and s.device_s > 0 and s.nbytes > 0 for s in cost.stages)
-    assert read_profile(profile_path(model.split, model.device, 1)) == cost
+    assert read_profile(profile_path(tmp_path, file_digest(spec.onnx), model.device, 1)) == cost
     again = load(spec.onnx, mode="pipelined", cache=None, cache_dir=tmp_path, batch_size=1)
     assert again.cut == choose_cut(cost).cut > 0
     again.close()
@@ -79,14 +80,16 @@ def test_a_stored_onnx_profile_chooses_the_cut_of_later_loads(zoo, tmp_path):
     other.close()
 
 
-def test_torch_costs_are_measured_per_module_in_execution_order(zoo):
+def test_torch_costs_are_measured_per_module_in_execution_order(zoo, tmp_path):
     import torch
+    from owruntime.models import store_profile
 
     spec = zoo["resnet"]
     x = spec.inputs(1)
-    model = load(spec.make(), weights=spec.weights, mode="pipelined", cache=None)
+    model = load(spec.make(), weights=spec.weights, mode="pipelined", cache=None,
+                 cache_dir=tmp_path)
     expected = model(*x)
-    cost = model.measure(*x, batch_size=1, bandwidth=1e6)
+    cost = store_profile(model, *x, batch_size=1, bandwidth=1e6)
     model.close()
     n = len(model.host.units)
     assert len(cost.stages) == n and sorted(cost.order) == list(range(n))
@@ -94,7 +97,13 @@ def test_torch_costs_are_measured_per_module_in_execution_order(zoo):
     assert sum(s.cpu_s for s in cost.stages) > 0
     assert [s.nbytes for s in cost.stages] == [model.host.units[u].nbytes for u in cost.order]
     plan = choose_cut(cost)
-    again = load(spec.make(), weights=spec.weights, mode="pipelined", partition=cost, cache=None)
-    assert again.cut == plan.cut and again.order == list(cost.order)
-    torch.testing.assert_close(again(*x), expected)
-    again.close()
+    given = load(spec.make(), weights=spec.weights, mode="pipelined", partition=cost, cache=None)
+    stored = load(spec.make(), weights=spec.weights, mode="pipelined", cache=None,
+                  cache_dir=tmp_path, batch_size=1)  # the stored profile, found by the weights
+    for again in (given, stored):
+        assert again.cut == plan.cut and again.order == list(cost.order)
+        torch.testing.assert_close(again(*x), expected)
+        again.close()
+    with pytest.raises(ValueError, match="no profile key"):
+        store_profile(load(spec.make(), mode="pipelined", cache=None), *x, batch_size=1,
+                      bandwidth=1e6)

@@ -27,8 +27,9 @@ from .errors import (
     ModelSplitError,
     UnknownModelFormatError,
 )
-from .loader import default_cache_dir, load, process_cache, store_profile
+from .loader import default_cache_dir, load, process_cache
 from .partition import CostModel, Plan, StageCost, choose_cut
+from .profiles import store_profile
 
 __all__ = [
     "CostModel", "Device", "DeviceUnavailableError", "ModelCache", "ModelError",

@@ -13,6 +13,7 @@ from .devices import Device, check_torch_device, onnx_providers, parse_device
 from .digest import file_digest
 from .errors import ModelNotFoundError, UnknownModelFormatError
 from .partition import CostModel, Plan, choose_cut
+from .profiles import profile_path, read_profile
 
 log = logging.getLogger("owruntime.models")
 
@@ -71,9 +72,9 @@ def load(
     * ``mode``: ``"pipelined"`` (copy layer by layer, compute as weights arrive), ``"plain"``
       (copy everything, then run) or ``"auto"`` (pipelined on a GPU, plain on the CPU).
     * ``partition``: run the first stages of the first call on the CPU: a measured
-      :class:`CostModel` (from ``model.measure(...)``), a :class:`Plan`, or a cut index. For
-      ONNX a profile stored by :func:`store_profile` for this device and ``batch_size`` is
-      used when none is given.
+      :class:`CostModel` (from ``model.measure(...)``), a :class:`Plan`, or a cut index. When
+      none is given, a profile kept by :func:`store_profile` for this model (ONNX file digest;
+      Torch: ``key`` or weights file), device kind and ``batch_size`` is used if there is one.
     * ``stages``/``max_crossing`` (ONNX): how many stages to cut the graph into, and how many
       activations may cross a cut. Every stage is a session with a fixed creation cost, so a
       few large stages beat many small ones.
@@ -120,11 +121,12 @@ def load(
 
         if weights is not None and not Path(weights).is_file():
             raise ModelNotFoundError(f"weights file {str(weights)!r} not found")
-        k = key or (_module_key(model, weights, cdir) if cache is not None else "")
+        k = key or (_module_key(model, weights, cdir)
+                    if cache is not None or weights is not None else "")
 
         def make() -> Any:
             state = read_state_dict(weights) if weights is not None else None
-            return _load_torch(model, state, dev, mode, partition)
+            return _load_torch(model, state, dev, mode, partition, k, batch_size, cdir)
     if cache is None:
         return make()
     return cache.get_or_load(k, dev.name, make)
@@ -143,7 +145,8 @@ def _module_key(module: Any, weights: Any, cdir: Path) -> str:
     return f"{cls}@sha256:{h.hexdigest()}"
 
 
-def _load_torch(module: Any, state: Any, dev: Device, mode: str, partition: Any) -> Any:
+def _load_torch(module: Any, state: Any, dev: Device, mode: str, partition: Any, key: str,
+                batch_size: int, cdir: Path) -> Any:
     from .errors import ModelError
     from .torch_loader import HostModule, TorchModel
 
@@ -153,33 +156,30 @@ def _load_torch(module: Any, state: Any, dev: Device, mode: str, partition: Any)
         except RuntimeError as e:
             raise ModelError(f"weights do not fit {type(module).__name__}: {e}") from e
     host = HostModule(module, pin=dev.is_cuda)
+    if partition is None and key and mode == "pipelined":
+        partition = read_profile(profile_path(cdir, key, dev, batch_size))
     cut, order = _plan(partition, len(host.units)) if mode == "pipelined" else (0, ())
-    return TorchModel(host, dev, mode=mode, cut=cut, order=order or None)
+    model = TorchModel(host, dev, mode=mode, cut=cut, order=order or None)
+    model.profile_home = (cdir, key) if key else None
+    return model
 
 
 def _load_onnx(path: Path, dev: Device, mode: str, partition: Any, batch_size: int,
                stages: int, max_crossing: int, threads: int | None, cdir: Path) -> Any:
-    from .onnx_loader import OnnxModel, profile_path, read_profile
+    from .onnx_loader import OnnxModel
     from .onnx_split import load_or_split
 
     if mode == "plain":
         return OnnxModel(path, dev, mode="plain", threads=threads)
-    digest = file_digest(path, cdir).split(":", 1)[-1][:32]  # memoized; a caller's key is no digest
+    full = file_digest(path, cdir)  # memoized; a caller's key is no digest
+    digest = full.split(":", 1)[-1][:32]
     split, reused = load_or_split(path, digest, cdir, stages=stages, max_crossing=max_crossing)
     log.debug("onnx split of %s: %d stages (%s)", path.name, len(split.stages),
               "cached" if reused else "computed")
     if partition is None:  # a profile measured earlier for this device and batch size
-        partition = read_profile(profile_path(split, dev, batch_size))
+        partition = read_profile(profile_path(cdir, full, dev, batch_size))
     cut, _ = _plan(partition, len(split.stages))
     model = OnnxModel(path, dev, mode="pipelined", split=split, cut=cut, threads=threads)
     model.split_reused = reused
+    model.profile_home = (cdir, full)
     return model
-
-
-def store_profile(model: Any, *args: Any, batch_size: int, bandwidth: float) -> CostModel:
-    """Measure a loaded pipelined ONNX model's stages and keep the profile beside its split."""
-    from .onnx_loader import profile_path, save_profile
-
-    cost = model.measure(*args, batch_size=batch_size, bandwidth=bandwidth)
-    save_profile(profile_path(model.split, model.device, batch_size), cost)
-    return cost

@@ -10,7 +10,6 @@ sessions are built last and take over once ready.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -216,21 +215,3 @@ class OnnxModel:
             self._cpu = [None] * len(self._cpu)
         else:
             self._plain = None
-
-
-def profile_path(split: Split, device: Device, batch_size: int) -> Path:
-    return split.directory / f"profile-{device.kind}-b{batch_size}.json"
-
-
-def save_profile(path: Path, model: CostModel) -> None:
-    path.write_text(json.dumps({
-        "bandwidth": model.bandwidth, "batch_size": model.batch_size,
-        "stages": [s.__dict__ for s in model.stages],
-    }))
-
-
-def read_profile(path: Path) -> CostModel | None:
-    if not path.is_file():
-        return None
-    d = json.loads(path.read_text())
-    return CostModel(tuple(StageCost(**s) for s in d["stages"]), d["bandwidth"], d["batch_size"])
