@@ -41,6 +41,8 @@ def test_unknown_format(tmp_path):
         load(torch.nn.Linear(2, 2), weights=not_weights, cache=None)
     with pytest.raises(UnknownModelFormatError, match="cannot load a dict"):
         load({"a": 1}, cache=None)
+    with pytest.raises(UnknownModelFormatError, match="TorchScript"):
+        load(torch.jit.script(torch.nn.Linear(2, 2)), cache=None)
 
 
 def test_weights_that_do_not_fit_the_module(tmp_path):

@@ -116,6 +116,11 @@ def load(
                 f"cannot load a {type(model).__name__}: load() takes an .onnx path "
                 "or a torch.nn.Module"
             )
+        if isinstance(model, torch.jit.ScriptModule):  # its forward runs without our hooks
+            raise UnknownModelFormatError(
+                "TorchScript modules are not taken: load() needs the Python module "
+                "(and its state dict) to wait for each module's weights"
+            )
         check_torch_device(dev)
         from .torch_loader import read_state_dict
 
