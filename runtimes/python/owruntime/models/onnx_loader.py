@@ -1,0 +1,217 @@
+"""ONNX models on onnxruntime: one session (plain) or one session per stage (pipelined).
+
+Pipelined: a builder thread creates the stages' sessions in order — for the CUDA execution
+provider, creating a session is what copies its initializers to the GPU — while the calling
+thread already runs the stages whose sessions exist. Activations stay where the stage left
+them (``IOBinding`` with device outputs), so only the model's inputs and outputs cross the
+host link. Partitioned: stages ``< cut`` get CPU sessions for the first call; their device
+sessions are built last and take over once ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .devices import Device, onnx_providers
+from .errors import ModelError, UnknownModelFormatError
+from .onnx_split import Split
+from .partition import CostModel, StageCost
+
+log = logging.getLogger("owruntime.models")
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # a spinning stage would starve the thread building the next stage's session
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def _session(path: Path, threads: int | None, providers: list) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), _options(threads), providers=providers)
+    except Exception as e:
+        if "protobuf" in str(e).lower():
+            raise UnknownModelFormatError(f"{str(path)!r} is not a valid ONNX model: {e}") from e
+        raise ModelError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
+
+
+def _stop_builder(stop: threading.Event, builder: threading.Thread) -> None:
+    stop.set()
+    builder.join()
+
+
+class OnnxModel:
+    """Call with the model's inputs (positionally in graph order, or by name) -> list of arrays."""
+
+    def __init__(
+        self,
+        path: Path,
+        device: Device,
+        *,
+        mode: str = "pipelined",
+        split: Split | None = None,
+        cut: int = 0,
+        threads: int | None = None,
+    ) -> None:
+        self.path = path
+        self.device = device
+        self.mode = mode
+        self.providers = onnx_providers(device)
+        self._threads = threads
+        self._stop = threading.Event()
+        if mode == "plain":
+            self._plain = _session(path, threads, self.providers)
+            self.inputs = [i.name for i in self._plain.get_inputs()]
+            self.outputs = [o.name for o in self._plain.get_outputs()]
+            return
+        if mode != "pipelined" or split is None:
+            raise ValueError("pipelined ONNX needs a split; mode must be 'plain' or 'pipelined'")
+        self.split = split
+        self.inputs, self.outputs = split.inputs, split.outputs
+        n = len(split.stages)
+        if not 0 <= cut <= n:
+            raise ValueError(f"cut must be within 0..{n}")
+        self.cut = cut
+        self._device: list[ort.InferenceSession | None] = [None] * n
+        self._cpu: list[ort.InferenceSession | None] = [None] * n
+        self._ready = [threading.Event() for _ in range(n)]
+        self._error: BaseException | None = None
+        # what each stage's successors (or the caller) still read: free the rest early
+        keep: set[str] = set(split.outputs)
+        self._keep: list[set[str]] = [set()] * n
+        for k in reversed(range(n)):
+            self._keep[k] = set(keep)
+            keep |= set(split.stages[k].inputs)
+        order = list(range(self.cut, n)) + list(range(self.cut))
+        self._builder = threading.Thread(
+            target=self._build, args=(order,), name="owruntime-onnx-stages", daemon=True
+        )
+        self._builder.start()
+        # a builder still inside onnxruntime at interpreter exit would abort the process
+        weakref.finalize(self, _stop_builder, self._stop, self._builder)
+
+    def _build(self, order: list[int]) -> None:
+        for k in order:
+            if self._stop.is_set():
+                return
+            try:
+                self._device[k] = _session(self.split.stage_path(k), self._threads, self.providers)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                self._error = e
+            self._ready[k].set()
+            if self._error is not None:
+                return
+
+    def _session(self, k: int) -> tuple[ort.InferenceSession, bool]:
+        if (s := self._device[k]) is not None:
+            return s, self.device.is_cuda
+        if k < self.cut:
+            if self._cpu[k] is None:
+                self._cpu[k] = ort.InferenceSession(
+                    str(self.split.stage_path(k)), _options(self._threads),
+                    providers=["CPUExecutionProvider"],
+                )
+            return self._cpu[k], False
+        self._ready[k].wait()
+        if self._error is not None:
+            raise self._error
+        return self._device[k], self.device.is_cuda
+
+    def _feeds(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        if len(args) > len(self.inputs):
+            raise TypeError(f"model takes {len(self.inputs)} inputs ({self.inputs}), got {len(args)}")
+        feeds = dict(zip(self.inputs, args, strict=False)) | kwargs
+        missing = [i for i in self.inputs if i not in feeds]
+        if missing:
+            raise TypeError(f"missing model inputs {missing}")
+        return {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        feeds = self._feeds(args, kwargs)
+        if self.mode == "plain":
+            return self._plain.run(self.outputs, feeds)
+        env: dict[str, Any] = dict(feeds)
+        for k, stage in enumerate(self.split.stages):
+            sess, on_device = self._session(k)
+            self._run_stage(sess, on_device, stage.inputs, stage.outputs, env)
+            for name in [x for x in env if x not in self._keep[k]]:
+                del env[name]
+        return [v.numpy() if isinstance(v, ort.OrtValue) else v for v in (env[o] for o in self.outputs)]
+
+    def _run_stage(self, sess: ort.InferenceSession, on_device: bool, ins: list[str],
+                   outs: list[str], env: dict[str, Any]) -> None:
+        io = sess.io_binding()
+        for name in ins:
+            v = env[name]
+            if isinstance(v, ort.OrtValue):
+                if not on_device and v.device_name() != "cpu":
+                    io.bind_cpu_input(name, v.numpy())
+                else:
+                    io.bind_ortvalue_input(name, v)
+            else:
+                io.bind_cpu_input(name, v)
+        for name in outs:
+            if on_device and name not in self.outputs:  # the caller's outputs come home
+                io.bind_output(name, "cuda", self.device.index)
+            else:
+                io.bind_output(name)
+        sess.run_with_iobinding(io)
+        env.update(zip(outs, io.get_outputs(), strict=True))
+
+    @property
+    def nbytes(self) -> int:
+        if self.mode == "plain":
+            return self.path.stat().st_size  # initializers dominate the file
+        return sum(s.nbytes for s in self.split.stages)
+
+    def wait_loaded(self) -> None:
+        if self.mode == "pipelined":
+            for e in self._ready:
+                e.wait()
+            if self._error is not None:
+                raise self._error
+
+    def measure(self, *args: Any, batch_size: int, bandwidth: float) -> CostModel:
+        """Per-stage CPU and device compute times for these inputs (median of 3 runs each)."""
+        self.wait_loaded()
+        env: dict[str, Any] = self._feeds(args, {})
+        stages: list[StageCost] = []
+        for k, stage in enumerate(self.split.stages):
+            cpu = ort.InferenceSession(str(self.split.stage_path(k)), _options(self._threads),
+                                       providers=["CPUExecutionProvider"])
+            times = {}
+            for label, sess, dev in (("cpu", cpu, False), ("dev", self._device[k], self.device.is_cuda)):
+                samples = []
+                for _ in range(4):
+                    scratch = {x: (env[x].numpy() if isinstance(env[x], ort.OrtValue) and not dev else env[x])
+                               for x in stage.inputs}
+                    t0 = time.perf_counter()
+                    self._run_stage(sess, dev, stage.inputs, stage.outputs, scratch)
+                    samples.append(time.perf_counter() - t0)
+                times[label] = sorted(samples[1:])[1]
+            out_bytes = 0
+            self._run_stage(cpu, False, stage.inputs, stage.outputs, env)
+            for o in stage.outputs:
+                out_bytes += env[o].numpy().nbytes
+            stages.append(StageCost(stage.nbytes, times["cpu"], times["dev"], out_bytes))
+        return CostModel(tuple(stages), bandwidth, batch_size)
+
+    def close(self) -> None:
+        if self.mode == "pipelined":
+            _stop_builder(self._stop, self._builder)
+            self._device = [None] * len(self._device)
+            self._cpu = [None] * len(self._cpu)
+        else:
+            self._plain = None
