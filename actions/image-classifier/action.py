@@ -9,8 +9,10 @@ Input:  ``tensor``  base64 of little-endian float32 values, shape ``shape`` (def
 Output: ``top`` per image ([{"class": i, "score": p}], softmax scores), ``device``,
         ``provider``, and ``logits`` when asked.
 
-The session is created once per container and kept in a module-level cache, so warm
-invocations reuse the loaded model (and, on a GPU, its weights in GPU memory).
+The model is loaded with the runtime's model loader (``owruntime.models.load``): on a GPU its
+stages are built and their weights copied while the first ones already run; it stays resident
+in the warm container (and is reported to the invoker, which sends this action's next calls
+here); warm invocations reuse it.
 """
 
 import base64
@@ -18,24 +20,23 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-
-_SESSIONS = {}
-
-
-def load_model(path):
-    """The one place that loads the model: swap this for the project's model loader."""
-    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    providers = [p for p in wanted if p in ort.get_available_providers()]
-    return ort.InferenceSession(path, providers=providers)
+from owruntime.models import load
 
 
-def session_for(path):
-    session = _SESSIONS.get(path)
-    if session is None:
-        started = time.monotonic()
-        session = _SESSIONS[path] = load_model(path)
-        print(f"loaded {path} in {time.monotonic() - started:.2f} s with {session.get_providers()[0]}")
-    return session
+def device() -> str:
+    return "cuda:0" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
+_LOADED: set[str] = set()  # paths this container has loaded, for the log line only
+
+
+def model_for(path):
+    started = time.monotonic()
+    model = load(path, device=device())  # warm calls get the same object from the model cache
+    if path not in _LOADED:
+        _LOADED.add(path)
+        print(f"loaded {path} in {time.monotonic() - started:.2f} s on {device()}")
+    return model
 
 
 def main(args):
@@ -49,19 +50,19 @@ def main(args):
         data = np.frombuffer(base64.b64decode(args["tensor"]), dtype="<f4").reshape(shape)
     except ValueError as error:
         return {"error": f"tensor does not match shape {shape}: {error}"}
-    session = session_for(path)
-    provider = session.get_providers()[0]
-    if provider != "CUDAExecutionProvider":
+    model = model_for(path)
+    on_gpu = device().startswith("cuda")
+    if not on_gpu:
         print("no GPU visible to this python:3-gpu action: running on the CPU")
-    logits = session.run(None, {session.get_inputs()[0].name: data})[0]
+    logits = model(data)[0]
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     scores = shifted / shifted.sum(axis=1, keepdims=True)
     top = int(args.get("top", 5))
     best = np.argsort(-scores, axis=1)[:, :top]
     result = {
         "top": [[{"class": int(c), "score": float(s[c])} for c in row] for row, s in zip(best, scores, strict=True)],
-        "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu",
-        "provider": provider,
+        "device": "cuda" if on_gpu else "cpu",
+        "provider": "CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider",
     }
     if args.get("logits"):
         result["logits"] = logits.tolist()
