@@ -104,6 +104,7 @@ class Run:
     stats: dict
     tasks: dict[str, dict]  # task name -> the host's result
     output: str
+    seconds: float
 
 
 class Deployment:
@@ -123,6 +124,7 @@ class Deployment:
     def run(self, mode: str = "deploy") -> Run:
         env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
                    ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+        started = time.monotonic()
         proc = subprocess.run(
             [self.playbook, "-i", str(self.inventory), str(ANSIBLE_DIR / "gpu-invoker.yml"),
              "-e", f"@{self.vars_file}", "-e", f"mode={mode}"],
@@ -135,7 +137,10 @@ class Deployment:
         # Task names come as "role : name"; the names are unique across the roles.
         tasks = {t["task"]["name"].split(" : ", 1)[-1]: t["hosts"].get("node0", {})
                  for p in report["plays"] for t in p["tasks"]}
-        return Run(proc.returncode, report["stats"]["node0"], tasks, proc.stdout + proc.stderr)
+        run = Run(proc.returncode, report["stats"]["node0"], tasks, proc.stdout + proc.stderr,
+                  time.monotonic() - started)
+        print(f"ansible-playbook mode={mode}: rc={run.rc} {run.stats} in {run.seconds:.1f} s")
+        return run
 
     def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _podman("exec", self.container, *argv, check=check)
@@ -250,6 +255,7 @@ def test_playbook_deploys_a_gpu_invoker_that_pings_kafka_and_is_idempotent(
     assert first.tasks["Images | wanted"].get("skipped") is True
 
     systemd = first.tasks["Invoker | service enabled and started"].get("skipped") is not True
+    print(f"target {target}: service manager is {'systemd' if systemd else 'not systemd'}")
     if not systemd:
         assert first.tasks["Invoker | without systemd the unit is installed but not started"].get("msg")
         env = start_from_unit(deployment, unit)
@@ -269,7 +275,9 @@ def test_playbook_deploys_a_gpu_invoker_that_pings_kafka_and_is_idempotent(
     assert env["INVOKER_BACKEND"] == "process"
     assert deployment.exec("stat", "-c", "%a %U", "/etc/owgpu/gpu-invoker3.env").stdout.split() == ["640", "root"]
 
+    started = time.monotonic()
     ping = wait_for_ping(kafka_bootstrap, instance=3, enabled=True)
+    print(f"first ping from invoker3 after {time.monotonic() - started:.1f} s: {ping.to_json()}")
     assert tuple(ping.instance.tags) == ("gpu",)
 
     second = deployment.run()
