@@ -85,9 +85,10 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def target(target_image: str) -> Iterator[str]:
     name = f"owgpu-deploy-{uuid.uuid4().hex[:8]}"
-    _podman("run", "-d", "--name", name, "--network", "host", "--systemd=always", target_image,
-            "/lib/systemd/systemd" if "systemd" in target_image else "sleep", *(
-                [] if "systemd" in target_image else ["1200"]))
+    has_systemd = _podman("run", "--rm", target_image, "test", "-x", "/lib/systemd/systemd",
+                          check=False).returncode == 0
+    command = ["/lib/systemd/systemd"] if has_systemd else ["sleep", "1200"]
+    _podman("run", "-d", "--name", name, "--network", "host", "--systemd=always", target_image, *command)
     yield name
     _podman("rm", "-f", "-t", "2", name, check=False)
 
