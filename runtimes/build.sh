@@ -34,22 +34,7 @@ engine_cmd=("$engine")
 
 LOCAL_BASE=localhost/owgpu-base:bookworm
 if [ "$local_base" = 1 ]; then
-  if ! "${engine_cmd[@]}" image exists "$LOCAL_BASE" 2>/dev/null && ! "${engine_cmd[@]}" image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
-    command -v debootstrap >/dev/null || { echo "build.sh: --local-base needs debootstrap" >&2; exit 1; }
-    # The mirror apt already uses (deb822 .sources first, then sources.list; comments skipped).
-    mirror="$(grep -hE '^URIs: *https?://[^ ]+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | sed 's/^URIs: *//' || true)"
-    if [ -z "$mirror" ]; then
-      mirror="$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | grep -oE 'https?://[^ ]+/debian/?' | head -n1 || true)"
-    fi
-    mirror="${mirror:-http://deb.debian.org/debian}"
-    root="$(mktemp -d)"
-    echo "build.sh: debootstrap bookworm from $mirror (about a minute)"
-    t0=$(date +%s)
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd bookworm "$root" "$mirror" >/dev/null
-    tar -C "$root" -c . | "${engine_cmd[@]}" import - "$LOCAL_BASE" >/dev/null
-    rm -rf "$root"
-    echo "build.sh: base image $LOCAL_BASE in $(( $(date +%s) - t0 )) s"
-  fi
+  "$here/debootstrap-image.sh" "$LOCAL_BASE" python3,python3-venv,ca-certificates,passwd
   base="${base:-$LOCAL_BASE}"
 fi
 build_args=()

@@ -1,0 +1,299 @@
+"""controller_patch/: the manifest overlay merge, the controller patch's shape, the apply script.
+
+CI cannot reach OpenWhisk's sources, so the patch is checked for what can be checked without
+them: it is a well-formed git diff whose hunk counts add up, it touches exactly the files its
+header names (and only the load balancer, its config and its test), and it contains the routing
+rules it claims. That it applies to the pinned commit was checked with the upstream checkout
+(the note has the command and output); ``OPENWHISK_CHECKOUT`` set to a checkout at the
+pinned commit runs that check here too.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PATCH_DIR = REPO / "controller_patch"
+PATCH = PATCH_DIR / "openwhisk-gpu-routing.patch"
+SAMPLE = REPO / "tests" / "fixtures" / "messages" / "runtimes-manifest-gpu-example.json"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, PATCH_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+merge_manifest = _load("merge_manifest")
+apply_patch = _load("apply_patch")
+
+
+# --------------------------------------------------------------------------- manifest overlay
+
+
+def base_manifest() -> dict:
+    """The shared sample manifest without the GPU kind: what a stock deployment has."""
+    manifest = json.loads(SAMPLE.read_text())
+    manifest["runtimes"]["python"] = [
+        e for e in manifest["runtimes"]["python"] if not e["kind"].endswith("-gpu")
+    ]
+    return manifest
+
+
+def overlay() -> dict:
+    return json.loads((PATCH_DIR / "runtimes-gpu-overlay.json").read_text())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(PATCH_DIR / "merge_manifest.py"), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_overlay_adds_the_gpu_kind_without_stem_cells_and_keeps_the_rest() -> None:
+    base = base_manifest()
+    result = merge_manifest.merge(base, overlay())
+
+    assert result.added == ["python:3-gpu"] and result.replaced == []
+    python = result.manifest["runtimes"]["python"]
+    assert [e["kind"] for e in python] == ["python:3.11", "python:3-gpu"]
+    gpu = python[1]
+    assert gpu["image"] == {"prefix": "owgpu", "name": "action-python-v3-gpu", "tag": "latest"}
+    assert gpu["default"] is False and "stemCells" not in gpu
+    # Everything else is untouched, the CPU stem cells included, and the input is not mutated.
+    assert result.manifest["runtimes"]["nodejs"] == base["runtimes"]["nodejs"]
+    assert result.manifest["blackboxes"] == base["blackboxes"]
+    assert base == base_manifest()
+
+
+def test_merge_is_idempotent_and_replaces_an_outdated_gpu_kind() -> None:
+    once = merge_manifest.merge(base_manifest(), overlay()).manifest
+    twice = merge_manifest.merge(once, overlay())
+    assert not twice.changed and twice.manifest == once
+
+    outdated = copy.deepcopy(once)
+    outdated["runtimes"]["python"][1]["image"]["tag"] = "0.0.1"
+    fixed = merge_manifest.merge(outdated, overlay())
+    assert fixed.replaced == ["python:3-gpu"] and fixed.manifest == once
+
+
+def test_cli_in_place_check_and_stdout(tmp_path: Path) -> None:
+    path = tmp_path / "runtimes.json"
+    path.write_text(json.dumps(base_manifest()))
+
+    assert run_cli(str(path), "--check").returncode == 1
+    merged = run_cli(str(path), "--in-place")
+    assert merged.returncode == 0, merged.stderr
+    assert "added ['python:3-gpu']" in merged.stderr
+    text = path.read_text()
+    assert run_cli(str(path), "--check").returncode == 0
+    again = run_cli(str(path), "--in-place")
+    assert again.returncode == 0 and path.read_text() == text
+    stdout = run_cli(str(path))
+    assert json.loads(stdout.stdout) == json.loads(text)
+
+
+def test_the_shared_sample_with_its_gpu_kind_is_already_up_to_date_apart_from_the_image() -> None:
+    result = merge_manifest.merge(json.loads(SAMPLE.read_text()), overlay())
+    # The sample names another registry image for python:3-gpu: the overlay's replaces it.
+    assert result.replaced == ["python:3-gpu"] and result.added == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b, o: o["runtimes"]["python"][0].update(
+            stemCells=[{"initialCount": 1, "memory": "256 MB"}]),
+         "kind 'python:3-gpu' has stemCells"),
+        (lambda b, o: o["runtimes"]["python"][0].update(default=True),
+         "family 'python' has 2 kinds and 2 defaults"),
+        (lambda b, o: b["runtimes"]["python"][0].pop("default"),
+         "family 'python' has 2 kinds and 0 defaults"),
+        (lambda b, o: (b["runtimes"]["python"].append(copy.deepcopy(o["runtimes"]["python"][0])),
+                       o["runtimes"].update(gpu=o["runtimes"].pop("python"))),
+         "kind 'python:3-gpu' is in family 'gpu' but the base has it in 'python'"),
+        (lambda b, o: b["runtimes"]["nodejs"].append(copy.deepcopy(b["runtimes"]["nodejs"][0])),
+         "kind 'nodejs:20' appears twice"),
+        (lambda b, o: o["runtimes"]["python"][0].pop("image"), "runtime has no 'image'"),
+        (lambda b, o: b["runtimes"]["nodejs"][0]["stemCells"][0].update(initialCount=0),
+         "'initialCount' must be an integer > 0"),
+        (lambda b, o: b["runtimes"]["nodejs"][0]["stemCells"][0].update(memory="lots"),
+         "'memory' must be a size"),
+        (lambda b, o: b["runtimes"].update(python=[]), "family 'python' must be a non-empty list"),
+        (lambda b, o: b.pop("runtimes"), "'runtimes' must be an object of families"),
+    ],
+)
+def test_bad_input_fails_clearly(mutate, message: str) -> None:
+    base, extra = base_manifest(), overlay()
+    mutate(base, extra)
+    with pytest.raises(merge_manifest.ManifestError, match=re.escape(message)):
+        merge_manifest.merge(base, extra)
+
+
+def test_cli_reports_bad_files_with_exit_status_2(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    proc = run_cli(str(broken))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"merge_manifest: error: base {broken}: not JSON")
+    missing = run_cli(str(tmp_path / "absent.json"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_warns_when_the_health_action_kind_is_missing() -> None:
+    base = base_manifest()
+    del base["runtimes"]["nodejs"]
+    result = merge_manifest.merge(base, overlay())
+    assert any("nodejs:default" in w for w in result.warnings)
+
+
+# --------------------------------------------------------------------------- the patch
+
+
+@dataclass
+class FilePatch:
+    old: str
+    new: str
+    hunks: list[tuple[int, int, int, int]] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def parse_git_diff(text: str) -> tuple[str, list[FilePatch]]:
+    """A strict reader of `git diff` output: raises AssertionError on anything malformed."""
+    header, *sections = re.split(r"^(?=diff --git )", text, flags=re.M)
+    assert sections, "no 'diff --git' section"
+    files: list[FilePatch] = []
+    for section in sections:
+        lines = section.rstrip("\n").split("\n")
+        m = re.match(r"^diff --git a/(\S+) b/(\S+)$", lines[0])
+        assert m, lines[0]
+        assert re.match(r"^index [0-9a-f]{7,}\.\.[0-9a-f]{7,} \d{6}$", lines[1]), lines[1]
+        assert lines[2] == f"--- a/{m[1]}" and lines[3] == f"+++ b/{m[2]}", lines[2:4]
+        patch = FilePatch(m[1], m[2])
+        i = 4
+        while i < len(lines):
+            h = HUNK.match(lines[i])
+            assert h, f"{patch.new}: expected a hunk header, got {lines[i]!r}"
+            old_start, old_len = int(h[1]), int(h[2] or 1)
+            new_start, new_len = int(h[3]), int(h[4] or 1)
+            patch.hunks.append((old_start, old_len, new_start, new_len))
+            i += 1
+            seen_old = seen_new = 0
+            while seen_old < old_len or seen_new < new_len:
+                assert i < len(lines), f"{patch.new}: hunk runs past the end of the file section"
+                line = lines[i]
+                assert line[:1] in (" ", "+", "-"), f"{patch.new}: bad hunk line {line!r}"
+                if line[0] != "+":
+                    seen_old += 1
+                if line[0] != "-":
+                    seen_new += 1
+                (patch.added if line[0] == "+" else patch.removed if line[0] == "-" else []).append(line[1:])
+                i += 1
+            assert (seen_old, seen_new) == (old_len, new_len), f"{patch.new}: hunk counts do not add up"
+        files.append(patch)
+    return header, files
+
+
+def test_patch_is_a_well_formed_diff_touching_only_the_files_it_names() -> None:
+    header, files = parse_git_diff(PATCH.read_text())
+    named = re.search(r"^Files:\n((?:  \S+\n)+)", header, re.M)
+    assert named, "the header lists the files it changes"
+    assert [f.new for f in files] == named[1].split()
+    assert all(f.old == f.new for f in files)  # no renames, no new or deleted files
+    assert {f.new for f in files} == {
+        "core/controller/src/main/resources/reference.conf",
+        "core/controller/src/main/scala/org/apache/openwhisk/core/loadBalancer/ShardingContainerPoolBalancer.scala",
+        "tests/src/test/scala/org/apache/openwhisk/core/loadBalancer/test/ShardingContainerPoolBalancerTests.scala",
+    }
+    # Hunks are in order and do not overlap.
+    for f in files:
+        starts = [h[0] for h in f.hunks]
+        assert starts == sorted(starts)
+        assert all(a[0] + a[1] <= b[0] for a, b in zip(f.hunks, f.hunks[1:], strict=False))
+
+
+def test_patch_header_names_the_commit_the_apply_script_pins() -> None:
+    header, _ = parse_git_diff(PATCH.read_text())
+    assert f"Pinned-To: apache/openwhisk {apply_patch.PINNED_COMMIT}" in header
+    assert re.fullmatch(r"[0-9a-f]{40}", apply_patch.PINNED_COMMIT)
+
+
+def test_patch_routes_gpu_work_as_documented() -> None:
+    _, files = parse_git_diff(PATCH.read_text())
+    by_name = {Path(f.new).name: f for f in files}
+    balancer = "\n".join(by_name["ShardingContainerPoolBalancer.scala"].added)
+    # The two triggers, the GPU pool taken from the ping tags, CPU work kept off unless configured.
+    assert "action.exec.kind.endsWith(gpuRouting.kindSuffix)" in balancer
+    assert ".getAs[Seq[String]](Annotations.InvokerResourcesAnnotationName)" in balancer
+    assert "i.id.tags.contains(gpuRouting.tag)" in balancer
+    assert "if (needsGpu) (schedulingState.gpuInvokers, schedulingState.gpuStepSizes)" in balancer
+    assert "if (gpuRouting.cpuOnGpuInvokers) newInvokers else newInvokers.filterNot(isGpu)" in balancer
+    config = "\n".join(by_name["reference.conf"].added)
+    assert 'tag = "gpu"' in config and 'kind-suffix = "-gpu"' in config
+    assert "cpu-on-gpu-invokers = false" in config
+    tests = "\n".join(by_name["ShardingContainerPoolBalancerTests.scala"].added)
+    assert tests.count('it should "') == 5
+    assert by_name["ShardingContainerPoolBalancerTests.scala"].removed == []
+
+
+def test_malformed_patches_are_rejected_by_the_reader() -> None:
+    text = PATCH.read_text()
+    with pytest.raises(AssertionError, match="hunk counts do not add up|bad hunk line|runs past the end"):
+        parse_git_diff(re.sub(r"^(@@ -\d+,)(\d+)", lambda m: m[1] + str(int(m[2]) + 1), text,
+                              count=1, flags=re.M))
+    with pytest.raises(AssertionError, match="no 'diff --git' section"):
+        parse_git_diff("just text\n")
+
+
+# --------------------------------------------------------------------------- apply script
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True)
+
+
+def test_apply_script_refuses_a_directory_that_is_not_openwhisk(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(PATCH_DIR / "apply_patch.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "is not an OpenWhisk checkout" in proc.stderr
+
+
+def test_apply_script_changes_nothing_when_the_patch_does_not_apply(tmp_path: Path) -> None:
+    # An OpenWhisk-shaped checkout whose balancer is not the pinned one.
+    balancer = tmp_path / apply_patch.BALANCER
+    balancer.parent.mkdir(parents=True)
+    balancer.write_text("class ShardingContainerPoolBalancer\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "x")
+    proc = subprocess.run([sys.executable, str(PATCH_DIR / "apply_patch.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "the patch does not apply" in proc.stderr and apply_patch.PINNED_COMMIT in proc.stderr
+    assert balancer.read_text() == "class ShardingContainerPoolBalancer\n"
+
+
+@pytest.mark.skipif(not os.environ.get("OPENWHISK_CHECKOUT"),
+                    reason="OPENWHISK_CHECKOUT (an apache/openwhisk checkout at the pinned commit) not set")
+def test_patch_applies_to_the_pinned_checkout() -> None:
+    checkout = Path(os.environ["OPENWHISK_CHECKOUT"])
+    assert apply_patch.head_commit(checkout) == apply_patch.PINNED_COMMIT
+    assert "applies cleanly" in apply_patch.apply(checkout, check_only=True)
