@@ -3,75 +3,14 @@ run buffer, eviction, concurrency and idle removal (PROTOCOL.md §6.2)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
+from pool_support import PythonOnly, Recorder, job, make_action
 
-from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig, StemCellConfig
+from invoker.containerpool.pool import ContainerPool, PoolConfig, StemCellConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.containerpool.proxy import Job
-from invoker.embedded.controller import action_document, new_identity
-from invoker.entities import WhiskAction
-from invoker.messages import (
-    ActivationMessage,
-    ControllerInstanceId,
-    FullyQualifiedEntityName,
-    TransactionId,
-)
-
-SLEEPY = "import time\ndef main(args):\n    time.sleep(args.get('sleep', 0))\n    return {'ok': True}\n"
-
-
-class PythonOnly(ImageResolver):
-    def image_for(self, kind: str) -> str:
-        if not kind.startswith("python"):
-            raise KeyError(kind)
-        return "owruntime"
-
-
-class Recorder:
-    """Collects what the pool reports; a test's window into the sink protocol."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, object] = {}
-        self.done = threading.Condition()
-
-    def result_ready(self, job, activation) -> None:
-        pass
-
-    def completed(self, job, activation) -> None:
-        with self.done:
-            self.results[job.msg.activation_id] = activation
-            self.done.notify_all()
-
-    def wait(self, n: int, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        with self.done:
-            while len(self.results) < n:
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"only {len(self.results)} of {n} finished"
-                self.done.wait(remaining)
-
-
-def make_action(name: str, memory: int = 256, concurrency: int = 1, code: str = SLEEPY, rev: str = "1-a") -> WhiskAction:
-    doc = action_document("guest", name, "python:3", None, False)
-    doc["limits"].update(memory=memory, concurrency=concurrency)
-    doc["_rev"] = rev
-    return WhiskAction.from_document(doc, code)
-
-
-_user = new_identity()
-
-
-def job(action: WhiskAction, sink: Recorder, args: dict | None = None, user=_user) -> Job:
-    msg = ActivationMessage(
-        transid=TransactionId.new("t" * 32, int(time.time() * 1000)),
-        action=FullyQualifiedEntityName("guest", action.name, "0.0.1"),
-        revision=action.rev, user=user, activation_id=f"{time.time_ns():032x}"[-32:],
-        root_controller_index=ControllerInstanceId("0"), blocking=True,
-    )
-    return Job(msg=msg, action=action, arguments=args or {}, init_env={}, sink=sink)
+from invoker.embedded.controller import new_identity
 
 
 @pytest.fixture
@@ -216,9 +155,7 @@ def test_stem_cells_are_started_used_and_replenished(pool_factory):
 def test_unrunnable_kind_is_a_provisioning_error(pool_factory):
     pool = pool_factory(user_memory_mb=512)
     sink = Recorder()
-    doc = action_document("guest", "node", "nodejs:20", None, False)
-    doc["_rev"] = "1-a"
-    pool.run(job(WhiskAction.from_document(doc, "function main(){}"), sink))
+    pool.run(job(make_action("node", kind="nodejs:20", code="function main(){}"), sink))
     sink.wait(1)
     (activation,) = sink.results.values()
     assert activation.response.status_code == 3

@@ -7,16 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from invoker.containerpool.pool import ContainerPool, ImageResolver
-from invoker.containerpool.proxy import Job
-from invoker.embedded.controller import action_document, new_identity
+from pool_support import PythonOnly, Recorder, job, make_action
+
+from invoker.containerpool.pool import ContainerPool
 from invoker.entities import WhiskAction
-from invoker.messages import (
-    ActivationMessage,
-    ControllerInstanceId,
-    FullyQualifiedEntityName,
-    TransactionId,
-)
+
+__all__ = ["PROBE", "GpuWatch", "PythonOnly", "Recorder", "gpu_action", "job", "wait_until"]
 
 # Reports where it ran. ``load`` registers a model in the runtime's resident registry as the
 # model library does; the device string is only what the runtime reports (nothing is loaded).
@@ -37,62 +33,13 @@ def main(args):
 """
 
 
-class PythonOnly(ImageResolver):
-    def image_for(self, kind: str) -> str:
-        if not kind.startswith("python"):
-            raise KeyError(kind)
-        return "owruntime"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.results: dict[str, object] = {}
-        self.done = threading.Condition()
-
-    def result_ready(self, job, activation) -> None:
-        pass
-
-    def completed(self, job, activation) -> None:
-        with self.done:
-            self.results[job.msg.activation_id] = activation
-            self.done.notify_all()
-
-    def wait_for(self, job: Job, timeout_s: float = 60):
-        deadline = time.monotonic() + timeout_s
-        with self.done:
-            while job.msg.activation_id not in self.results:
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"activation {job.msg.activation_id} did not finish"
-                self.done.wait(remaining)
-            return self.results[job.msg.activation_id]
-
-    def result(self, job: Job, timeout_s: float = 60) -> dict:
-        activation = self.wait_for(job, timeout_s)
-        assert activation.response.status_code == 0, activation.response.result
-        return activation.response.result
 
 
 def gpu_action(name: str, memory: int = 256, gpu: dict | None = None, kind: str = "python:3-gpu",
                code: str = PROBE) -> WhiskAction:
-    doc = action_document("guest", name, kind, None, False)
-    doc["limits"]["memory"] = memory
-    doc["_rev"] = "1-a"
-    if gpu is not None:
-        doc["annotations"] = [{"key": "gpu", "value": gpu}]
-    return WhiskAction.from_document(doc, code)
+    annotations = [{"key": "gpu", "value": gpu}] if gpu is not None else None
+    return make_action(name, memory=memory, code=code, kind=kind, annotations=annotations)
 
-
-_user = new_identity()
-
-
-def job(action: WhiskAction, sink: Recorder, args: dict | None = None) -> Job:
-    msg = ActivationMessage(
-        transid=TransactionId.new("t" * 32, int(time.time() * 1000)),
-        action=FullyQualifiedEntityName("guest", action.name, "0.0.1"),
-        revision=action.rev, user=_user, activation_id=f"{time.time_ns():032x}"[-32:],
-        root_controller_index=ControllerInstanceId("0"), blocking=True,
-    )
-    return Job(msg=msg, action=action, arguments=args or {}, init_env={}, sink=sink)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
