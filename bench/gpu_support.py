@@ -19,8 +19,8 @@ from pathlib import Path
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.containerpool.proxy import Job
-from invoker.embedded.controller import action_document, new_identity
-from invoker.entities import WhiskAction, WhiskActivation
+from invoker.embedded.controller import new_identity
+from invoker.entities import WhiskAction, WhiskActivation, action_document
 from invoker.gpu.inventory import Inventory, detect_nvml, parse_declared
 from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
 from invoker.messages import (

@@ -28,8 +28,9 @@ from invoker.cli import build_invoker
 from invoker.config import load_config
 from invoker.containerpool.container import RuntimeClient
 from invoker.embedded.broker import EmbeddedKafka
-from invoker.embedded.controller import EmbeddedController, action_document
+from invoker.embedded.controller import EmbeddedController
 from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS
+from invoker.entities import action_document
 from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import KafkaSettings, ensure_topic
 from invoker.store.embedded import EmbeddedServer

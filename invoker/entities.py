@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,3 +336,31 @@ def instant_activation(msg: ActivationMessage, response: ActivationResponse, act
         activation_id=msg.activation_id, start_ms=now, end_ms=now, response=response, version=version,
         annotations=annotations, cause=msg.cause, duration_ms=0,
     )
+
+
+DEFAULT_LIMITS = {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1}
+
+
+def action_document(namespace: str, name: str, kind: str, main: str | None = None, binary: bool = False, *,
+                    parameters: list[dict] | None = None, limits: dict | None = None, version: str = "0.0.1",
+                    publish: bool = False, annotations: list[dict] | None = None) -> dict:
+    """An action document as the controller writes it to the entity store, without its code
+    (PROTOCOL.md §3.1). Default annotations are the ones ``wsk action create`` leaves."""
+    exec_: dict[str, Any] = {"kind": kind, "binary": binary}
+    if main:
+        exec_["main"] = main
+    if annotations is None:
+        annotations = [{"key": "exec", "value": kind}, {"key": "provide-api-key", "value": False}]
+    return {
+        "_id": f"{namespace}/{name}",
+        "entityType": "action",
+        "namespace": namespace,
+        "name": name,
+        "exec": exec_,
+        "parameters": list(parameters or []),
+        "limits": dict(limits or DEFAULT_LIMITS),
+        "version": version,
+        "publish": publish,
+        "annotations": annotations,
+        "updated": int(time.time() * 1000),
+    }

@@ -8,8 +8,8 @@ import time
 
 from invoker.containerpool.pool import ImageResolver
 from invoker.containerpool.proxy import Job
-from invoker.embedded.controller import action_document, new_identity
-from invoker.entities import WhiskAction, WhiskActivation
+from invoker.embedded.controller import new_identity
+from invoker.entities import WhiskAction, WhiskActivation, action_document
 from invoker.messages import (
     ActivationMessage,
     ControllerInstanceId,

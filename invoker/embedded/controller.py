@@ -266,26 +266,6 @@ class EmbeddedController:
             return dict(self._acks)
 
 
-def action_document(namespace: str, name: str, kind: str, main: str | None, binary: bool) -> dict:
-    """An action document as the controller writes it (without its code)."""
-    exec_: dict = {"kind": kind, "binary": binary}
-    if main:
-        exec_["main"] = main
-    return {
-        "_id": f"{namespace}/{name}",
-        "entityType": "action",
-        "namespace": namespace,
-        "name": name,
-        "exec": exec_,
-        "parameters": [],
-        "limits": {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1},
-        "version": "0.0.1",
-        "publish": False,
-        "annotations": [{"key": "exec", "value": kind}, {"key": "provide-api-key", "value": False}],
-        "updated": int(time.time() * 1000),
-    }
-
-
 def result_of(record: AckRecord) -> Any:
     response = record.result
     return response.get("response", {}).get("result") if isinstance(response, dict) else None

@@ -23,7 +23,8 @@ from pathlib import Path
 from invoker.cli import build_invoker
 from invoker.config import load_config
 from invoker.embedded.broker import EmbeddedKafka
-from invoker.embedded.controller import EmbeddedController, action_document, result_of
+from invoker.embedded.controller import EmbeddedController, result_of
+from invoker.entities import action_document
 from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import KafkaSettings
 from invoker.store.database import DocumentNotFound

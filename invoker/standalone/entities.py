@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from invoker.entities import is_binary_code
+from invoker.entities import action_document, is_binary_code
 from invoker.manifest import RuntimesManifest
 from invoker.standalone.errors import ApiError, entity_too_big, runtime_deprecated
 
@@ -219,22 +218,8 @@ def sequence_document(doc: dict, components: list[str]) -> dict:
 
 def _document(namespace: str, name: str, kind: str, main: str | None, binary: bool, parameters: list[dict],
               limits: dict, version: str, publish: bool, annotations: list[dict]) -> dict:
-    exec_: dict[str, Any] = {"kind": kind, "binary": binary}
-    if main:
-        exec_["main"] = main
-    return {
-        "_id": f"{namespace}/{name}",
-        "entityType": "action",
-        "namespace": namespace,
-        "name": name,
-        "exec": exec_,
-        "parameters": parameters,
-        "limits": limits,
-        "version": version,
-        "publish": publish,
-        "annotations": annotations,
-        "updated": int(time.time() * 1000),
-    }
+    return action_document(namespace, name, kind, main, binary, parameters=parameters, limits=limits,
+                           version=version, publish=publish, annotations=annotations)
 
 
 def action_json(doc: dict, code: str | None) -> dict:

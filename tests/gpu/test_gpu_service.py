@@ -11,8 +11,9 @@ from gpu_pool_support import PROBE
 
 from invoker.cli import build_invoker
 from invoker.config import load_config
-from invoker.embedded.controller import EmbeddedController, action_document
+from invoker.embedded.controller import EmbeddedController
 from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS
+from invoker.entities import action_document
 from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import KafkaSettings
 from invoker.store.embedded import EmbeddedServer
