@@ -119,3 +119,15 @@ def test_a_runtime_without_warm_up_is_ready_at_once(runtime):
     port = runtime()
     status, body, _ = request(port, "GET", "/ready")
     assert status == 200 and body == {"ready": True, "prewarm": {}}
+
+
+def test_onnxruntime_warm_up_session_is_a_valid_model_for_the_installed_runtime():
+    """The one-node model the warm-up runs on the CUDA provider must load in this onnxruntime
+    (onnx writes IR versions newer than some onnxruntime releases read): it runs, on the GPU
+    where there is one and the CUDA provider is installed, else on the CPU fallback."""
+    import onnxruntime
+    from owruntime.prewarm import _first_cuda_session
+    from services import nvidia_gpu_count
+
+    on_gpu = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and nvidia_gpu_count() > 0
+    assert _first_cuda_session(onnxruntime) is on_gpu
