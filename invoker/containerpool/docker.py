@@ -142,6 +142,24 @@ class DockerContainerFactory(ContainerFactory):
             raise ContainerError(f"no Docker API reachable (set DOCKER_HOST): {error}") from error
 
     def create(self, spec: ContainerSpec) -> Container:
+        kwargs = self.container_config(spec)
+        handle = None
+        try:
+            handle = self.client.containers.create(**kwargs)
+            handle.start()
+            handle.reload()
+            host, port = self._address(handle)
+        except ImageNotFound as error:
+            raise ContainerStartError(f"image {spec.image} is not on this node: {error}") from error
+        except (APIError, DockerException, KeyError, TypeError) as error:
+            if handle is not None:  # created but not started: leave nothing behind
+                self._remove(handle)
+            raise ContainerStartError(f"docker run {spec.image} failed: {error}") from error
+        return DockerContainer(handle, spec, host, port)
+
+    def container_config(self, spec: ContainerSpec) -> dict[str, Any]:
+        """The ``containers.create`` arguments for ``spec``: limits, privileges, labels,
+        network, and for a GPU container its device request and MPS mounts."""
         environment = {"__OW_API_HOST": self.api_host, **self.extra_env, **spec.env}
         kwargs: dict[str, Any] = dict(
             image=spec.image,
@@ -171,19 +189,7 @@ class DockerContainerFactory(ContainerFactory):
             # shared memory (gpu-facts §4): bind the directories, share the host IPC namespace.
             kwargs["volumes"] = {path: {"bind": path, "mode": "rw"} for path in spec.mounts}
             kwargs["ipc_mode"] = "host"
-        handle = None
-        try:
-            handle = self.client.containers.create(**kwargs)
-            handle.start()
-            handle.reload()
-            host, port = self._address(handle)
-        except ImageNotFound as error:
-            raise ContainerStartError(f"image {spec.image} is not on this node: {error}") from error
-        except (APIError, DockerException, KeyError, TypeError) as error:
-            if handle is not None:  # created but not started: leave nothing behind
-                self._remove(handle)
-            raise ContainerStartError(f"docker run {spec.image} failed: {error}") from error
-        return DockerContainer(handle, spec, host, port)
+        return kwargs
 
     @staticmethod
     def _remove(handle: Any) -> None:

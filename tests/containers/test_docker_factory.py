@@ -170,3 +170,23 @@ def test_cleanup_removes_only_this_invokers_containers(factory, docker_client):
     finally:
         theirs.destroy()
         mine.destroy()
+
+
+def test_a_gpu_container_asks_for_its_gpu_and_the_mps_directories(factory):
+    """What the engine is asked for a GPU container (podman ignores device requests, so this
+    checks the request itself; the GPU machine runs the real thing in tests/gpu)."""
+    cpu = factory.container_config(spec(factory))
+    assert "device_requests" not in cpu and "ipc_mode" not in cpu and "volumes" not in cpu
+    gpu_spec = ContainerSpec(name="g", kind="python:3-gpu", image=RUNTIME_IMAGE, memory_mb=2048, cpu_shares=512,
+                             env={"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"}, gpu="GPU-1234",
+                             mounts=("/run/openwhisk-gpu-mps/pipe", "/run/openwhisk-gpu-mps/log"))
+    config = factory.container_config(gpu_spec)
+    (request,) = config["device_requests"]
+    assert request["DeviceIDs"] == ["GPU-1234"] and request["Capabilities"] == [["gpu"]]
+    assert config["volumes"] == {p: {"bind": p, "mode": "rw"} for p in gpu_spec.mounts}
+    assert config["ipc_mode"] == "host"
+    assert config["environment"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
+    # Everything a CPU container gets, a GPU container gets too.
+    for key in ("mem_limit", "cap_drop", "security_opt", "pids_limit", "labels", "ports"):
+        assert key in config
+    assert config["mem_limit"] == "2048m" and config["cap_drop"] == ["NET_RAW", "NET_ADMIN"]
