@@ -4,7 +4,7 @@
 #
 #   runtimes/build.sh                 # CPU image from a public python:3.11 base
 #   runtimes/build.sh --local-base    # no registry: debootstrap a Debian base first
-#   runtimes/build.sh --gpu --base nvidia/cuda:12.4.1-runtime-ubuntu22.04-py311
+#   runtimes/build.sh --gpu           # also the GPU image (torch wheels bring their CUDA libraries)
 #
 # The GPU image installs torch and onnxruntime-gpu from runtimes/python-gpu/wheelhouse,
 # filled here with `pip download` (the build itself needs no network).
