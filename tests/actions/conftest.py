@@ -5,30 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from actions_support import ACTIONS
-from standalone_support import (
-    ROOT,
-    Standalone,
-    StandaloneStartError,
-    node_available,
-    start_standalone,
-)
+from standalone_support import ROOT, running_standalone
 
-
-@pytest.fixture(scope="module")
-def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
-    if not node_available():
-        pytest.fail("node or the openwhisk npm client is missing: run ./dev setup", pytrace=False)
-    try:
-        server = start_standalone(tmp_path_factory.mktemp("standalone"))
-    except StandaloneStartError as error:
-        pytest.fail(str(error), pytrace=False)
-    yield server
-    server.stop()
+standalone = pytest.fixture(scope="module")(running_standalone)
 
 
 @pytest.fixture(scope="session")

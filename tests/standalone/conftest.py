@@ -1,19 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from standalone_support import Standalone, StandaloneStartError, node_available, start_standalone
+from standalone_support import node_available, running_standalone
 
-
-@pytest.fixture(scope="module")
-def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
-    try:
-        server = start_standalone(tmp_path_factory.mktemp("standalone"))
-    except StandaloneStartError as error:
-        pytest.fail(str(error), pytrace=False)
-    yield server
-    server.stop()
+standalone = pytest.fixture(scope="module")(running_standalone)
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,3 +112,16 @@ def start_standalone(workdir: Path, env: dict[str, str] | None = None, timeout_s
 
 def node_available() -> bool:
     return shutil.which("node") is not None and (NODE_MODULES / "openwhisk" / "package.json").exists()
+
+
+def running_standalone(tmp_path_factory) -> Iterator[Standalone]:
+    """Body of the ``standalone`` fixture: one standalone mode for a test module; a start
+    failure fails the tests (it is never a reason to skip)."""
+    if not node_available():
+        pytest.fail("node or the openwhisk npm client is missing: run ./dev setup", pytrace=False)
+    try:
+        server = start_standalone(tmp_path_factory.mktemp("standalone"))
+    except StandaloneStartError as error:
+        pytest.fail(str(error), pytrace=False)
+    yield server
+    server.stop()
