@@ -212,50 +212,40 @@ class EmbeddedController:
         with self._cond:
             return self._acks[activation_id]
 
+    def _await(self, ready, timeout_s: float):
+        """``ready()`` (called with the lock held) once it is truthy, else None after ``timeout_s``."""
+        with self._cond:
+            return self._cond.wait_for(ready, timeout_s) or None
+
     def wait_for(self, activation_id: str, timeout_s: float = 30.0, slot_freeing: int = 1) -> AckRecord:
         """Until the activation's slot-freeing ack(s) arrived."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while len(self._acks[activation_id].slot_freeing) < slot_freeing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AckTimeout(f"no completion for {activation_id} within {timeout_s} s")
-                self._cond.wait(remaining)
-            return self._acks[activation_id]
+        record = self._await(lambda: len(self._acks[activation_id].slot_freeing) >= slot_freeing
+                             and self._acks[activation_id], timeout_s)
+        if record is None:
+            raise AckTimeout(f"no completion for {activation_id} within {timeout_s} s")
+        return record
 
     def wait_for_result(self, activation_id: str, timeout_s: float = 60.0) -> AckRecord | None:
         """Until the activation's result ack arrived (what a blocking invoke answers with);
         None when it did not within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                record = self._acks.get(activation_id)
-                if record is not None and isinstance(record.result, dict):
-                    return record
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+
+        def result() -> AckRecord | None:
+            record = self._acks.get(activation_id)
+            return record if record is not None and isinstance(record.result, dict) else None
+
+        return self._await(result, timeout_s)
 
     def wait_for_transid(self, transid: str, timeout_s: float = 30.0) -> AckRecord:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while not self._by_transid[transid].slot_freeing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AckTimeout(f"no completion for transid {transid} within {timeout_s} s")
-                self._cond.wait(remaining)
-            return self._by_transid[transid]
+        record = self._await(lambda: self._by_transid[transid].slot_freeing and self._by_transid[transid], timeout_s)
+        if record is None:
+            raise AckTimeout(f"no completion for transid {transid} within {timeout_s} s")
+        return record
 
     def wait_for_ping(self, timeout_s: float = 30.0, after: int = 0) -> PingMessage:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while len(self.pings) <= after:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AckTimeout("no ping")
-                self._cond.wait(remaining)
-            return self.pings[-1]
+        ping = self._await(lambda: len(self.pings) > after and self.pings[-1], timeout_s)
+        if ping is None:
+            raise AckTimeout("no ping")
+        return ping
 
     def invoke(self, invoker: int, msg: ActivationMessage, timeout_s: float = 60.0) -> AckRecord:
         self.publish(invoker, msg)
