@@ -161,6 +161,7 @@ class ActivationFeed:
         self.poll_timeout_ms = poll_timeout_ms
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._freed = threading.Event()  # set by done(): a slot came free
         self._progress: dict[TopicPartition, _PartitionProgress] = {}
         self._replay_end: dict[TopicPartition, int] = {}
         self._stop = threading.Event()
@@ -203,6 +204,7 @@ class ActivationFeed:
             if progress is not None:
                 progress.pending.discard(record.offset)
             self._in_flight -= 1
+        self._freed.set()
 
     # ------------------------------------------------------------------ the consumer thread
 
@@ -211,9 +213,16 @@ class ActivationFeed:
         assert consumer is not None
         try:
             while not self._stop.is_set():
+                self._freed.clear()
                 free = self.capacity - self.in_flight
+                # Full: wait for a slot here rather than in poll(), which would not wake
+                # when one frees (and sleeps its retry backoff on paused partitions). The
+                # partitions stay resumed meanwhile, so the fetcher keeps records ready;
+                # only a pool that stays full gets them paused.
+                if free <= 0 and self._freed.wait(self.poll_timeout_ms / 1000):
+                    continue
                 self._flow_control(consumer, free > 0)
-                batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max(free, 1))
+                batch = consumer.poll(timeout_ms=self.poll_timeout_ms if free > 0 else 0, max_records=max(free, 1))
                 if consumer.assignment() and not self.ready.is_set():
                     self._note_replay_window(consumer)
                     self.ready.set()
