@@ -56,8 +56,10 @@ class KafkaRelayFloor:
         self._got = threading.Event()
         self._stop = threading.Event()
         self._ready = threading.Barrier(3)
-        threading.Thread(target=self._relay, daemon=True).start()
-        threading.Thread(target=self._sink, daemon=True).start()
+        self._threads = [threading.Thread(target=self._relay, daemon=True),
+                         threading.Thread(target=self._sink, daemon=True)]
+        for thread in self._threads:
+            thread.start()
         self._ready.wait(30)
 
     def _consumer(self, topic: str) -> KafkaConsumer:
@@ -76,6 +78,7 @@ class KafkaRelayFloor:
             for records in consumer.poll(timeout_ms=50).values():
                 for record in records:
                     self.producer.send("floor-out", record.value)
+        consumer.close()
 
     def _sink(self) -> None:
         consumer = self._consumer("floor-out")
@@ -83,6 +86,7 @@ class KafkaRelayFloor:
         while not self._stop.is_set():
             if consumer.poll(timeout_ms=50):
                 self._got.set()
+        consumer.close()
 
     def round_trip_ms(self) -> float:
         self._got.clear()
@@ -94,6 +98,9 @@ class KafkaRelayFloor:
 
     def close(self) -> None:
         self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        self.producer.close(5)
 
 
 def main() -> None:
@@ -148,15 +155,17 @@ def main() -> None:
             assert outcome.status == 200
         floor_ms = [k + r for k, r in zip(kafka_ms, run_ms, strict=True)]
 
-        # Throughput: a burst of blocking no-ops, all published at once.
+        # Throughput: a burst of blocking no-ops, all published at once. The floor's
+        # clients go first: idle, they would still poll the broker from this process.
+        floor.close()
         messages = [controller.message(fqn, rev, {}) for _ in range(args.burst)]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         controller.publish_many(0, messages)
         for msg in messages:
             controller.wait_for(msg.activation_id, timeout_s=300)
         burst_s = time.perf_counter() - start
+        burst_cpu_s = time.process_time() - cpu_start
         pool = invoker.pool.snapshot()
-        floor.close()
         controller.close()
         invoker.stop()
 
@@ -171,7 +180,10 @@ def main() -> None:
         "overhead_ratio_p50": statistics.median(invoker_ms) / statistics.median(floor_ms),
         "overhead_ratio_p99": percentile(invoker_ms, 0.99) / percentile(floor_ms, 0.99),
         "burst": {"activations": args.burst, "seconds": burst_s, "per_second": args.burst / burst_s,
-                  "containers_at_end": len(pool["containers"])},
+                  "containers_at_end": len(pool["containers"]),
+                  # CPU of this process (invoker, broker client threads, the embedded controller)
+                  # per activation: less noisy than the rate on a shared machine.
+                  "process_cpu_ms_per_activation": burst_cpu_s * 1000 / args.burst},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)

@@ -96,6 +96,7 @@ class Producer:
             # One in flight per connection keeps a blocking call's ResultMessage
             # ahead of its CompletionMessage, as the controller expects.
             max_in_flight_requests_per_connection=1,
+            metrics_enabled=False,  # nothing reads them; they cost a sensor update per request
             **settings.extra,
         )
 
@@ -153,14 +154,20 @@ class ActivationFeed:
         capacity: int,
         handler: Callable[[FeedRecord], None],
         poll_timeout_ms: int = 100,
+        commit_interval_ms: int = 50,
     ) -> None:
         self.settings = settings
         self.topic = topic
         self.capacity = capacity
         self.handler = handler
         self.poll_timeout_ms = poll_timeout_ms
+        # A commit is a broker round trip on this thread: under load, one per interval
+        # rather than one per poll. A crash replays at most this much more (harmless).
+        self.commit_interval_ms = commit_interval_ms
+        self._last_commit = 0.0
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._freed = threading.Event()  # set by done(): a slot came free
         self._progress: dict[TopicPartition, _PartitionProgress] = {}
         self._replay_end: dict[TopicPartition, int] = {}
         self._stop = threading.Event()
@@ -182,6 +189,7 @@ class ActivationFeed:
             heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            metrics_enabled=False,
             **self.settings.extra,
         )
         self._consumer.subscribe([self.topic])
@@ -203,6 +211,7 @@ class ActivationFeed:
             if progress is not None:
                 progress.pending.discard(record.offset)
             self._in_flight -= 1
+        self._freed.set()
 
     # ------------------------------------------------------------------ the consumer thread
 
@@ -211,16 +220,24 @@ class ActivationFeed:
         assert consumer is not None
         try:
             while not self._stop.is_set():
+                self._freed.clear()
                 free = self.capacity - self.in_flight
+                # Full: wait for a slot here rather than in poll(), which would not wake
+                # when one frees (and sleeps its retry backoff on paused partitions). The
+                # partitions stay resumed meanwhile, so the fetcher keeps records ready;
+                # only a pool that stays full gets them paused.
+                if free <= 0 and self._freed.wait(self.poll_timeout_ms / 1000):
+                    continue
                 self._flow_control(consumer, free > 0)
-                batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max(free, 1))
+                batch = consumer.poll(timeout_ms=self.poll_timeout_ms if free > 0 else 0, max_records=max(free, 1))
                 if consumer.assignment() and not self.ready.is_set():
                     self._note_replay_window(consumer)
                     self.ready.set()
                 for partition, records in batch.items():
                     for record in records:
                         self._dispatch(partition, record.offset, record.value, record.timestamp)
-                self._commit(consumer)
+                if not batch or time.monotonic() - self._last_commit >= self.commit_interval_ms / 1000:
+                    self._commit(consumer)
             self._commit(consumer)
         except Exception:
             log.exception("activation feed on %s stopped", self.topic)
@@ -272,6 +289,7 @@ class ActivationFeed:
             self.done(record)
 
     def _commit(self, consumer: KafkaConsumer) -> None:
+        self._last_commit = time.monotonic()
         offsets = {}
         with self._lock:
             for partition, progress in self._progress.items():

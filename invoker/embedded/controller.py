@@ -90,8 +90,9 @@ class EmbeddedController:
         self.health_topic = kafka.topic("health")
         for topic in (self.completed_topic, self.health_topic):
             ensure_topic(kafka, topic)
+        # Client metrics off, as in the invoker: nothing reads them.
         self._producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, linger_ms=0, acks=1,
-                                       max_request_size=4 * 1024 * 1024, **kafka.extra)
+                                       max_request_size=4 * 1024 * 1024, metrics_enabled=False, **kafka.extra)
         self._acks: dict[str, AckRecord] = defaultdict(AckRecord)
         self._by_transid: dict[str, AckRecord] = defaultdict(AckRecord)
         self.pings: list[PingMessage] = []
@@ -123,7 +124,8 @@ class EmbeddedController:
     def _read(self, topic: str, on_value) -> None:
         # Assigned, not subscribed: no group join to wait for, and we want only new records.
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False,
-                                 fetch_max_wait_ms=self.kafka.fetch_max_wait_ms, **self.kafka.extra)
+                                 fetch_max_wait_ms=self.kafka.fetch_max_wait_ms, metrics_enabled=False,
+                                 **self.kafka.extra)
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
         consumer.seek_to_end(partition)
