@@ -56,8 +56,8 @@ class HttpOutcome:
     body: bytes = b""
     timed_out: bool = False
     connection_lost: bool = False
-    # Models the runtime reported resident (``X-OW-Resident``); None: the header was absent.
-    resident: tuple[ResidentModel, ...] | None = None
+    # The runtime's ``X-OW-Resident`` header as sent; None: it sent none (a stock runtime).
+    resident_header: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,8 +124,7 @@ class RuntimeClient:
                     conn.close()
                 else:
                     self._release(conn)
-                resident = tuple(parse_header(reported)) if reported is not None else None
-                return HttpOutcome(start, end, status=status, body=data, resident=resident)
+                return HttpOutcome(start, end, status=status, body=data, resident_header=reported)
             except TimeoutError:
                 conn.close()
                 return HttpOutcome(start, now_ms(), timed_out=True)
@@ -169,14 +168,17 @@ class Container(ABC):
         self.client = RuntimeClient(host, port)
         self.logs = LogBuffer()
         self.resident: tuple[ResidentModel, ...] = ()  # as last reported by the runtime
+        self._resident_header: str | None = None
 
     def initialize(self, payload: dict, timeout_s: float) -> HttpOutcome:
         return self.client.post("/init", {"value": payload}, timeout_s, retry_refused=True, alive=self.is_alive)
 
     def run(self, payload: dict, timeout_s: float) -> HttpOutcome:
         outcome = self.client.post("/run", payload, timeout_s)
-        if outcome.resident is not None:
-            self.resident = outcome.resident
+        reported = outcome.resident_header
+        if reported is not None and reported != self._resident_header:  # parsed only when it changed
+            self._resident_header = reported
+            self.resident = tuple(parse_header(reported))
         return outcome
 
     def wait_ready(self, timeout_s: float) -> dict | None:

@@ -26,25 +26,30 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], ResidentModel] = {}
+        self._header = self._render()
 
     def register(self, key: str, device: str, nbytes: int) -> None:
         with self._lock:
             self._models[(key, device)] = ResidentModel(key, device, int(nbytes))
+            self._header = self._render()
 
     def unregister(self, key: str, device: str | None = None) -> None:
         with self._lock:
             for k in [k for k in self._models if k[0] == key and device in (None, k[1])]:
                 del self._models[k]
+            self._header = self._render()
 
     def models(self) -> list[ResidentModel]:
         with self._lock:
             return list(self._models.values())
 
     def header_value(self) -> str:
-        """Compact JSON: ``{"models": [{"key", "device", "bytes"}...]}``."""
-        return json.dumps(
-            {"models": [asdict(m) for m in self.models()]}, separators=(",", ":")
-        )
+        """Compact JSON: ``{"models": [{"key", "device", "bytes"}...]}``. Sent with every /run:
+        rendered when the registry changes, not per request."""
+        return self._header
+
+    def _render(self) -> str:
+        return json.dumps({"models": [asdict(m) for m in self._models.values()]}, separators=(",", ":"))
 
 
 REGISTRY = Registry()  # the runtime process's one registry; actions reach it through the library
