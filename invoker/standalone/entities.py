@@ -184,8 +184,9 @@ def new_action_document(namespace: str, name: str, put: ActionPut) -> dict:
     annotations = list(put.annotations or [])
     if not any(a["key"] == "provide-api-key" for a in annotations):
         annotations.append({"key": "provide-api-key", "value": False})
-    return _document(namespace, name, put.kind, put.main, put.binary, put.parameters or [], limits,
-                     put.version or "0.0.1", bool(put.publish), _with_exec_annotation(annotations, put.kind))
+    return action_document(namespace, name, put.kind, put.main, put.binary, parameters=put.parameters or [],
+                           limits=limits, version=put.version or "0.0.1", publish=bool(put.publish),
+                           annotations=_with_exec_annotation(annotations, put.kind))
 
 
 def updated_action_document(old: dict, put: ActionPut) -> dict:
@@ -197,12 +198,12 @@ def updated_action_document(old: dict, put: ActionPut) -> dict:
     limits = dict(old.get("limits") or {})
     limits.update(put.limits or {})
     annotations = put.annotations if put.annotations is not None else list(old.get("annotations") or [])
-    doc = _document(
+    doc = action_document(
         old["namespace"], old["name"], kind, main, binary,
-        put.parameters if put.parameters is not None else list(old.get("parameters") or []),
-        limits, put.version or up_patch(old.get("version", "0.0.1")),
-        put.publish if put.publish is not None else bool(old.get("publish")),
-        _with_exec_annotation(annotations, kind),
+        parameters=put.parameters if put.parameters is not None else list(old.get("parameters") or []),
+        limits=limits, version=put.version or up_patch(old.get("version", "0.0.1")),
+        publish=put.publish if put.publish is not None else bool(old.get("publish")),
+        annotations=_with_exec_annotation(annotations, kind),
     )
     doc["_rev"] = old["_rev"]
     return doc
@@ -214,12 +215,6 @@ def sequence_document(doc: dict, components: list[str]) -> dict:
     out["exec"] = {"kind": SEQUENCE, "components": components, "binary": False}
     out["parameters"] = [{"key": "_actions", "value": components}]
     return out
-
-
-def _document(namespace: str, name: str, kind: str, main: str | None, binary: bool, parameters: list[dict],
-              limits: dict, version: str, publish: bool, annotations: list[dict]) -> dict:
-    return action_document(namespace, name, kind, main, binary, parameters=parameters, limits=limits,
-                           version=version, publish=publish, annotations=annotations)
 
 
 def action_json(doc: dict, code: str | None) -> dict:
