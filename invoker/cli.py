@@ -43,7 +43,7 @@ def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFact
     return ProcessContainerFactory(api_host=config.resolved_api_host(env), extra_env={"__OW_INVOKER": owner})
 
 
-def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest) -> GpuLayer | None:
+def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest, factory: ContainerFactory) -> GpuLayer | None:
     """The GPU layer, when the node has GPUs (detected, or declared with --gpus)."""
     inventory = load_inventory(config.gpus)
     if not inventory.devices:
@@ -52,7 +52,8 @@ def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest) -> GpuLaye
     if cells is None:
         cells = tuple(GpuStemCell(c.kind, c.memory_mb, c.count) for c in manifest.stem_cells()
                       if manifest.kinds[c.kind].is_gpu)
-    settings = GpuSettings(reserved_mb=config.gpu_reserved, stem_cells=cells, prewarm=tuple(config.gpu_prewarm))
+    settings = GpuSettings(reserved_mb=config.gpu_reserved, stem_cells=cells, prewarm=tuple(config.gpu_prewarm),
+                           mps_client_uid=config.gpu_mps_uid if factory.chooses_user else None)
     return GpuLayer.start(inventory, settings, config.gpu_mps, mps_dir=Path(config.gpu_mps_dir))
 
 
@@ -80,10 +81,11 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
     if whisks is None or activations is None:
         whisks, activations, where = open_databases(config)
         log.info("store: %s", where)
-    instance = instance_id(config.instance, config.user_memory, config.tags, config.dedicated_namespaces,
-                           config.unique_name, config.displayed_name)
     factory = make_factory(config, env)
-    gpu = make_gpu_layer(config, manifest)
+    gpu = make_gpu_layer(config, manifest, factory)
+    tags = tuple(config.tags) + ((gpu.sharing.tag,) if gpu is not None else ())
+    instance = instance_id(config.instance, config.user_memory, tags, config.dedicated_namespaces,
+                           config.unique_name, config.displayed_name)
     settings = InvokerSettings(
         instance=instance,
         kafka=KafkaSettings(

@@ -181,6 +181,10 @@ SETTINGS: tuple[Setting, ...] = (
             "on (MPS or refuse to start), off (time-slicing).", parse_mps_mode),
     Setting("gpu_mps_dir", "--gpu-mps-dir", ("INVOKER_GPU_MPS_DIR",), "/run/openwhisk-gpu-mps",
             "Directory of the MPS daemon's pipe/ and log/ (mounted into GPU containers)."),
+    Setting("gpu_mps_uid", "--gpu-mps-uid", ("INVOKER_GPU_MPS_UID",), 10001,
+            "UID every GPU container runs as under MPS with the docker backend (MPS serves one user at "
+            "a time; 10001 is the runtime images' user); the MPS directories are given to it. The "
+            "process backend runs them as the invoker's own user.", int),
     Setting("gpu_reserved", "--gpu-reserved-memory", ("INVOKER_GPU_RESERVED_MEMORY",), "512 MB",
             "GPU memory per GPU never admitted to actions (driver, MPS server).", parse_size_mb),
     Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,

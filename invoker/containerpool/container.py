@@ -44,6 +44,7 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     gpu: str | None = None  # device UUID or index assigned by the GPU layer
     mounts: tuple[str, ...] = ()  # host directories bound at the same path (the MPS pipe and log)
+    user: str | None = None  # ``uid:gid`` to run as; None: the image's user (backends that can choose)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,8 @@ class ContainerFactory(ABC):
 
     #: Kinds this backend can run; ``None`` means any kind it has an image for.
     name: str = "abstract"
+    #: Whether ``ContainerSpec.user`` is honoured (processes run as the invoker's user).
+    chooses_user: bool = False
 
     @abstractmethod
     def create(self, spec: ContainerSpec) -> Container:

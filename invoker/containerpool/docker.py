@@ -113,6 +113,7 @@ class DockerContainer(Container):
 
 class DockerContainerFactory(ContainerFactory):
     name = "docker"
+    chooses_user = True
 
     def __init__(
         self,
@@ -176,6 +177,8 @@ class DockerContainerFactory(ContainerFactory):
             pids_limit=self.pids_limit,
             log_config={"type": "json-file"},
         )
+        if spec.user is not None:
+            kwargs["user"] = spec.user
         if self.ulimits:
             kwargs["ulimits"] = self.ulimits
         if self.network:

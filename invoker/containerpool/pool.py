@@ -383,7 +383,7 @@ class ContainerPool:
         return ContainerSpec(
             name=name, kind=kind, image=image, memory_mb=memory_mb, cpu_shares=shares, labels=labels,
             env=self.gpu.container_env(placement, stem_cell), gpu=placement.device_id,
-            mounts=self.gpu.mounts(placement.gpu),
+            mounts=self.gpu.mounts(placement.gpu), user=self.gpu.container_user(placement.gpu),
         )
 
     def _execute(self, placed: ContainerProxy, job: Job) -> None:
@@ -599,7 +599,7 @@ class ContainerPool:
             }
         return {
             "inventory": {"source": inventory.source, "description": inventory.describe()},
-            "sharing": {"mode": self.gpu.sharing.mode, "reason": self.gpu.sharing.reason},
+            "sharing": self.gpu.sharing_json(),
             "gpus": gpus,
             "stats": stats,
         }

@@ -4,6 +4,7 @@ and what a GPU container is given (device, environment, mounts)."""
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,12 @@ class GpuSettings:
     stem_cells: tuple[GpuStemCell, ...] = ()
     prewarm: tuple[str, ...] = ("torch", "onnxruntime")
     ready_timeout_s: float = 300.0  # a stem cell that has not finished warming by then is dropped
+    # The UID GPU containers run as under MPS (one MPS server serves one user); None: the
+    # backend cannot choose (processes run as the invoker's user).
+    mps_client_uid: int | None = None
+    # How often the MPS control daemon is asked whether it still answers (0: never). A client
+    # that finds no daemon silently runs without MPS, its memory limit unenforced.
+    mps_check_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,19 +64,79 @@ class GpuLayer:
         self.sharing = sharing
         self.settings = settings
         self.daemon = daemon
+        self.daemon_up = daemon is not None
+        self.daemon_problem: str | None = None  # why the daemon is not answering, while it is not
+        self.daemon_restarts = 0
+        self._owns_daemon = daemon is not None and daemon.started_here  # else: adopted, its owner restarts it
+        self._stopped = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        if daemon is not None and settings.mps_check_interval_s > 0:
+            self._watchdog = threading.Thread(target=self._watch_daemon, name="mps-watchdog", daemon=True)
+            self._watchdog.start()
 
     @classmethod
     def start(cls, inventory: Inventory, settings: GpuSettings, mps_mode: Mode = "auto",
               control: str = CONTROL_BINARY, mps_dir: Path = Path("/run/openwhisk-gpu-mps")) -> GpuLayer:
-        sharing, daemon = start_sharing(inventory, mps_mode, control, mps_dir / "pipe", mps_dir / "log")
+        sharing, daemon = start_sharing(inventory, mps_mode, control, mps_dir / "pipe", mps_dir / "log",
+                                        settings.mps_client_uid)
         return cls(inventory, sharing, settings, daemon)
 
     def stop(self) -> None:
+        self._stopped.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
         if self.daemon is not None:
             try:
                 self.daemon.stop()
             except MpsError as error:
                 log.warning("%s", error)
+
+    def check_daemon(self) -> bool:
+        """Whether the MPS control daemon answers; one this invoker started is started again.
+
+        A daemon adopted from elsewhere (the Ansible systemd unit) is left to its owner, which
+        restarts it; until then the problem is logged and reported."""
+        daemon = self.daemon
+        if daemon is None:
+            return False
+        if daemon.running():
+            if not self.daemon_up:
+                log.warning("MPS control daemon on %s answers again", daemon.pipe_dir)
+            self.daemon_up, self.daemon_problem = True, None
+            return True
+        if self._owns_daemon:
+            daemon.started_here = False  # until start() says so (it adopts one someone else started meanwhile)
+            try:
+                daemon.start()
+            except MpsError as error:
+                problem = f"MPS control daemon died and did not start again: {error}"
+            else:
+                self.daemon_restarts += 1
+                log.error("MPS control daemon on %s had died: started it again (GPU containers started "
+                          "meanwhile ran without MPS limits)", daemon.pipe_dir)
+                self.daemon_up, self.daemon_problem = True, None
+                return True
+        else:
+            problem = f"MPS control daemon on {daemon.pipe_dir} (not started by this invoker) does not answer"
+        if self.daemon_up or problem != self.daemon_problem:
+            log.error("%s: GPU containers started now run without MPS (no memory or SM limit)", problem)
+        self.daemon_up, self.daemon_problem = False, problem
+        return False
+
+    def _watch_daemon(self) -> None:
+        while not self._stopped.wait(self.settings.mps_check_interval_s):
+            try:
+                self.check_daemon()
+            except Exception:  # the watchdog must outlive any surprise
+                log.exception("MPS watchdog")
+
+    def sharing_json(self) -> dict:
+        """The sharing mode as ``/gpus`` shows it."""
+        out: dict = {"mode": self.sharing.mode, "reason": self.sharing.reason}
+        if self.daemon is not None:
+            out["daemon"] = {"up": self.daemon_up, "problem": self.daemon_problem, "restarts": self.daemon_restarts,
+                             "pipe_dir": str(self.daemon.pipe_dir), "started_here": self.daemon.started_here}
+        return out
 
     def device(self, gpu: int) -> str:
         return next(d.device_id for d in self.inventory.devices if d.index == gpu)
@@ -84,6 +151,12 @@ class GpuLayer:
         if stem_cell and self.settings.prewarm:
             env[PREWARM_ENV] = ",".join(self.settings.prewarm)
         return env
+
+    def container_user(self, gpu: int) -> str | None:
+        """``uid:gid`` a GPU container must run as (None: as its image or backend says)."""
+        if self.daemon is None or not self.sharing.mps_on(gpu) or self.settings.mps_client_uid is None:
+            return None
+        return f"{self.settings.mps_client_uid}:{self.settings.mps_client_uid}"
 
     def mounts(self, gpu: int) -> tuple[str, ...]:
         """Host directories a GPU container needs at the same path (MPS pipe and log)."""

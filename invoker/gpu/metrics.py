@@ -54,6 +54,10 @@ def render(snapshot: dict) -> str:
         "used": _Family("owgpu_gpu_memory_used_bytes", "gauge", "GPU memory in use as NVML reports it (all processes)."),
         "util": _Family("owgpu_gpu_utilization_ratio", "gauge", "GPU utilisation as NVML reports it (0-1)."),
         "mps": _Family("owgpu_gpu_mps_enabled", "gauge", "1 when the GPU is shared through MPS, 0 for time-slicing."),
+        "daemon_up": _Family("owgpu_mps_daemon_up", "gauge",
+                             "1 while the MPS control daemon answers, 0 when it does not (absent without MPS)."),
+        "daemon_restarts": _Family("owgpu_mps_daemon_restarts_total", "counter",
+                                   "Times the invoker started its MPS control daemon again after it died."),
         "mig": _Family("owgpu_gpu_mig_enabled", "gauge", "1 when MIG is enabled (the GPU is not placed on)."),
         "containers": _Family("owgpu_gpu_containers", "gauge", "Containers on the GPU by role."),
         "active": _Family("owgpu_gpu_active_activations", "gauge", "Activations running on the GPU."),
@@ -69,6 +73,10 @@ def render(snapshot: dict) -> str:
         "buffered": _Family("owgpu_pool_buffered_activations", "gauge", "Activations waiting in the run buffer."),
     }
     families["info"].add(1, source=inventory.get("source", "none"), sharing=sharing["mode"])
+    daemon = sharing.get("daemon")
+    if daemon is not None:
+        families["daemon_up"].add(int(bool(daemon["up"])))
+        families["daemon_restarts"].add(daemon["restarts"])
     for gpu in snapshot.get("gpus", []):
         labels = {"gpu": gpu["index"], "uuid": gpu.get("uuid") or ""}
         families["total"].add(gpu["memory_total_mb"] * MB, **labels)

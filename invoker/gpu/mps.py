@@ -13,8 +13,11 @@ Where MPS cannot run — configured off, no NVML-detected GPU, MIG on every GPU,
 ``nvidia-cuda-mps-control`` binary, or the daemon does not come up — GPU containers share
 their GPU by time-slicing, and ``SharingStatus`` says why (log, ``/gpus``, metrics).
 
-MPS serves one Linux user at a time: every GPU container must run as the same UID (the
-runtime images all run as ``action``, uid 10001).
+MPS serves one Linux user at a time, and starts its server as the user of the first client:
+every GPU container must run as one UID, and that UID must be able to write the pipe and log
+directories. With the Docker backend GPU containers run as ``--gpu-mps-uid`` (default 10001,
+the runtime images' ``action`` user) whatever their image says, and the invoker gives both
+directories to that UID; with the process backend they run as the invoker's own user.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class SharingStatus:
     def mode(self) -> str:
         return "mps" if self.mps else "time-slicing"
 
+    @property
+    def tag(self) -> str:
+        """The resource tag pings carry for it (``gpu-mps`` or ``gpu-time-slicing``)."""
+        return f"gpu-{self.mode}"
+
     def mps_on(self, index: int) -> bool:
         return self.mps and index in self.gpus
 
@@ -60,12 +68,13 @@ class MpsDaemon:
     """One MPS control daemon, identified by its pipe directory."""
 
     def __init__(self, control: str, pipe_dir: Path, log_dir: Path, visible_devices: tuple[str, ...] = (),
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, client_uid: int | None = None) -> None:
         self.control = control
         self.pipe_dir = Path(pipe_dir)
         self.log_dir = Path(log_dir)
         self.visible_devices = visible_devices
         self.timeout_s = timeout_s
+        self.client_uid = client_uid  # None: clients run as this process's user
         self.started_here = False
 
     def env(self) -> dict[str, str]:
@@ -85,6 +94,25 @@ class MpsDaemon:
         except (OSError, subprocess.TimeoutExpired) as error:
             raise MpsError(f"{self.control}: {error}") from error
 
+    def _grant(self, directory: Path) -> None:
+        """Make ``directory`` the clients' user's: the server MPS starts for them runs as
+        that user and writes its pipes and ``server.log`` there."""
+        uid = self.client_uid
+        if uid is None or uid == os.geteuid():
+            return
+        owner = directory.stat().st_uid
+        if owner == uid:
+            return
+        if os.geteuid() != 0:
+            raise MpsError(f"{directory} belongs to uid {owner}, but GPU containers run as uid {uid} and the MPS "
+                           f"server started for them must write there; the invoker (uid {os.geteuid()}) cannot "
+                           f"change that: chown it to {uid} (the Ansible nvidia_mps role does)")
+        try:
+            os.chown(directory, uid, -1)
+        except OSError as error:
+            raise MpsError(f"cannot give {directory} to uid {uid}: {error}") from error
+        log.info("MPS: %s now belongs to uid %d, the user GPU containers run as", directory, uid)
+
     def running(self) -> bool:
         """Whether a control daemon answers on this pipe directory."""
         try:
@@ -99,6 +127,7 @@ class MpsDaemon:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise MpsError(f"cannot create {directory}: {error}") from error
+            self._grant(directory)
         if self.running():
             log.info("MPS control daemon already running on %s: using it", self.pipe_dir)
             return
@@ -143,8 +172,8 @@ def client_env(daemon: MpsDaemon, memory_mb: int, sm_percent: int) -> dict[str, 
     }
 
 
-def start_sharing(inventory: Inventory, mode: Mode, control: str, pipe_dir: Path, log_dir: Path
-                  ) -> tuple[SharingStatus, MpsDaemon | None]:
+def start_sharing(inventory: Inventory, mode: Mode, control: str, pipe_dir: Path, log_dir: Path,
+                  client_uid: int | None = None) -> tuple[SharingStatus, MpsDaemon | None]:
     """Start MPS where it can run; otherwise say why GPUs are time-sliced.
 
     ``auto`` needs NVML-detected GPUs; ``on`` also tries with a declared inventory (a
@@ -169,7 +198,8 @@ def start_sharing(inventory: Inventory, mode: Mode, control: str, pipe_dir: Path
     binary = shutil.which(control)
     if binary is None:
         return fallback(f"{control} is not installed")
-    daemon = MpsDaemon(binary, pipe_dir, log_dir, tuple(d.device_id for d in usable if d.uuid))
+    daemon = MpsDaemon(binary, pipe_dir, log_dir, tuple(d.device_id for d in usable if d.uuid),
+                       client_uid=client_uid)
     try:
         daemon.start()
     except MpsError as error:

@@ -3,8 +3,11 @@ admission ledger, the MPS manager (against a FAKE control program) and the metri
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -201,6 +204,109 @@ def test_sharing_uses_mps_on_the_gpus_without_mig(fake_mps_control, tmp_path):
         daemon.stop()
 
 
+def test_the_mps_directories_are_given_to_the_user_gpu_containers_run_as(fake_mps_control, tmp_path):
+    # MPS starts its server as the first client's user; that server writes the pipe and log
+    # directories, so with containers running as 10001 both must be 10001's.
+    daemon = MpsDaemon(str(fake_mps_control), tmp_path / "pipe", tmp_path / "log", client_uid=10001)
+    if os.geteuid() != 0:
+        with pytest.raises(MpsError, match="GPU containers run as uid 10001"):
+            daemon.start()
+        return
+    daemon.start()
+    try:
+        assert (tmp_path / "pipe").stat().st_uid == 10001 and (tmp_path / "log").stat().st_uid == 10001
+        assert daemon.running()
+    finally:
+        daemon.stop()
+    # Clients running as the invoker's own user (the process backend) need nothing changed.
+    own = MpsDaemon(str(fake_mps_control), tmp_path / "own-pipe", tmp_path / "own-log")
+    own.start()
+    own.stop()
+    assert (tmp_path / "own-pipe").stat().st_uid == os.geteuid()
+
+
+def test_gpu_containers_run_as_the_mps_user_only_under_mps(tmp_path):
+    from invoker.gpu.layer import GpuLayer, GpuSettings
+    from invoker.gpu.mps import SharingStatus
+
+    daemon = MpsDaemon("unused", tmp_path / "pipe", tmp_path / "log", client_uid=10001)
+    quiet = {"mps_check_interval_s": 0}  # no watchdog asking the "unused" program
+    layer = GpuLayer(two_gpus(), SharingStatus(True, "ok", (0,)), GpuSettings(mps_client_uid=10001, **quiet), daemon)
+    assert layer.container_user(0) == "10001:10001"
+    assert layer.container_user(1) is None  # time-sliced GPU: the image's user
+    assert GpuLayer(two_gpus(), SharingStatus(True, "ok", (0,)), GpuSettings(**quiet), daemon).container_user(0) is None
+    time_sliced = GpuLayer(two_gpus(), SharingStatus(False, "off"), GpuSettings(mps_client_uid=10001))
+    assert time_sliced.container_user(0) is None
+    assert (time_sliced.sharing.tag, layer.sharing.tag) == ("gpu-time-slicing", "gpu-mps")
+
+
+def _kill_fake_daemon(pipe: Path) -> None:
+    pid = int((pipe / "fake-control.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # gone, or a zombie nobody reaps (the fake daemon is its own session)
+        if Path(f"/proc/{pid}/status").exists() and "zombie" in Path(f"/proc/{pid}/status").read_text():
+            break
+
+
+def test_a_dead_mps_daemon_this_invoker_started_is_started_again_and_reported(fake_mps_control, tmp_path):
+    from invoker.gpu.layer import GpuLayer, GpuSettings
+
+    nvml = Inventory((GpuDevice(0, 1000, uuid="GPU-0"),), "nvml")
+    layer = GpuLayer.start(nvml, GpuSettings(mps_check_interval_s=0.1), "on", str(fake_mps_control), tmp_path)
+    try:
+        assert layer.sharing_json()["daemon"] == {"up": True, "problem": None, "restarts": 0,
+                                                  "pipe_dir": str(tmp_path / "pipe"), "started_here": True}
+        _kill_fake_daemon(tmp_path / "pipe")
+        wait_for(lambda: layer.daemon_restarts == 1, "the daemon started again")
+        assert layer.daemon.running() and layer.daemon_up
+        assert (tmp_path / "log" / "calls.log").read_text().count("-d pipe=") == 2
+        lines = set(metrics.render({"sharing": layer.sharing_json(), "gpus": []}).splitlines())
+        assert "owgpu_mps_daemon_up 1" in lines and "owgpu_mps_daemon_restarts_total 1" in lines
+        # It cannot come back: reported as down, with the daemon's own words, and tried again.
+        (tmp_path / "log" / "FAKE_FAIL").touch()
+        _kill_fake_daemon(tmp_path / "pipe")
+        wait_for(lambda: not layer.daemon_up, "the daemon reported down")
+        assert "did not start again" in layer.daemon_problem and "no CUDA-capable device" in layer.daemon_problem
+        assert "owgpu_mps_daemon_up 0" in metrics.render({"sharing": layer.sharing_json(), "gpus": []})
+        (tmp_path / "log" / "FAKE_FAIL").unlink()
+        wait_for(lambda: layer.daemon_up and layer.daemon_restarts == 2, "the daemon back")
+    finally:
+        layer.stop()
+    assert not layer.daemon.running()
+
+
+def test_an_adopted_mps_daemon_that_dies_is_reported_not_replaced(fake_mps_control, tmp_path):
+    from invoker.gpu.layer import GpuLayer, GpuSettings
+
+    owner = MpsDaemon(str(fake_mps_control), tmp_path / "pipe", tmp_path / "log")  # e.g. the systemd unit
+    owner.start()
+    nvml = Inventory((GpuDevice(0, 1000, uuid="GPU-0"),), "nvml")
+    layer = GpuLayer.start(nvml, GpuSettings(mps_check_interval_s=0.1), "on", str(fake_mps_control), tmp_path)
+    try:
+        assert layer.daemon_up and not layer.daemon.started_here
+        _kill_fake_daemon(tmp_path / "pipe")
+        wait_for(lambda: not layer.daemon_up, "the adopted daemon reported down")
+        assert "not started by this invoker" in layer.daemon_problem
+        time.sleep(0.5)
+        assert not layer.daemon.running() and layer.daemon_restarts == 0  # its owner restarts it, not us
+        owner.start()  # the owner brings it back
+        wait_for(lambda: layer.daemon_up, "the adopted daemon back")
+        assert layer.daemon_problem is None
+    finally:
+        layer.stop()
+        owner.stop()
+
+
+def wait_for(condition, what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -236,7 +342,8 @@ def test_layer_mounts_only_under_mps(tmp_path):
     from invoker.gpu.mps import SharingStatus
 
     daemon = MpsDaemon("unused", tmp_path / "pipe", tmp_path / "log")
-    layer = GpuLayer(two_gpus(), SharingStatus(True, "ok", (0,)), GpuSettings(prewarm=("torch",)), daemon)
+    layer = GpuLayer(two_gpus(), SharingStatus(True, "ok", (0,)), GpuSettings(prewarm=("torch",), mps_check_interval_s=0),
+                     daemon)
     placement = GpuPlacement(0, "0", 512, 20)
     assert layer.mounts(0) == (str(tmp_path / "pipe"), str(tmp_path / "log"))
     assert layer.mounts(1) == ()

@@ -4,6 +4,7 @@ variables are only observed in the runtime's environment)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -21,11 +22,11 @@ def gpu_pool(tmp_path):
     pools: list[tuple[ContainerPool, GpuLayer]] = []
 
     def make(gpus: str = "0:1GiB", mps: str = "auto", control: str = "nvidia-cuda-mps-control",
-             user_memory_mb: int = 8192, **settings) -> ContainerPool:
+             user_memory_mb: int = 8192, factory: ProcessContainerFactory | None = None, **settings) -> ContainerPool:
         settings.setdefault("reserved_mb", 0)
         layer = GpuLayer.start(parse_declared(gpus), GpuSettings(**settings), mps, control, tmp_path / "mps")
-        pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "gpupooltest"}), PythonOnly(),
-                             PoolConfig(user_memory_mb=user_memory_mb), gpu=layer)
+        factory = factory or ProcessContainerFactory(extra_env={"__OW_INVOKER": "gpupooltest"})
+        pool = ContainerPool(factory, PythonOnly(), PoolConfig(user_memory_mb=user_memory_mb), gpu=layer)
         pool.start()
         pools.append((pool, layer))
         return pool
@@ -164,6 +165,34 @@ def test_gpu_containers_get_their_mps_limits_from_the_request(gpu_pool, fake_mps
     assert snapshot["sharing"]["mode"] == "mps" and snapshot["gpus"][0]["mps"] is True
     sms = sorted(c["sm_percent"] for c in snapshot["gpus"][0]["containers"])
     assert sms == [25, 30]
+
+
+class SpecsSeen(ProcessContainerFactory):
+    """The process backend, keeping every ContainerSpec the pool asked it for."""
+
+    def __init__(self) -> None:
+        super().__init__(extra_env={"__OW_INVOKER": "gpupooltest"})
+        self.specs: list = []
+
+    def create(self, spec):
+        self.specs.append(spec)
+        return super().create(spec)
+
+
+def test_gpu_containers_are_asked_to_run_as_the_mps_user_with_the_mps_directories(gpu_pool, fake_mps_control,
+                                                                                 tmp_path):
+    # A FAKE control program (fake_mps_control.py). The uid is this process's own, so the
+    # directories need no change; the process backend runs everything as that user anyway.
+    uid = os.geteuid()
+    seen = SpecsSeen()
+    pool = gpu_pool("0:8GiB", mps="on", control=str(fake_mps_control), factory=seen, mps_client_uid=uid)
+    sink = Recorder()
+    sink.result(_run(pool, job(gpu_action("mpsuser", gpu={"memory": "600 MB"}), sink)))
+    sink.result(_run(pool, job(gpu_action("cpu", kind="python:3"), sink)))
+    gpu_spec, cpu_spec = seen.specs
+    assert gpu_spec.user == f"{uid}:{uid}"
+    assert gpu_spec.mounts == (str(tmp_path / "mps" / "pipe"), str(tmp_path / "mps" / "log"))
+    assert cpu_spec.user is None and cpu_spec.mounts == () and cpu_spec.gpu is None
 
 
 def test_gpu_stem_cells_are_prewarmed_per_gpu_claimed_and_replenished(gpu_pool):

@@ -26,7 +26,7 @@ def test_gpu_state_on_http_and_as_prometheus_metrics(kafka_bootstrap, tmp_path):
     whisks, activations = store.database("whisks"), store.database("activations")
     for db in (whisks, activations):
         db.ensure_exists()
-    args = ["--id", "3", "--port", "0", "--topic-prefix", prefix, "--user-memory", "2048 m",
+    args = ["--id", "3", "--port", "0", "--topic-prefix", prefix, "--user-memory", "2048 m", "--tags", "gpu",
             "--gpus", "0:4GiB,1:2GiB", "--gpu-reserved-memory", "256 MB", "--gpu-mps-dir", str(tmp_path / "mps"),
             *EMBEDDED_KAFKA_TIMINGS]
     invoker = build_invoker(load_config(args, env={}), kafka_bootstrap, env={}, whisks=whisks, activations=activations)
@@ -36,6 +36,8 @@ def test_gpu_state_on_http_and_as_prometheus_metrics(kafka_bootstrap, tmp_path):
     try:
         invoker.start()
         assert invoker.wait_ready(60)
+        # Pings keep their wire format; the sharing mode travels as a resource tag.
+        assert controller.wait_for_ping(10).instance.tags == ("gpu", "gpu-time-slicing")
         doc = action_document("guest", "gpuprobe", "python:3-gpu", None, False)
         doc["annotations"] = [{"key": "gpu", "value": {"memory": "1 GB", "sm": 20}}]
         rev = EntityStore(whisks).put_action(doc, PROBE, False)
