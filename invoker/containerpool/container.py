@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from owruntime.resident import HEADER as RESIDENT_HEADER
-from owruntime.resident import ResidentModel, parse_header
+from owruntime.resident import Residency, parse_header
 
 from invoker.containerpool.logs import LogBuffer
 
@@ -168,7 +168,7 @@ class Container(ABC):
         self.spec = spec
         self.client = RuntimeClient(host, port)
         self.logs = LogBuffer()
-        self.resident: tuple[ResidentModel, ...] = ()  # as last reported by the runtime
+        self.residency = Residency()  # as last reported by the runtime
         self._resident_header: str | None = None
 
     def initialize(self, payload: dict, timeout_s: float) -> HttpOutcome:
@@ -179,7 +179,7 @@ class Container(ABC):
         reported = outcome.resident_header
         if reported is not None and reported != self._resident_header:  # parsed only when it changed
             self._resident_header = reported
-            self.resident = tuple(parse_header(reported))
+            self.residency = parse_header(reported)
         return outcome
 
     def wait_ready(self, timeout_s: float) -> dict | None:

@@ -578,7 +578,8 @@ class ContainerPool:
             for device in inventory.devices:
                 on_gpu = [p for p in self._containers if p.gpu is not None and p.gpu.gpu == device.index]
                 containers = [_gpu_container_json(p) for p in on_gpu]
-                resident = {m.key: m for p in on_gpu for m in p.container.resident if m.device.startswith("cuda")}
+                resident = {m.key: m for p in on_gpu for m in p.container.residency.models
+                            if m.device.startswith("cuda")}
                 gpus.append({
                     **device.to_json(),
                     "capacity_mb": ledger.capacity_mb(device.index),
@@ -589,8 +590,10 @@ class ContainerPool:
                     "active": sum(p.active for p in on_gpu),
                     "containers": containers,
                     "resident_models": sorted(resident),
-                    "resident_bytes": sum(m.bytes for p in on_gpu for m in p.container.resident
+                    "resident_bytes": sum(m.bytes for p in on_gpu for m in p.container.residency.models
                                           if m.device.startswith("cuda")),
+                    "held_bytes": sum(c["held_bytes"] for c in containers),
+                    "over_request": sum(c["over_request"] for c in containers),
                 })
             stats = {
                 "cold_starts": self.cold_starts, "prewarm_starts": self.prewarm_starts,
@@ -644,10 +647,12 @@ class _ColdStart(ContainerProxy):
 
 
 def _holds_gpu_model(proxy: ContainerProxy) -> bool:
-    return any(m.device.startswith("cuda") for m in proxy.container.resident)
+    return any(m.device.startswith("cuda") for m in proxy.container.residency.models)
 
 
 def _gpu_container_json(proxy: ContainerProxy) -> dict:
+    residency = proxy.container.residency
+    held = sum(n for device, n in residency.held.items() if device.startswith("cuda"))  # it sees one GPU
     return {
         "id": proxy.container.id,
         "action": proxy.action.path if proxy.action else None,
@@ -656,5 +661,7 @@ def _gpu_container_json(proxy: ContainerProxy) -> dict:
         "active": proxy.active,
         "memory_mb": proxy.gpu.memory_mb,
         "sm_percent": proxy.gpu.sm_percent,
-        "resident": [{"key": m.key, "device": m.device, "bytes": m.bytes} for m in proxy.container.resident],
+        "resident": [{"key": m.key, "device": m.device, "bytes": m.bytes} for m in residency.models],
+        "held_bytes": held,  # what its frameworks report holding on the GPU (not the CUDA context)
+        "over_request": held > proxy.gpu.memory_mb * 2**20,  # holds more than it was admitted with
     }

@@ -64,6 +64,11 @@ def render(snapshot: dict) -> str:
         "models": _Family("owgpu_gpu_resident_models", "gauge", "Distinct models runtimes report resident on the GPU."),
         "model_bytes": _Family("owgpu_gpu_resident_model_bytes", "gauge",
                                "GPU memory the runtimes report their resident models take."),
+        "held": _Family("owgpu_gpu_framework_held_bytes", "gauge",
+                        "GPU memory the runtimes report their frameworks hold (torch's allocator; not the "
+                        "CUDA contexts, not ONNX Runtime's arena)."),
+        "over": _Family("owgpu_gpu_containers_over_request", "gauge",
+                        "Containers whose frameworks hold more GPU memory than they were admitted with."),
         "starts": _Family("owgpu_pool_starts_total", "counter", "Activations by how their container was found."),
         "evictions": _Family("owgpu_gpu_evictions_total", "counter", "Idle warm GPU containers evicted to make room."),
         "waits": _Family("owgpu_gpu_admission_waits_total", "counter",
@@ -94,6 +99,8 @@ def render(snapshot: dict) -> str:
         families["active"].add(gpu["active"], **labels)
         families["models"].add(len(gpu["resident_models"]), **labels)
         families["model_bytes"].add(gpu["resident_bytes"], **labels)
+        families["held"].add(gpu.get("held_bytes"), **labels)
+        families["over"].add(gpu.get("over_request"), **labels)
     for kind in ("cold", "prewarm", "warm"):
         families["starts"].add(stats.get(f"{kind}_starts"), start=kind)
     families["evictions"].add(stats.get("gpu_evictions"))

@@ -136,6 +136,29 @@ def test_an_action_over_its_mps_memory_limit_fails_clearly_and_its_neighbour_kee
     assert sink.result(neighbour, 120)["iterations"] > 0
 
 
+KEEPER = """
+import torch
+kept = []
+
+def main(args):
+    kept.append(torch.empty(int(args["mb"]) * 2**20, dtype=torch.uint8, device="cuda"))
+    return {"allocated_mb": sum(t.numel() for t in kept) // 2**20}
+"""
+
+
+def test_what_torch_holds_on_the_gpu_is_reported_and_flagged_over_the_request(device_pool):
+    _needs_cuda_torch()
+    pool = device_pool("off")  # time-sliced: nothing stops it going over its request
+    sink = Recorder()
+    action = gpu_action("keeper", gpu={"memory": "1 GB"}, code=KEEPER)
+    assert sink.result(_run(pool, job(action, sink, {"mb": 256})))["allocated_mb"] == 256
+    (container,) = pool.gpu_snapshot()["gpus"][0]["containers"]
+    assert 256 * 2**20 <= container["held_bytes"] < 1000 * 2**20 and container["over_request"] is False
+    assert sink.result(_run(pool, job(action, sink, {"mb": 1024})))["allocated_mb"] == 1280
+    (container,) = pool.gpu_snapshot()["gpus"][0]["containers"]
+    assert container["held_bytes"] >= 1280 * 2**20 and container["over_request"] is True
+
+
 def test_a_gpu_stem_cell_has_its_cuda_context_before_it_is_claimed(device_pool):
     _needs_cuda_torch()
     pool = device_pool("auto", stem_cells=(GpuStemCell("python:3-gpu", 2048, 1),), prewarm=("torch",))

@@ -167,6 +167,39 @@ def test_gpu_containers_get_their_mps_limits_from_the_request(gpu_pool, fake_mps
     assert sms == [25, 30]
 
 
+# Holds GPU memory the way torch's caching allocator reports it, through a FAKE torch module
+# (this CPU test has no CUDA); the runtime's real reporting code reads it.
+HOLDER = """
+import sys, types
+
+def main(args):
+    held = int(args["hold_mb"]) * 2**20
+    cuda = types.SimpleNamespace(is_initialized=lambda: True, device_count=lambda: 1, memory_reserved=lambda i: held)
+    sys.modules["torch"] = types.SimpleNamespace(cuda=cuda)
+    return {}
+"""
+
+
+def test_what_a_container_holds_on_its_gpu_is_reported_next_to_its_request(gpu_pool):
+    from invoker.gpu import metrics
+
+    pool = gpu_pool("0:4GiB")
+    sink = Recorder()
+    action = gpu_action("holder", gpu={"memory": "600 MB"}, code=HOLDER)
+    sink.result(_run(pool, job(action, sink, {"hold_mb": 512})))
+    (gpu0,) = pool.gpu_snapshot()["gpus"]
+    (container,) = gpu0["containers"]
+    assert (container["held_bytes"], container["over_request"]) == (512 * 2**20, False)
+    assert (gpu0["held_bytes"], gpu0["over_request"]) == (512 * 2**20, 0)
+    sink.result(_run(pool, job(action, sink, {"hold_mb": 900})))  # more than the 600 MB it was admitted with
+    snapshot = pool.gpu_snapshot()
+    (container,) = snapshot["gpus"][0]["containers"]
+    assert container["held_bytes"] == 900 * 2**20 and container["over_request"] is True
+    lines = set(metrics.render(snapshot).splitlines())
+    assert f'owgpu_gpu_framework_held_bytes{{gpu="0",uuid=""}} {900 * 2**20}' in lines
+    assert 'owgpu_gpu_containers_over_request{gpu="0",uuid=""} 1' in lines
+
+
 class SpecsSeen(ProcessContainerFactory):
     """The process backend, keeping every ContainerSpec the pool asked it for."""
 

@@ -85,19 +85,19 @@ def test_every_run_answer_reports_the_resident_models(runtime):
     status, _, headers = request(port, "POST", "/run", {"value": {}})
     assert status == 200 and json.loads(headers[HEADER]) == {"models": []}
     status, _, headers = request(port, "POST", "/run", {"value": {"load": "resnet50"}})
-    assert [(m.key, m.device, m.bytes) for m in parse_header(headers[HEADER])] == [("resnet50", "cuda:0", 4096)]
+    assert [(m.key, m.device, m.bytes) for m in parse_header(headers[HEADER]).models] == [("resnet50", "cuda:0", 4096)]
     status, body, headers = request(port, "POST", "/run", {"value": {"fail": True}})
     assert "asked to fail" in body["error"]
-    assert parse_header(headers[HEADER])[0].key == "resnet50"  # an error answer reports too
+    assert parse_header(headers[HEADER]).models[0].key == "resnet50"  # an error answer reports too
     status, _, headers = request(port, "POST", "/run", {"value": {"unload": "resnet50"}})
-    assert parse_header(headers[HEADER]) == []
+    assert parse_header(headers[HEADER]).models == ()
 
 
 def test_concurrent_runs_report_too(runtime):
     port = runtime({"__OW_ALLOW_CONCURRENT": "true"})
     init(port)
     _, _, headers = request(port, "POST", "/run", {"value": {"load": "m"}})
-    assert parse_header(headers[HEADER])[0].key == "m"
+    assert parse_header(headers[HEADER]).models[0].key == "m"
 
 
 def test_ready_waits_for_the_warm_up_and_init_runs_after_it(runtime):
@@ -131,3 +131,35 @@ def test_onnxruntime_warm_up_session_is_a_valid_model_for_the_installed_runtime(
 
     on_gpu = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and nvidia_gpu_count() > 0
     assert _first_cuda_session(onnxruntime) is on_gpu
+
+
+def test_held_device_memory_is_reported_and_rendered_only_when_it_changes():
+    from owruntime.resident import Registry
+
+    held = {"cuda:0": 0}
+    renders = []
+    registry = Registry(held=lambda: {k: v for k, v in held.items() if v})
+    original = registry._render
+    registry._render = lambda: renders.append(1) or original()
+    assert parse_header(registry.header_value()).held == {}
+    held["cuda:0"] = 512 * 2**20
+    report = parse_header(registry.header_value())
+    assert report.held == {"cuda:0": 512 * 2**20} and report.models == ()
+    for _ in range(3):
+        registry.header_value()
+    assert len(renders) == 1  # rendered once for the change, not per /run
+    registry.register("m", "cuda:0", 10)
+    assert parse_header(registry.header_value()).models[0].key == "m"
+    assert parse_header('{"models": [], "held": ["not", "a", "map"]}').held == {}  # malformed: nothing
+
+
+def test_held_memory_is_nothing_without_an_initialised_cuda():
+    """Here torch is imported but CUDA was never initialised (a CPU, or an action that did not
+    touch the GPU): nothing is held and nothing is initialised by asking."""
+    import torch
+    from owruntime.resident import framework_held_bytes
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        pytest.skip("CUDA already initialised in this test process")
+    assert framework_held_bytes() == {}
+    assert not torch.cuda.is_initialized()
