@@ -53,7 +53,8 @@ def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest, factory: C
         cells = tuple(GpuStemCell(c.kind, c.memory_mb, c.count) for c in manifest.stem_cells()
                       if manifest.kinds[c.kind].is_gpu)
     settings = GpuSettings(reserved_mb=config.gpu_reserved, stem_cells=cells, prewarm=tuple(config.gpu_prewarm),
-                           mps_client_uid=config.gpu_mps_uid if factory.chooses_user else None)
+                           mps_client_uid=config.gpu_mps_uid if factory.chooses_user else None,
+                           mps_max_clients=config.gpu_mps_max_clients)
     return GpuLayer.start(inventory, settings, config.gpu_mps, mps_dir=Path(config.gpu_mps_dir))
 
 

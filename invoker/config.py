@@ -185,6 +185,9 @@ SETTINGS: tuple[Setting, ...] = (
             "UID every GPU container runs as under MPS with the docker backend (MPS serves one user at "
             "a time; 10001 is the runtime images' user); the MPS directories are given to it. The "
             "process backend runs them as the invoker's own user.", int),
+    Setting("gpu_mps_max_clients", "--gpu-mps-max-clients", ("INVOKER_GPU_MPS_MAX_CLIENTS",), 48,
+            "Most containers on one MPS-shared GPU: the MPS server's client limit (48 on Volta and later up "
+            "to CUDA 13.0, 60 in later releases); one more would fail to create its CUDA context.", int),
     Setting("gpu_reserved", "--gpu-reserved-memory", ("INVOKER_GPU_RESERVED_MEMORY",), "512 MB",
             "GPU memory per GPU never admitted to actions (driver, MPS server).", parse_size_mb),
     Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,

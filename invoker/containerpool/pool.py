@@ -86,7 +86,7 @@ class ContainerPool:
         self.images = images
         self.config = config
         self.gpu = gpu
-        self._ledger = GpuLedger(gpu.inventory, gpu.settings.reserved_mb) if gpu is not None else None
+        self._ledger = GpuLedger(gpu.inventory, gpu.settings.reserved_mb, gpu.client_limits()) if gpu else None
         self._gpu_starting: dict[tuple[str, int, int], int] = {}  # (kind, memory, gpu) -> stem cells starting
         self._lock = threading.Lock()
         self._containers: list[ContainerProxy] = []  # every live container, prewarms included
@@ -300,7 +300,10 @@ class ContainerPool:
             if ledger.capacity_mb(gpu) < needed_mb:
                 continue
             available = ledger.free_mb(gpu) + ledger.releasing_mb(gpu)
-            if available >= needed_mb:
+            slots = ledger.free_clients(gpu)  # MPS client slots (None: no limit)
+            if slots is not None:
+                slots += ledger.releasing_clients(gpu)
+            if _room(available, slots, needed_mb):
                 return  # room is already on its way: wait for it, evict nothing more
             on_gpu = [p for p in self._containers
                       if p.gpu is not None and p.gpu.gpu == gpu and p.active == 0 and p.state is not State.REMOVING]
@@ -310,11 +313,12 @@ class ContainerPool:
             idle += [p for p in on_gpu if p.is_prewarm and p.state is State.STARTED]
             victims: list[ContainerProxy] = []
             for proxy in idle:
-                if available >= needed_mb:
+                if _room(available, slots, needed_mb):
                     break
                 victims.append(proxy)
                 available += proxy.gpu.memory_mb
-            if available >= needed_mb:
+                slots = None if slots is None else slots + 1
+            if _room(available, slots, needed_mb):
                 rank = (len(victims), -ledger.free_mb(gpu), loads.get(gpu, 0))
                 if best is None or rank < best[0]:
                     best = (rank, victims)
@@ -537,7 +541,7 @@ class ContainerPool:
                 if (have + starting >= cell.count
                         or self._buffer  # waiting work comes before prewarming (no evict/refill cycles)
                         or self._used_mb() + cell.memory_mb > self.config.user_memory_mb
-                        or self._ledger.free_mb(gpu) < placement.memory_mb):
+                        or not self._ledger.admits(gpu, placement.memory_mb)):
                     break
                 self._gpu_starting[key] = starting + 1
                 self._starting_prewarm_mb += cell.memory_mb
@@ -586,6 +590,7 @@ class ContainerPool:
                     "committed_mb": ledger.committed_mb(device.index),
                     "releasing_mb": ledger.releasing_mb(device.index),
                     "free_mb": ledger.free_mb(device.index),
+                    "mps_client_slots": ledger.max_clients.get(device.index),
                     "mps": self.gpu.sharing.mps_on(device.index),
                     "active": sum(p.active for p in on_gpu),
                     "containers": containers,
@@ -644,6 +649,11 @@ class _ColdStart(ContainerProxy):
         self.kind = kind
         self.memory_mb = memory_mb
         self.placement = placement
+
+
+def _room(free_mb: int, free_slots: int | None, needed_mb: int) -> bool:
+    """Room for one more GPU container: its memory, and an MPS client slot where slots count."""
+    return free_mb >= needed_mb and (free_slots is None or free_slots > 0)
 
 
 def _holds_gpu_model(proxy: ContainerProxy) -> bool:

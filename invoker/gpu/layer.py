@@ -42,6 +42,9 @@ class GpuSettings:
     # The UID GPU containers run as under MPS (one MPS server serves one user); None: the
     # backend cannot choose (processes run as the invoker's user).
     mps_client_uid: int | None = None
+    # Containers per MPS-shared GPU: the MPS server's client-context limit (48 on Volta and
+    # later up to CUDA 13.0, 60 later; gpu-facts §4).
+    mps_max_clients: int = 48
     # How often the MPS control daemon is asked whether it still answers (0: never). A client
     # that finds no daemon silently runs without MPS, its memory limit unenforced.
     mps_check_interval_s: float = 10.0
@@ -151,6 +154,12 @@ class GpuLayer:
         if stem_cell and self.settings.prewarm:
             env[PREWARM_ENV] = ",".join(self.settings.prewarm)
         return env
+
+    def client_limits(self) -> dict[int, int]:
+        """Most containers per GPU: only MPS-shared GPUs have a limit."""
+        if self.daemon is None:
+            return {}
+        return {d.index: self.settings.mps_max_clients for d in self.inventory.devices if self.sharing.mps_on(d.index)}
 
     def container_user(self, gpu: int) -> str | None:
         """``uid:gid`` a GPU container must run as (None: as its image or backend says)."""

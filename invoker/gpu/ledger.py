@@ -8,6 +8,11 @@ server). Committed memory is what was admitted, not what NVML sees used: the run
 real use is reported beside it (resident models), as the pool accounts host memory by
 ``limits.memory`` rather than by use.
 
+A GPU shared through MPS also has a number of client slots: the MPS server takes a bounded
+number of client CUDA contexts per device (48 on Volta and later up to CUDA 13.0, 60 in
+later releases; one more fails ``cuCtxCreate`` with error 809), and every container on the
+GPU is one client from start to exit, however little memory it asks for.
+
 Not thread-safe by itself: the pool calls it under its own lock.
 """
 
@@ -31,9 +36,10 @@ class Charge:
 
 
 class GpuLedger:
-    def __init__(self, inventory: Inventory, reserved_mb: int = 0) -> None:
+    def __init__(self, inventory: Inventory, reserved_mb: int = 0, max_clients: Mapping[int, int] | None = None) -> None:
         self.devices: dict[int, GpuDevice] = {d.index: d for d in inventory.devices}
         self.reserved_mb = reserved_mb
+        self.max_clients = dict(max_clients or {})  # per GPU; a GPU not named has no limit
         self._charges: dict[Hashable, Charge] = {}
 
     def capacity_mb(self, gpu: int) -> int:
@@ -52,13 +58,30 @@ class GpuLedger:
     def free_mb(self, gpu: int) -> int:
         return self.capacity_mb(gpu) - self.committed_mb(gpu)
 
+    def clients(self, gpu: int) -> int:
+        """Containers charged on a GPU, those being removed included (their process still lives)."""
+        return sum(1 for c in self._charges.values() if c.gpu == gpu)
+
+    def releasing_clients(self, gpu: int) -> int:
+        return sum(1 for c in self._charges.values() if c.gpu == gpu and c.releasing)
+
+    def free_clients(self, gpu: int) -> int | None:
+        """Client slots left on a GPU; None where there is no limit (time-slicing)."""
+        limit = self.max_clients.get(gpu)
+        return None if limit is None else limit - self.clients(gpu)
+
+    def admits(self, gpu: int, memory_mb: int) -> bool:
+        """Whether one more container of ``memory_mb`` may start on the GPU now."""
+        slots = self.free_clients(gpu)
+        return self.free_mb(gpu) >= memory_mb and (slots is None or slots > 0)
+
     def fits_anywhere(self, memory_mb: int) -> bool:
         """Whether some GPU could ever hold the request (else: fail, do not queue)."""
         return any(self.capacity_mb(g) >= memory_mb for g in self.devices)
 
     def candidates(self, memory_mb: int, loads: Mapping[int, int]) -> list[int]:
         """GPUs that can admit the request now: most free memory first, then least load."""
-        fitting = [g for g in self.devices if self.free_mb(g) >= memory_mb]
+        fitting = [g for g in self.devices if self.admits(g, memory_mb)]
         return sorted(fitting, key=lambda g: (-self.free_mb(g), loads.get(g, 0), g))
 
     def commit(self, key: Hashable, gpu: int, memory_mb: int) -> None:
@@ -66,6 +89,8 @@ class GpuLedger:
             raise AdmissionError(f"{key!r} is already charged on GPU {self._charges[key].gpu}")
         if self.free_mb(gpu) < memory_mb:
             raise AdmissionError(f"GPU {gpu} has {self.free_mb(gpu)} MB free, {memory_mb} MB asked")
+        if not self.admits(gpu, memory_mb):
+            raise AdmissionError(f"GPU {gpu} has all its {self.max_clients[gpu]} MPS client slots taken")
         self._charges[key] = Charge(gpu, memory_mb)
 
     def resize(self, key: Hashable, memory_mb: int) -> None:

@@ -81,6 +81,27 @@ def test_bad_gpu_settings_stop_the_invoker_with_the_option_named():
     assert [(c.kind, c.memory_mb, c.count) for c in config.gpu_stem_cells] == [("python:3-gpu", 2048, 2)]
 
 
+def test_the_mps_user_applies_to_backends_that_choose_a_user(tmp_path):
+    from invoker.cli import make_factory, make_gpu_layer
+    from invoker.manifest import RuntimesManifest
+
+    env = {"INVOKER_GPUS": "0:16GiB", "INVOKER_GPU_MPS_UID": "20002", "INVOKER_GPU_MPS_MAX_CLIENTS": "60",
+           "INVOKER_GPU_MPS_DIR": str(tmp_path)}
+    config = load_config([], env=env)
+    assert (config.gpu_mps_uid, config.gpu_mps_max_clients) == (20002, 60)
+    manifest = RuntimesManifest.load(None)
+    process = make_factory(config, env)
+    layer = make_gpu_layer(config, manifest, process)
+    try:
+        assert layer.settings.mps_client_uid is None  # processes run as the invoker's user
+        assert layer.settings.mps_max_clients == 60
+        assert layer.client_limits() == {}  # declared inventory: time-sliced, no MPS slots
+    finally:
+        layer.stop()
+    with pytest.raises(ConfigError, match="--gpu-mps-max-clients"):
+        load_config(["--gpu-mps-max-clients", "many"], env={})
+
+
 def test_help_says_the_inventory_is_declared_not_detected():
     out = subprocess.run([sys.executable, "-m", "invoker", "--help"], capture_output=True, text=True, check=True).stdout
     assert "declared, not detected" in " ".join(out.split())
@@ -117,6 +138,23 @@ def test_candidates_most_free_memory_then_least_load():
     assert ledger.candidates(500, {0: 1, 1: 3}) == [0, 1]
     assert ledger.candidates(1001, {}) == []
     assert ledger.fits_anywhere(2000) and not ledger.fits_anywhere(2001)
+
+
+def test_an_mps_gpu_admits_no_more_containers_than_mps_has_client_slots():
+    ledger = GpuLedger(two_gpus(), max_clients={0: 2})  # GPU 1 time-sliced: no slot limit
+    ledger.commit("a", 0, 10)
+    ledger.commit("b", 0, 10)
+    assert ledger.free_clients(0) == 0 and ledger.free_mb(0) == 980
+    assert not ledger.admits(0, 10) and ledger.candidates(10, {}) == [1]  # memory left, no slot
+    with pytest.raises(AdmissionError, match="client slots"):
+        ledger.commit("c", 0, 10)
+    for key in ("c", "d", "e"):
+        ledger.commit(key, 1, 10)
+    assert ledger.free_clients(1) is None
+    ledger.mark_releasing("a")
+    assert ledger.releasing_clients(0) == 1 and not ledger.admits(0, 10)  # its process still lives
+    ledger.release("a")
+    assert ledger.admits(0, 10)
 
 
 def test_a_mig_gpu_admits_nothing():

@@ -200,6 +200,24 @@ def test_what_a_container_holds_on_its_gpu_is_reported_next_to_its_request(gpu_p
     assert 'owgpu_gpu_containers_over_request{gpu="0",uuid=""} 1' in lines
 
 
+def test_an_mps_gpu_never_has_more_containers_than_mps_client_slots(gpu_pool, fake_mps_control):
+    # MPS (a FAKE control program, fake_mps_control.py) with 2 client slots: memory for 80
+    # containers of 100 MB, room for 2; the third waits for the least recently used to go.
+    pool = gpu_pool("0:8GiB", mps="on", control=str(fake_mps_control), mps_max_clients=2)
+    sink = Recorder()
+    a, b, c = (gpu_action(n, gpu={"memory": "100 MB"}) for n in ("a", "b", "c"))
+    for action in (a, b, a):
+        sink.result(_run(pool, job(action, sink)))
+    busy = job(b, sink, {"sleep": 1.0})
+    pool.run(busy)  # b is busy: only a can make room
+    sink.result(_run(pool, job(c, sink)))
+    sink.result(busy)
+    names = {p.action.name for p in pool._containers if p.gpu is not None}
+    assert names == {"b", "c"} and pool.gpu_evictions == 1 and pool.gpu_waits >= 1
+    gpu0 = pool.gpu_snapshot()["gpus"][0]
+    assert gpu0["mps_client_slots"] == 2 and len(gpu0["containers"]) == 2 and gpu0["committed_mb"] == 200
+
+
 class SpecsSeen(ProcessContainerFactory):
     """The process backend, keeping every ContainerSpec the pool asked it for."""
 
