@@ -133,6 +133,7 @@ def test_an_action_over_its_mps_memory_limit_fails_clearly_and_its_neighbour_kee
     failed = sink.wait_for(hog, 120)
     assert failed.response.status_code != 0
     assert "out of memory" in str(failed.response.result).lower()
+    assert "GPU memory limit of this action: 1024MB" in str(failed.response.result)
     assert sink.result(neighbour, 120)["iterations"] > 0
 
 

@@ -25,6 +25,8 @@ from owruntime.resident import REGISTRY
 def main(args):
     if args.get("fail"):
         raise RuntimeError("asked to fail")
+    if args.get("oom"):  # the words torch uses (this test has no GPU)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB")
     if args.get("load"):
         REGISTRY.register(args["load"], "cuda:0", 4096)
     if args.get("unload"):
@@ -163,3 +165,22 @@ def test_held_memory_is_nothing_without_an_initialised_cuda():
         pytest.skip("CUDA already initialised in this test process")
     assert framework_held_bytes() == {}
     assert not torch.cuda.is_initialized()
+
+
+def test_a_gpu_out_of_memory_error_names_the_actions_mps_limit(runtime):
+    port = runtime({"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=1024MB"})
+    init(port)
+    status, body, _ = request(port, "POST", "/run", {"value": {"oom": True}})
+    assert status == 200  # still the contract's application error
+    assert body["error"].startswith("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "GPU memory limit of this action: 1024MB (MPS" in body["error"]
+    _, body, _ = request(port, "POST", "/run", {"value": {"fail": True}})
+    assert body == {"error": "asked to fail"}  # other errors: the exception's text alone
+
+
+def test_without_mps_the_error_is_the_frameworks_own(runtime):
+    port = runtime()
+    init(port)
+    _, body, _ = request(port, "POST", "/run", {"value": {"oom": True}})
+    assert body["error"] == ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                             "79.1 GiB")

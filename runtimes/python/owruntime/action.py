@@ -27,7 +27,7 @@ import tempfile
 import traceback
 import zipfile
 
-from . import logs
+from . import gpu_errors, logs
 
 # Exact texts of today's ActionLoop Python runtime.
 MSG_INIT_TWICE = "Cannot initialize the action more than once."
@@ -232,7 +232,7 @@ class ActionRuntime:
         except Exception as ex:
             # ActionLoop's launcher: Traceback to stderr, 200 {"error": str(ex)}
             logs.error(_format_exception(ex))
-            result = {"error": _exception_text(ex)}
+            result = {"error": gpu_errors.explain(ex, _exception_text(ex))}
         except BaseException as ex:  # SystemExit (and KeyboardInterrupt): the action process "died"
             text = _exit_message(ex)
             if text:
