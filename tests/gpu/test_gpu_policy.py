@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from gpu_pool_support import wait_until
 
 from invoker.config import ConfigError, load_config
 from invoker.gpu import metrics
@@ -297,7 +298,7 @@ def test_a_dead_mps_daemon_this_invoker_started_is_started_again_and_reported(fa
         assert layer.sharing_json()["daemon"] == {"up": True, "problem": None, "restarts": 0,
                                                   "pipe_dir": str(tmp_path / "pipe"), "started_here": True}
         _kill_fake_daemon(tmp_path / "pipe")
-        wait_for(lambda: layer.daemon_restarts == 1, "the daemon started again")
+        wait_until(lambda: layer.daemon_restarts == 1, 15, what="the daemon started again")
         assert layer.daemon.running() and layer.daemon_up
         assert (tmp_path / "log" / "calls.log").read_text().count("-d pipe=") == 2
         lines = set(metrics.render({"sharing": layer.sharing_json(), "gpus": []}).splitlines())
@@ -305,11 +306,11 @@ def test_a_dead_mps_daemon_this_invoker_started_is_started_again_and_reported(fa
         # It cannot come back: reported as down, with the daemon's own words, and tried again.
         (tmp_path / "log" / "FAKE_FAIL").touch()
         _kill_fake_daemon(tmp_path / "pipe")
-        wait_for(lambda: not layer.daemon_up, "the daemon reported down")
+        wait_until(lambda: not layer.daemon_up, 15, what="the daemon reported down")
         assert "did not start again" in layer.daemon_problem and "no CUDA-capable device" in layer.daemon_problem
         assert "owgpu_mps_daemon_up 0" in metrics.render({"sharing": layer.sharing_json(), "gpus": []})
         (tmp_path / "log" / "FAKE_FAIL").unlink()
-        wait_for(lambda: layer.daemon_up and layer.daemon_restarts == 2, "the daemon back")
+        wait_until(lambda: layer.daemon_up and layer.daemon_restarts == 2, 15, what="the daemon back")
     finally:
         layer.stop()
     assert not layer.daemon.running()
@@ -325,24 +326,16 @@ def test_an_adopted_mps_daemon_that_dies_is_reported_not_replaced(fake_mps_contr
     try:
         assert layer.daemon_up and not layer.daemon.started_here
         _kill_fake_daemon(tmp_path / "pipe")
-        wait_for(lambda: not layer.daemon_up, "the adopted daemon reported down")
+        wait_until(lambda: not layer.daemon_up, 15, what="the adopted daemon reported down")
         assert "not started by this invoker" in layer.daemon_problem
         time.sleep(0.5)
         assert not layer.daemon.running() and layer.daemon_restarts == 0  # its owner restarts it, not us
         owner.start()  # the owner brings it back
-        wait_for(lambda: layer.daemon_up, "the adopted daemon back")
+        wait_until(lambda: layer.daemon_up, 15, what="the adopted daemon back")
         assert layer.daemon_problem is None
     finally:
         layer.stop()
         owner.stop()
-
-
-def wait_for(condition, what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- metrics
