@@ -43,7 +43,7 @@ from invoker.containerpool.proxy import (
 )
 from invoker.entities import ActivationResponse, WhiskAction, instant_activation
 from invoker.gpu.layer import GpuLayer, GpuPlacement, GpuStemCell
-from invoker.gpu.ledger import GpuLedger
+from invoker.gpu.ledger import GpuLedger, has_room
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
 from invoker.gpu.request import GpuRequest, GpuRequestError, is_gpu_kind, parse_request
 
@@ -303,7 +303,7 @@ class ContainerPool:
             slots = ledger.free_clients(gpu)  # MPS client slots (None: no limit)
             if slots is not None:
                 slots += ledger.releasing_clients(gpu)
-            if _room(available, slots, needed_mb):
+            if has_room(available, slots, needed_mb):
                 return  # room is already on its way: wait for it, evict nothing more
             on_gpu = [p for p in self._containers
                       if p.gpu is not None and p.gpu.gpu == gpu and p.active == 0 and p.state is not State.REMOVING]
@@ -313,12 +313,12 @@ class ContainerPool:
             idle += [p for p in on_gpu if p.is_prewarm and p.state is State.STARTED]
             victims: list[ContainerProxy] = []
             for proxy in idle:
-                if _room(available, slots, needed_mb):
+                if has_room(available, slots, needed_mb):
                     break
                 victims.append(proxy)
                 available += proxy.gpu.memory_mb
                 slots = None if slots is None else slots + 1
-            if _room(available, slots, needed_mb):
+            if has_room(available, slots, needed_mb):
                 rank = (len(victims), -ledger.free_mb(gpu), loads.get(gpu, 0))
                 if best is None or rank < best[0]:
                     best = (rank, victims)
@@ -649,11 +649,6 @@ class _ColdStart(ContainerProxy):
         self.kind = kind
         self.memory_mb = memory_mb
         self.placement = placement
-
-
-def _room(free_mb: int, free_slots: int | None, needed_mb: int) -> bool:
-    """Room for one more GPU container: its memory, and an MPS client slot where slots count."""
-    return free_mb >= needed_mb and (free_slots is None or free_slots > 0)
 
 
 def _holds_gpu_model(proxy: ContainerProxy) -> bool:

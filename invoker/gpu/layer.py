@@ -141,6 +141,10 @@ class GpuLayer:
                              "pipe_dir": str(self.daemon.pipe_dir), "started_here": self.daemon.started_here}
         return out
 
+    def _mps(self, gpu: int) -> bool:
+        """Whether containers on ``gpu`` are MPS clients of this layer's daemon."""
+        return self.daemon is not None and self.sharing.mps_on(gpu)
+
     def device(self, gpu: int) -> str:
         return next(d.device_id for d in self.inventory.devices if d.index == gpu)
 
@@ -149,7 +153,7 @@ class GpuLayer:
 
     def container_env(self, placement: GpuPlacement, stem_cell: bool) -> dict[str, str]:
         env: dict[str, str] = {}
-        if self.daemon is not None and self.sharing.mps_on(placement.gpu):
+        if self._mps(placement.gpu):
             env.update(client_env(self.daemon, placement.memory_mb, placement.sm_percent))
         if stem_cell and self.settings.prewarm:
             env[PREWARM_ENV] = ",".join(self.settings.prewarm)
@@ -157,18 +161,16 @@ class GpuLayer:
 
     def client_limits(self) -> dict[int, int]:
         """Most containers per GPU: only MPS-shared GPUs have a limit."""
-        if self.daemon is None:
-            return {}
-        return {d.index: self.settings.mps_max_clients for d in self.inventory.devices if self.sharing.mps_on(d.index)}
+        return {d.index: self.settings.mps_max_clients for d in self.inventory.devices if self._mps(d.index)}
 
     def container_user(self, gpu: int) -> str | None:
         """``uid:gid`` a GPU container must run as (None: as its image or backend says)."""
-        if self.daemon is None or not self.sharing.mps_on(gpu) or self.settings.mps_client_uid is None:
+        if not self._mps(gpu) or self.settings.mps_client_uid is None:
             return None
         return f"{self.settings.mps_client_uid}:{self.settings.mps_client_uid}"
 
     def mounts(self, gpu: int) -> tuple[str, ...]:
         """Host directories a GPU container needs at the same path (MPS pipe and log)."""
-        if self.daemon is None or not self.sharing.mps_on(gpu):
+        if not self._mps(gpu):
             return ()
         return (str(self.daemon.pipe_dir), str(self.daemon.log_dir))

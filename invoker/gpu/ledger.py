@@ -35,6 +35,11 @@ class Charge:
     releasing: bool = False  # its container is being destroyed: still committed until it is gone
 
 
+def has_room(free_mb: int, free_slots: int | None, needed_mb: int) -> bool:
+    """Room for one more GPU container: its memory, and a client slot where slots count."""
+    return free_mb >= needed_mb and (free_slots is None or free_slots > 0)
+
+
 class GpuLedger:
     def __init__(self, inventory: Inventory, reserved_mb: int = 0, max_clients: Mapping[int, int] | None = None) -> None:
         self.devices: dict[int, GpuDevice] = {d.index: d for d in inventory.devices}
@@ -72,8 +77,7 @@ class GpuLedger:
 
     def admits(self, gpu: int, memory_mb: int) -> bool:
         """Whether one more container of ``memory_mb`` may start on the GPU now."""
-        slots = self.free_clients(gpu)
-        return self.free_mb(gpu) >= memory_mb and (slots is None or slots > 0)
+        return has_room(self.free_mb(gpu), self.free_clients(gpu), memory_mb)
 
     def fits_anywhere(self, memory_mb: int) -> bool:
         """Whether some GPU could ever hold the request (else: fail, do not queue)."""
@@ -89,7 +93,7 @@ class GpuLedger:
             raise AdmissionError(f"{key!r} is already charged on GPU {self._charges[key].gpu}")
         if self.free_mb(gpu) < memory_mb:
             raise AdmissionError(f"GPU {gpu} has {self.free_mb(gpu)} MB free, {memory_mb} MB asked")
-        if not self.admits(gpu, memory_mb):
+        if self.free_clients(gpu) == 0:
             raise AdmissionError(f"GPU {gpu} has all its {self.max_clients[gpu]} MPS client slots taken")
         self._charges[key] = Charge(gpu, memory_mb)
 
