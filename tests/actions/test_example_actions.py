@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import requests
-from actions_support import ACTIONS, PHOTOS, node
+from actions_support import ACTIONS, PHOTOS, node, wsk_shell
 from standalone_support import Standalone
 
 ort = pytest.importorskip("onnxruntime", reason="the ml extra is not installed")
@@ -112,6 +113,8 @@ def test_cpu_preprocess_feeds_gpu_classifier(standalone: Standalone, classifiers
     # Client-side chaining (run.js), then the sequence the deploy script created, on every photo.
     chained = json.loads(node(standalone, ACTIONS / "image-pipeline" / "run.js", str(photos["chelsea.png"])))
     assert chained["top"][0][0]["label"] in PHOTOS["chelsea.png"]
+    direct = json.loads(node(standalone, ACTIONS / "image-classifier" / "classify.js", str(photos["chelsea.png"]), "2"))
+    assert [c["label"] for c in direct["top"][0]] == [c["label"] for c in chained["top"][0][:2]]
     for photo, right in PHOTOS.items():
         sequence = invoke(standalone, "image-classify", {"image": b64(photos[photo]), "top": 3})
         result = sequence["response"]["result"]
@@ -126,6 +129,25 @@ def test_cpu_preprocess_feeds_gpu_classifier(standalone: Standalone, classifiers
                               timeout=10).json()
         kinds[name] = {a["key"]: a["value"] for a in listed[0]["annotations"]}["kind"]
     assert kinds == {"image-preprocess": "python:3", "image-classifier": "python:3-gpu"}
+
+
+def test_wsk_deploy_scripts_as_the_readme_says(standalone: Standalone, model_dir, photos, tmp_path) -> None:
+    """actions/README.md's "see it work" with the real wsk CLI: the pipeline's deploy.sh (which
+    runs the classifier's), then the photo through the classifier and through the sequence."""
+    env = {**wsk_shell(standalone, tmp_path), "PYTHON": sys.executable, "MODEL_DIR": str(model_dir)}
+    done = subprocess.run(["sh", str(ACTIONS / "image-pipeline" / "deploy.sh"), "torch"], cwd=ACTIONS.parent, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("image-preprocess", "image-classifier", "image-classify"):
+        assert f"ok: updated action {name}" in done.stdout, done.stdout
+    params = tmp_path / "rocket.json"  # a photo is over the 128 kB one argument may have: a param file
+    params.write_text(json.dumps({"image": b64(photos["rocket.jpg"])}))
+    for name in ("image-classifier", "image-classify"):
+        done = subprocess.run(["wsk", "action", "invoke", name, "--blocking", "--result", "--param-file", str(params)],
+                              env=env, capture_output=True, text=True, timeout=200)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["top"][0][0]["label"] in PHOTOS["rocket.jpg"] and result["engine"] == "torch", result
 
 
 SENTENCES = ["A cat sits on the mat.", "A kitten is lying on a rug.", "The stock market fell sharply today."]
