@@ -13,7 +13,7 @@ activation's own ``initTime`` and run time beside it. The action is the example 
 ``chelsea.png`` where scikit-image is installed, else a generated picture of the same size).
 
     .venv/bin/python bench/image_classifier.py                            # CPU, this machine
-    python3 bench/image_classifier.py --device cuda --time-limit 240      # on a GPU machine
+    python3 bench/image_classifier.py --device cuda --time-limit 240 [--photo chelsea.png]  # a GPU machine
 
 ``--time-limit`` stops starting new trials once that many seconds have passed (every engine
 gets at least one). ``--threads 1`` runs the CPU runtimes with one torch thread: on a
@@ -55,7 +55,9 @@ def builder():
     return module
 
 
-def photo() -> tuple[str, bytes]:
+def photo(path: Path | None) -> tuple[str, bytes]:
+    if path is not None:
+        return path.name, path.read_bytes()
     found = importlib.util.find_spec("skimage")
     if found is not None and found.submodule_search_locations:
         path = Path(next(iter(found.submodule_search_locations))) / "data" / "chelsea.png"
@@ -177,6 +179,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU: OMP_NUM_THREADS for the runtime processes (torch's intra-op threads)")
     parser.add_argument("--out", default=None, help="result name (default image_classifier_<device>)")
+    parser.add_argument("--photo", type=Path, default=None,
+                        help="the picture to classify (default: skimage's chelsea.png where installed)")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU dry run of the --device cuda code paths (declared GPU, ONNX, 1 trial); records nothing")
     parser.add_argument("--note", default="", help="recorded with the results (e.g. what else ran on the machine)")
@@ -188,7 +192,7 @@ def main() -> int:
     build = builder()
     model_dir = CACHE / "image-classifier"
     built = {engine: build.build(engine, model_dir) for engine in engines}
-    photo_name, picture = photo()
+    photo_name, picture = photo(args.photo)
     payload = {"image": base64.b64encode(picture).decode()}
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     inventory = None
