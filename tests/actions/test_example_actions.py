@@ -27,7 +27,7 @@ def post(server: Standalone, name: str, payload: dict) -> requests.Response:
 
 def invoke(server: Standalone, name: str, payload: dict) -> dict:
     answer = post(server, name, payload)
-    assert answer.status_code == 200, answer.text[:500]
+    assert answer.status_code == 200, answer.text[:500] + "\nserver:\n" + "\n".join(server.output[-20:])
     return answer.json()
 
 
