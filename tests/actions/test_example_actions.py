@@ -135,7 +135,7 @@ def test_wsk_deploy_scripts_as_the_readme_says(standalone: Standalone, model_dir
     """actions/README.md's "see it work" with the real wsk CLI: the pipeline's deploy.sh (which
     runs the classifier's), then the photo through the classifier and through the sequence."""
     env = {**wsk_shell(standalone, tmp_path), "PYTHON": sys.executable, "MODEL_DIR": str(model_dir)}
-    done = subprocess.run(["sh", str(ACTIONS / "image-pipeline" / "deploy.sh"), "torch"], cwd=ACTIONS.parent, env=env,
+    done = subprocess.run(["sh", str(ACTIONS / "image-pipeline" / "deploy.sh"), "onnx"], cwd=ACTIONS.parent, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for name in ("image-preprocess", "image-classifier", "image-classify"):
@@ -147,7 +147,7 @@ def test_wsk_deploy_scripts_as_the_readme_says(standalone: Standalone, model_dir
                               env=env, capture_output=True, text=True, timeout=200)
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
-        assert result["top"][0][0]["label"] in PHOTOS["rocket.jpg"] and result["engine"] == "torch", result
+        assert result["top"][0][0]["label"] in PHOTOS["rocket.jpg"] and result["engine"] == "onnx", result
 
 
 SENTENCES = ["A cat sits on the mat.", "A kitten is lying on a rug.", "The stock market fell sharply today."]
