@@ -22,6 +22,7 @@ import base64
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ ARCHITECTURE = "efficientnet-lite0"
 SIDE = 224
 _LOADED: set[tuple[str, str]] = set()  # what this container has loaded, for the log line only
 
+Runner = Callable[[np.ndarray], np.ndarray]  # a float32 batch in, its logits out
+
 
 @functools.cache
 def labels() -> list[str]:
@@ -40,7 +43,7 @@ def labels() -> list[str]:
 
 
 @functools.cache
-def architecture():
+def architecture() -> "torch.nn.Module":  # noqa: F821 - torch is imported on use
     """EfficientNet-Lite0 without weights, built once per container on the meta device (no
     memory, no initialisation): the loader fills it from the state dict."""
     import torch
@@ -50,7 +53,7 @@ def architecture():
         return EfficientNet.from_name(ARCHITECTURE)
 
 
-def onnx_runner(path: str):
+def onnx_runner(path: str) -> tuple[str, Runner]:
     import onnxruntime as ort
 
     device = "cuda:0" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
@@ -58,7 +61,7 @@ def onnx_runner(path: str):
     return device, lambda batch: model(batch)[0]
 
 
-def torch_runner(path: str):
+def torch_runner(path: str) -> tuple[str, Runner]:
     import torch
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -86,7 +89,7 @@ def read_batch(args: dict) -> np.ndarray:
         raise ValueError(f"'tensor' is not base64 float32 of shape {shape}: {error}") from None
 
 
-def main(args):
+def main(args: dict) -> dict:
     top = args.get("top", 5)
     if not isinstance(top, int) or not 1 <= top <= 1000:
         return {"error": "'top' must be an integer from 1 to 1000"}

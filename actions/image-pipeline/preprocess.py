@@ -49,7 +49,7 @@ def to_tensor(picture: bytes, size: int = 224) -> np.ndarray:
     return ((pixels - MEAN) / STD).transpose(2, 0, 1)[None].astype("<f4")
 
 
-def main(args):
+def main(args: dict) -> dict:
     if not isinstance(args.get("image"), str):
         return {"error": "give 'image': a picture (PNG, JPEG, ...) as base64"}
     size = args.get("size", 224)
