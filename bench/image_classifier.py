@@ -15,6 +15,10 @@ activation's own ``initTime`` and run time beside it. The action is the example 
     .venv/bin/python bench/image_classifier.py                            # CPU, this machine
     python3 bench/image_classifier.py --device cuda --time-limit 240 [--photo chelsea.png]  # a GPU machine
 
+The runtime processes run with the runtime on their PYTHONPATH only, so what the action
+imports (``efficientnet_lite_pytorch``, Pillow, numpy, torch, onnxruntime) must be in the
+interpreter's own site-packages: on a GPU machine, ``pip install --no-deps`` the wheels there.
+
 ``--time-limit`` stops starting new trials once that many seconds have passed (every engine
 gets at least one). ``--threads 1`` runs the CPU runtimes with one torch thread: on a
 machine with more runnable threads than cores, torch's OpenMP threads wait on each other. Writes ``bench/results/image_classifier_<device>.json`` with the machine
