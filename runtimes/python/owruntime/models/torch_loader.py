@@ -223,6 +223,7 @@ class TorchModel:
             raise ValueError(f"cut must be within 0..{len(host.units)}")
         self.cpu_units = set(self.order[: self.cut])
         self._first = mode == "pipelined"
+        self._load_error: BaseException | None = None
         dev = torch.device(device.name)
         if mode == "plain":
             self._values = [
@@ -273,6 +274,9 @@ class TorchModel:
         return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._load_error is not None:
+            raise ModelError("copying the weights to the device failed; load the model again") \
+                from self._load_error
         if self._first:
             with self._lock:
                 if self._first:
@@ -287,18 +291,28 @@ class TorchModel:
         try:
             with torch.inference_mode(), _FirstCall(self, mixed):
                 out = self.host.module(*args, **kwargs)
+        finally:
+            self._end_first_call()
+        return self._to(out, self.device.name)
+
+    def _end_first_call(self) -> None:
+        """Every unit waited for and every weight installed on the device before any later
+        call, also after a first call that raised (a bad input) before reaching most units:
+        later calls have no hooks, so they would read weights still being copied."""
+        try:
             for u in self.order:  # units the call did not reach, and the CPU-run ones
                 self._wait_unit(u)
             if self.cpu_units:
                 self.host._install(self._values)
-            out = self._to(out, self.device.name)
+        except BaseException as error:  # a copy failed: no later call may use these weights
+            self._load_error = error
+            raise
         finally:
             for h in self._hooks:
                 h.remove()
             self._hooks.clear()
             self._pending.clear()
             self._first = False
-        return out
 
     def wait_loaded(self) -> None:
         """Block until every weight is on the device (the first call does this itself)."""
@@ -331,15 +345,18 @@ class TorchModel:
 
     def close(self) -> None:
         """Put the host weights back and drop the device copy."""
-        if self._first and self.mode == "pipelined":
-            self.wait_loaded()
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        self.host._install([t.host for t in self.host.tensors])
-        self._values = []
-        if isinstance(getattr(self, "_copier", None), ThreadCopier):
-            self._copier.close()
-        self.host.loaded = None
-        if self.device.is_cuda:
-            torch.cuda.empty_cache()
+        try:
+            # Device waits order compute, not the freeing: no block is freed under a copy.
+            if self.mode == "pipelined" and self._load_error is None:
+                self.wait_loaded()
+        finally:
+            for h in self._hooks:
+                h.remove()
+            self._hooks.clear()
+            self.host._install([t.host for t in self.host.tensors])
+            self._values = []
+            if isinstance(getattr(self, "_copier", None), ThreadCopier):
+                self._copier.close()
+            self.host.loaded = None
+            if self.device.is_cuda:
+                torch.cuda.empty_cache()
