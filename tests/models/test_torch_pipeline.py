@@ -136,3 +136,37 @@ def test_a_failed_partitioned_first_call_still_installs_the_device_weights():
     device_ptrs = {v.data_ptr() for v in model._values}
     assert {p.data_ptr() for p in module.parameters()} == device_ptrs
     model.close()
+
+
+def test_pinned_weights_are_views_of_one_buffer_allocated_once():
+    """Pinning takes one host allocation per model, not one per weight (torch rounds each pinned
+    block up to a power of two). FAKE pinned allocator stand-in: plain host bytes, counted
+    (pinning itself needs a CUDA driver)."""
+    torch.manual_seed(5)
+    module = nn.Sequential(nn.Linear(100, 30), nn.BatchNorm1d(30), nn.Linear(30, 7, bias=False)).eval()
+    module[1].running_mean.uniform_()
+    x = torch.randn(3, 100)
+    with torch.inference_mode():
+        expected = module(x)
+    originals = [t.detach().clone() for t in module.state_dict().values()]
+    sizes: list[int] = []
+
+    def fake_pinned(nbytes: int) -> torch.Tensor:
+        sizes.append(nbytes)
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    host = HostModule(module, pin=True, allocate=fake_pinned)
+    assert len(sizes) == 1 and host.pinned is not None
+    weights = sum(t.host.nbytes for t in host.tensors)
+    assert weights <= sizes[0] < weights + 256 * len(host.tensors)  # aligned, not rounded up
+    base = host.pinned.data_ptr()
+    for t in host.tensors:
+        assert t.host.untyped_storage().data_ptr() == base  # a view of the one buffer
+        assert (t.host.data_ptr() - base) % 256 == 0
+    staged = [v.detach() for v in module.state_dict().values()]
+    for got, want in zip(staged, originals, strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)  # num_batches_tracked: int64
+    assert host.pin_seconds > 0
+    model = TorchModel(host, CPU, mode="pipelined", copier=ThreadCopier(bandwidth=1e8))
+    torch.testing.assert_close(model(x), expected)
+    model.close()
