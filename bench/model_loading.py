@@ -255,6 +255,7 @@ def main() -> None:
     ap.add_argument("--formats", default="torch,onnx")
     ap.add_argument("--models", default=None, help="comma-separated subset of the models (default: all)")
     ap.add_argument("--out", default=None, help="result file (default: by device)")
+    ap.add_argument("--tag", default="", help="added to the default result file's name (a partial run)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dev = parse_device(args.device)
@@ -278,7 +279,7 @@ def main() -> None:
         result["note"] = "full run on the CPU: still not GPU figures"
     slug = re.sub(r"[^a-z0-9]+", "-", (gpu or "cpu").lower()).strip("-")
     out = Path(args.out) if args.out else RESULTS / (
-        f"model_loading_{slug}{'_quick' if args.quick else ''}.json")
+        f"model_loading_{slug}{'_quick' if args.quick else ''}{'_' + args.tag if args.tag else ''}.json")
     out.parent.mkdir(exist_ok=True)
     formats = args.formats.split(",")
     with tempfile.TemporaryDirectory(prefix="owbench-") as tmp:
