@@ -34,7 +34,7 @@ STEPS=(
   # ---- further checks: append them here, below the four measurements, as "name limit" with
   # ---- a step_<name> function further down (e.g. "isolation 60" running
   # ---- bench/gpu_isolation_check.sh); keep the sum of the limits within BUDGET_S.
-  "loading-onnx 60" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
+  "loading-onnx 55" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
 )
 
 prepare() {
