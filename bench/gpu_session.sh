@@ -28,7 +28,7 @@ BUDGET_S="${GPU_SESSION_BUDGET_S:-540}"
 STEPS=(
   "info 30"
   "coldstart 120"   # stem-cell vs naive cold start, Torch (MPS server start-up apart)
-  "loading 120"     # pipelined vs plain first inference, Torch, up to the 1.3 GB model
+  "loading 120"     # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
   "mps 100"         # MPS vs time-slicing, N = 1 and 4
   "tests 115"       # pytest -m gpu
   # ---- further checks: append them here, below the four measurements, as "name limit" with
@@ -94,7 +94,7 @@ step_loading() {
     "$PY" bench/model_loading.py --device cpu --quick --models resnet50 --formats torch --batches 1 --repeat 1 \
       --out "$OUT/model_loading_smoke_torch.json"
   else
-    "$PY" bench/model_loading.py --models resnet50,bert-base,bert-large-1.3GB --formats torch --batches 1,8 \
+    "$PY" bench/model_loading.py --models resnet50,bert-large-1.3GB --formats torch --batches 1,8 \
       --repeat 3 --tag torch
   fi
 }
