@@ -23,6 +23,9 @@ smoke=""
 OUT="${OUT:-/tmp/gpu-out}"
 PY="${PYTHON:-python3}"
 BUDGET_S="${GPU_SESSION_BUDGET_S:-540}"
+# Stretches every limit and the budget (an integer; 1 on the GPU machine): a smoke run on a slow
+# shared CPU is not timed, it shows the order and the limits the GPU machine gets.
+SCALE="${GPU_SESSION_LIMIT_SCALE:-1}"
 
 # The steps of `all`: name and time limit in seconds, in order of value (sum 485 s).
 STEPS=(
@@ -141,14 +144,15 @@ run_all() {
   export GPU_SESSION_SETUP_DONE=1
   : >"$OUT/session.jsonl"
   touch "$OUT/.session-start"
-  local start=$SECONDS entry name limit left began rc status
+  local start=$SECONDS entry name gpu_limit limit left began rc status
   for entry in "${STEPS[@]}"; do
-    read -r name limit <<<"$entry"
-    left=$((BUDGET_S - (SECONDS - start)))
+    read -r name gpu_limit <<<"$entry"
+    limit=$((gpu_limit * SCALE))
+    left=$((BUDGET_S * SCALE - (SECONDS - start)))
     if ((left < 10)); then
       echo "== $name: skipped, ${left}s of the session's ${BUDGET_S}s left"
-      printf '{"step": "%s", "limit_s": %d, "seconds": 0, "rc": null, "status": "skipped"}\n' "$name" "$limit" \
-        >>"$OUT/session.jsonl"
+      printf '{"step": "%s", "gpu_limit_s": %d, "limit_s": 0, "seconds": 0, "rc": null, "status": "skipped"}\n' \
+        "$name" "$gpu_limit" >>"$OUT/session.jsonl"
       continue
     fi
     ((limit > left)) && limit=$left
@@ -163,8 +167,8 @@ run_all() {
       124 | 137) status=timed-out; stop_leftover_mps ;;
       *) status=failed ;;
     esac
-    printf '{"step": "%s", "limit_s": %d, "seconds": %d, "rc": %d, "status": "%s"}\n' \
-      "$name" "$limit" $((SECONDS - began)) "$rc" "$status" >>"$OUT/session.jsonl"
+    printf '{"step": "%s", "gpu_limit_s": %d, "limit_s": %d, "seconds": %d, "rc": %d, "status": "%s"}\n' \
+      "$name" "$gpu_limit" "$limit" $((SECONDS - began)) "$rc" "$status" >>"$OUT/session.jsonl"
     echo "   $status in $((SECONDS - began))s"
     [[ $status == ok ]] || tail -n 20 "$OUT/$name.log"
     collect

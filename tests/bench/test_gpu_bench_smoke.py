@@ -26,7 +26,9 @@ def session(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gpu-session")
     results = ROOT / "bench" / "results"
     before = {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")}
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable,
+    # Limits x5: this shared CPU machine is not what is timed; the steps' order and the GPU
+    # machine's limits are.
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_SESSION_LIMIT_SCALE": "5",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtimes" / "python")])}
     done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), "all", "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -47,7 +49,7 @@ def test_the_session_runs_every_step_in_order_within_its_limit(session):
     for s in steps:
         assert s["status"] == "ok" and s["rc"] == 0, s
         assert s["seconds"] <= s["limit_s"], s
-    assert sum(s["limit_s"] for s in steps) <= 540  # fits one 10-minute device command, start-up aside
+    assert sum(s["gpu_limit_s"] for s in steps) <= 540  # fits one 10-minute device command, start-up aside
     info = (session / "info.log").read_text()
     for what in ("nvidia-smi", "nvidia-cuda-mps-control", "torch", "onnxruntime"):
         assert what in info, what
