@@ -187,6 +187,11 @@ class DockerContainerFactory(ContainerFactory):
             kwargs["ports"] = {RUNTIME_PORT: (self.publish_host, None)}
         if spec.gpu is not None:
             kwargs["device_requests"] = [DeviceRequest(device_ids=[spec.gpu], capabilities=[["gpu"]])]
+            if spec.gpu.startswith(("GPU-", "MIG-")):
+                # The MPS documentation has clients name their GPU by UUID on multi-GPU nodes (the
+                # process backend does too); an index would not do: inside the container the
+                # GPU is 0. Only a multi-GPU node shows the effect; here the request is checked.
+                environment["CUDA_VISIBLE_DEVICES"] = spec.gpu
         if spec.mounts:
             # MPS clients reach the host's control daemon through its pipe directory and
             # shared memory (gpu-facts §4): bind the directories, share the host IPC namespace.

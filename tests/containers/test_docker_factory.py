@@ -185,6 +185,9 @@ def test_a_gpu_container_asks_for_its_gpu_and_the_mps_directories(factory):
     config = factory.container_config(gpu_spec)
     (request,) = config["device_requests"]
     assert request["DeviceIDs"] == ["GPU-1234"] and request["Capabilities"] == [["gpu"]]
+    assert config["environment"]["CUDA_VISIBLE_DEVICES"] == "GPU-1234"
+    by_index = factory.container_config(dataclasses.replace(gpu_spec, gpu="3"))  # a declared GPU: no UUID
+    assert "CUDA_VISIBLE_DEVICES" not in by_index["environment"]  # in the container it is not GPU 3
     assert config["volumes"] == {p: {"bind": p, "mode": "rw"} for p in gpu_spec.mounts}
     assert config["ipc_mode"] == "host"
     assert config["environment"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
