@@ -77,11 +77,20 @@ class Wsk:
     binary: Path
     home: Path
 
-    def __call__(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
-        env = {**os.environ, "HOME": str(self.home), "WSK_CONFIG_FILE": str(self.home / "wskprops")}
+    def env(self) -> dict[str, str]:
+        """A user's shell: ``wsk`` first on PATH, its properties in WSK_CONFIG_FILE."""
+        bin_dir = self.home / "bin"
+        if not bin_dir.exists():
+            bin_dir.mkdir()
+            (bin_dir / "wsk").symlink_to(self.binary)
+        env = {**os.environ, "HOME": str(self.home), "WSK_CONFIG_FILE": str(self.home / "wskprops"),
+               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("__OW_API_HOST", None)
         env.pop("__OW_API_KEY", None)
-        return subprocess.run([str(self.binary), *args], env=env, capture_output=True, text=True,
+        return env
+
+    def __call__(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["wsk", *args], env=self.env(), capture_output=True, text=True,
                               timeout=timeout_s, cwd=self.home)
 
     def ok(self, *args: str) -> str:
@@ -308,3 +317,21 @@ def test_listing_what_standalone_mode_has_none_of(wsk: Wsk) -> None:
     assert wsk.ok("rule", "list") == "rules\n"
     summary = wsk.ok("list")
     assert summary.startswith("Entities in namespace: default\npackages\nactions\n"), summary
+
+
+def test_example_deploy_scripts(wsk: Wsk) -> None:
+    """The examples' deploy.sh as a user runs them (deploying only: tests/actions invoke them)."""
+    model = write(wsk.home, "model.onnx", "a model file: deploy.sh only passes its path on")
+    for script in ("sentence-embedder/deploy.sh", "image-pipeline/deploy.sh"):
+        done = subprocess.run(["sh", str(ROOT / "actions" / script), str(model)], env=wsk.env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (script, done.stdout, done.stderr)
+    embedder = wsk.json("action", "get", "sentence-embedder")
+    assert embedder["exec"]["kind"] == "python:3-gpu"
+    assert embedder["limits"]["memory"] == 512 and embedder["limits"]["timeout"] == 120000
+    classifier = wsk.json("action", "get", "image-classifier")
+    assert classifier["exec"]["kind"] == "python:3-gpu"
+    assert classifier["parameters"] == [{"key": "model_path", "value": str(model.resolve())}]
+    assert wsk.json("action", "get", "image-preprocess")["exec"]["kind"] == "python:3"
+    assert wsk.json("action", "get", "image-classify")["exec"] == {
+        "kind": "sequence", "components": ["/guest/image-preprocess", "/guest/image-classifier"]}
