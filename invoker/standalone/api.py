@@ -41,6 +41,7 @@ from invoker.standalone.entities import (
 )
 from invoker.standalone.errors import ApiError
 from invoker.standalone.platform import MAX_BLOCKING_WAIT_MS, Platform, new_transid
+from invoker.store.database import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = self.server.api.handle(request, self.headers.get("Authorization"))
         except ApiError as error:
             reply = Reply(error.status, {"error": error.message, "code": transid.id}, error.headers)
+        except StoreUnavailable as error:  # e.g. the embedded store's disk is full
+            log.error("request %s %s: %s", self.command, urlsplit(self.path).path, error)
+            reply = Reply(503, {"error": errors.store_unavailable(error), "code": transid.id})
         except Exception:
             log.exception("request %s %s failed", self.command, urlsplit(self.path).path)
             reply = Reply(500, {"error": "There was an internal server error.", "code": transid.id})

@@ -20,6 +20,10 @@ def not_supported(collection: str) -> str:
             "of them) in the namespace itself.")
 
 
+def store_unavailable(error: Exception) -> str:
+    return f"The entity and activation store is unavailable; try again later: {error}"
+
+
 def entity_too_big(field: str, size: int, allowed: int) -> str:
     return f"{field} larger than allowed: {size} > {allowed} bytes."
 

@@ -74,12 +74,15 @@ class Standalone:
                 self.process.wait()
 
 
+STANDALONE = (sys.executable, "-m", "invoker.standalone")
+
+
 def start_standalone(workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 120.0,
-                     extra_args: tuple[str, ...] = ()) -> Standalone:
+                     extra_args: tuple[str, ...] = (), command: tuple[str, ...] = STANDALONE) -> Standalone:
+    """``command`` (``python -m invoker.standalone``, or ``./dev run``) on a free port."""
     auth_file = workdir / "guest.auth"
     process = subprocess.Popen(
-        [sys.executable, "-m", "invoker.standalone", "--port", "0", "--backend", "process",
-         "--auth-file", str(auth_file), *extra_args],
+        [*command, "--port", "0", "--backend", "process", "--auth-file", str(auth_file), *extra_args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})},
     )

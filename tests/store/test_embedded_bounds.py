@@ -4,18 +4,17 @@ is a ``StoreUnavailable`` with memory and disk still in agreement (a real full t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from disk_support import fill, small_tmpfs
 
 from invoker.cli import open_databases
 from invoker.config import load_config
 from invoker.store.database import DocumentNotFound, StoreUnavailable
 from invoker.store.embedded import EmbeddedServer, Retention
+from invoker.store.entities import EntityStore
 
 
 def record(n: int) -> dict:
@@ -81,29 +80,15 @@ def test_default_keeps_a_bounded_number_of_records() -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 256 KiB tmpfs (mounting needs root, as in CI)."""
-    mount_point = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.strip()}): needs root")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with small_tmpfs(tmp_path, 256) as disk:
+        yield disk
 
 
 def test_full_disk_is_an_error_and_memory_stays_what_the_disk_holds(small_disk: Path) -> None:
     server = EmbeddedServer(small_disk, retention={"acts": Retention(max_docs=1000)})
     db = server.database("acts")
     db.ensure_exists()
-    filler = small_disk / "filler"
-    with filler.open("wb") as out:
-        try:
-            out.write(os.urandom(160 * 1024))
-        except OSError:
-            pass
+    filler = fill(small_disk, 160)
     written = []
     payload = "x" * 2048
     with pytest.raises(StoreUnavailable, match="No space left on device"):
@@ -123,3 +108,18 @@ def test_full_disk_is_an_error_and_memory_stays_what_the_disk_holds(small_disk: 
     filler.unlink()  # room again: writes go on
     db.put({**record(len(written)), "blob": payload})
     assert ids(EmbeddedServer(small_disk).database("acts")) == [*written, failed]
+
+
+def test_a_new_action_whose_code_the_full_disk_refuses_is_not_left_without_code(small_disk: Path) -> None:
+    whisks = EmbeddedServer(small_disk).database("whisks")
+    whisks.ensure_exists()
+    filler = fill(small_disk, 100)  # room for the document, not for its 120 KiB of code
+    store = EntityStore(whisks)
+    doc = {"_id": "guest/big", "name": "big", "namespace": "guest", "exec": {"kind": "python:3"}}
+    code = "def main(args):\n    return args\n# " + "x" * (120 * 1024)
+    with pytest.raises(StoreUnavailable):
+        store.put_action(doc, code, binary=False)
+    assert not whisks.exists("guest/big")
+    filler.unlink()
+    rev = store.put_action(doc, code, binary=False)
+    assert EntityStore(EmbeddedServer(small_disk).database("whisks")).get_action("guest/big", rev).code == code
