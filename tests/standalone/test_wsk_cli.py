@@ -120,15 +120,21 @@ def annotations(entity: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def wsk(standalone: Standalone, tmp_path_factory: pytest.TempPathFactory) -> Wsk:
+def wsk_binary() -> Path:
+    """Checked before standalone mode starts: without wsk there is nothing to drive it with."""
     if not os.access(WSK_BIN, os.X_OK):
         reason = (f"no wsk CLI at {WSK_BIN}: ./dev setup builds it from the Go module "
                   "github.com/apache/openwhisk-cli (see its log .cache/dev/build-wsk*.log), or set OWGPU_WSK")
         if os.environ.get("OWGPU_REQUIRE_WSK") == "1":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
+    return WSK_BIN
+
+
+@pytest.fixture(scope="module")
+def wsk(wsk_binary: Path, standalone: Standalone, tmp_path_factory: pytest.TempPathFactory) -> Wsk:
     home = tmp_path_factory.mktemp("wsk-home")
-    cli = Wsk(WSK_BIN, home)
+    cli = Wsk(wsk_binary, home)
     out = cli.ok("property", "set", "--apihost", standalone.url, "--auth", standalone.api_key)
     assert "ok: whisk auth set. Run 'wsk property get --auth' to see the new value." in out
     assert f"ok: whisk API host set to {standalone.url}" in out
