@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 from disk_support import fill, small_tmpfs
-from standalone_support import ROOT, start_standalone
+from standalone_support import ROOT, Standalone, start_standalone
 
 ECHO = "def main(args):\n    return args\n"
 
@@ -66,20 +68,52 @@ def test_sigterm_to_dev_run_stops_standalone_mode_and_all_its_children(tmp_path:
             os.kill(pid, signal.SIGKILL)
 
 
-def test_full_disk_is_a_503_and_the_api_answers_what_the_disk_holds(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def on_small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Standalone, Path]]:
+    """Standalone mode with its embedded store on a 1 MiB tmpfs, keeping 3 activation records."""
+    tmp_path = tmp_path_factory.mktemp("small-disk")
     with small_tmpfs(tmp_path, 1024) as disk:
-        server = start_standalone(tmp_path, env={"INVOKER_EMBEDDED_STORE_DIR": str(disk)})
+        server = start_standalone(tmp_path, env={"INVOKER_EMBEDDED_STORE_DIR": str(disk),
+                                                 "INVOKER_EMBEDDED_ACTIVATIONS_KEEP": "3"})
         try:
-            big = ECHO + "# " + "x" * (256 * 1024) + "\n"
-            filler = fill(disk, 1024 - 200)  # leaves less room than the action's code
-            refused = requests.put(server.api("actions/big"), json={"exec": {"kind": "python:3", "code": big}},
-                                   auth=server.auth, timeout=30)
-            assert refused.status_code == 503, refused.text
-            assert "No space left on device" in refused.json()["error"]
-            assert requests.get(server.api("actions/big"), auth=server.auth, timeout=10).status_code == 404
-            filler.unlink()
-            created = requests.put(server.api("actions/big"), json={"exec": {"kind": "python:3", "code": big}},
-                                   auth=server.auth, timeout=30)
-            assert created.status_code == 200, created.text
+            yield server, disk
         finally:
             server.stop()
+
+
+def test_activation_records_are_kept_by_count(on_small_disk: tuple[Standalone, Path]) -> None:
+    server, _ = on_small_disk
+    store_line = next(line for line in server.output if line.strip().startswith("store:"))
+    assert "activations: newest 3 kept" in store_line, store_line
+    assert requests.put(server.api("actions/counted"), json={"exec": {"kind": "python:3", "code": ECHO}},
+                        auth=server.auth, timeout=30).status_code == 200
+    invoked = []
+    for n in range(5):
+        answer = requests.post(server.api("actions/counted"), params={"blocking": "true"}, json={"n": n},
+                               auth=server.auth, timeout=60)
+        assert answer.status_code == 200, answer.text
+        invoked.append(answer.json()["activationId"])
+    server.record(invoked[-1])  # written a moment after the answer
+    listed = requests.get(server.api("activations"), params={"name": "counted"}, auth=server.auth, timeout=10)
+    kept = [a["activationId"] for a in listed.json()]
+    assert len(kept) == 3 and invoked[-1] in kept and invoked[0] not in kept, (kept, invoked)
+    gone = requests.get(server.api(f"activations/{invoked[0]}"), auth=server.auth, timeout=10)
+    assert gone.status_code == 404
+
+
+def test_full_disk_is_a_503_and_the_api_answers_what_the_disk_holds(
+        on_small_disk: tuple[Standalone, Path]) -> None:
+    server, disk = on_small_disk
+    big = ECHO + "# " + "x" * (256 * 1024) + "\n"
+    filler = fill(disk, 1024 - 200)  # leaves less room than the action's code
+    try:
+        refused = requests.put(server.api("actions/big"), json={"exec": {"kind": "python:3", "code": big}},
+                               auth=server.auth, timeout=30)
+        assert refused.status_code == 503, refused.text
+        assert "No space left on device" in refused.json()["error"]
+        assert requests.get(server.api("actions/big"), auth=server.auth, timeout=10).status_code == 404
+    finally:
+        filler.unlink()
+    created = requests.put(server.api("actions/big"), json={"exec": {"kind": "python:3", "code": big}},
+                           auth=server.auth, timeout=30)
+    assert created.status_code == 200, created.text
