@@ -349,12 +349,12 @@ class EmbeddedDatabase:
 
     # ------------------------------------------------------------------ retention
 
-    def _expire(self) -> bool:
-        """Purge what the retention no longer keeps (oldest write first); True if any went.
-        On a read the purge is not saved: the next write saves it."""
+    def _expire(self) -> None:
+        """Purge what the retention no longer keeps, oldest write first. On a read the purge
+        is not saved (the next write saves it): a restart reads the same write times and
+        purges the same documents again."""
         if self.retention is None:
-            return False
-        purged = False
+            return
         max_docs, max_age_s = self.retention.max_docs, self.retention.max_age_s
         oldest_kept = self._clock() - max_age_s if max_age_s is not None else None
         while self._written:
@@ -365,8 +365,6 @@ class EmbeddedDatabase:
                 break
             del self._written[docid]
             del self._docs[docid]
-            purged = True
-        return purged
 
     @contextlib.contextmanager
     def _durable(self) -> Iterator[None]:
