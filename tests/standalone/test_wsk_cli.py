@@ -214,7 +214,8 @@ def test_gpu_kind_with_a_gpu_annotation(wsk: Wsk, standalone: Standalone) -> Non
 
 
 def test_zip_action_with_main_and_parameter_file(wsk: Wsk) -> None:
-    archive = wsk.home / "shout.zip"
+    archive = wsk.home / "deploy" / "shout.zip"
+    archive.parent.mkdir()
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("__main__.py", ZIP_MAIN)
         zipped.writestr("helper.py", ZIP_HELPER)
@@ -226,6 +227,8 @@ def test_zip_action_with_main_and_parameter_file(wsk: Wsk) -> None:
     assert {p["key"]: p["value"] for p in action["parameters"]} == {"times": 3, "unit": "claps"}
     assert wsk.json("action", "invoke", "shout", "-br", "-p", "word", "hey") == \
         {"shout": "HEY!", "times": 3, "unit": "claps"}
+    assert wsk.ok("action", "get", "shout", "--save") == f"ok: saved action code to {wsk.home / 'shout.zip'}\n"
+    assert (wsk.home / "shout.zip").read_bytes() == archive.read_bytes()
 
 
 def test_update_replaces_code_and_limits_and_keeps_parameters(wsk: Wsk) -> None:
