@@ -65,10 +65,13 @@ def open_databases(config: InvokerConfig) -> tuple[Database, Database, str]:
         server = CouchServer(config.couchdb_url, config.couchdb_username, config.couchdb_password)
         where = f"CouchDB at {config.couchdb_url}"
     else:
-        from invoker.store.embedded import EmbeddedServer
+        from invoker.store.embedded import EmbeddedServer, Retention
 
-        server = EmbeddedServer(config.embedded_store_dir)
-        where = f"embedded store ({config.embedded_store_dir or 'in memory'})"
+        # Records only: actions are kept however many and however old.
+        retention = Retention(config.embedded_activations_keep, config.embedded_activations_ttl)
+        server = EmbeddedServer(config.embedded_store_dir, retention={config.db_activations: retention})
+        where = (f"embedded store ({config.embedded_store_dir or 'in memory'}; "
+                 f"activations: {retention.describe()})")
     whisks, activations = server.database(config.db_whisks), server.database(config.db_activations)
     for db in (whisks, activations):
         db.ensure_exists()

@@ -33,10 +33,25 @@ def parse_duration_s(text: str) -> float:
         raise ConfigError(f"not a duration: {text!r}")
     value, unit = float(match.group(1)), match.group(2).lower()
     factors = {"": 1, "s": 1, "second": 1, "seconds": 1, "ms": 0.001, "millis": 0.001, "milliseconds": 0.001,
-               "m": 60, "min": 60, "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600}
+               "m": 60, "min": 60, "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600,
+               "d": 86400, "day": 86400, "days": 86400}
     if unit not in factors:
         raise ConfigError(f"unknown duration unit in {text!r}")
     return value * factors[unit]
+
+
+def parse_positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ConfigError(f"must be at least 1, not {value}")
+    return value
+
+
+def parse_positive_duration_s(text: str) -> float:
+    value = parse_duration_s(text)
+    if value <= 0:
+        raise ConfigError(f"must be longer than 0, not {text!r}")
+    return value
 
 
 def parse_list(text: str) -> tuple[str, ...]:
@@ -129,6 +144,12 @@ SETTINGS: tuple[Setting, ...] = (
             "whisk_local_activations", "Database of activation records."),
     Setting("embedded_store_dir", "--embedded-store-dir", ("INVOKER_EMBEDDED_STORE_DIR",), None,
             "Directory the embedded store persists to (in memory when unset)."),
+    Setting("embedded_activations_keep", "--embedded-activations-keep", ("INVOKER_EMBEDDED_ACTIVATIONS_KEEP",),
+            10_000, "Embedded store: activation records kept, the newest (older ones are purged).",
+            parse_positive_int),
+    Setting("embedded_activations_ttl", "--embedded-activations-ttl", ("INVOKER_EMBEDDED_ACTIVATIONS_TTL",), None,
+            "Embedded store: age after which an activation record is purged, e.g. '7 days' (unset: no age bound).",
+            parse_positive_duration_s),
     Setting("user_memory", "--user-memory", ("CONFIG_whisk_containerPool_userMemory",), "1024 m",
             "Memory for action containers, advertised to the controller (e.g. 2048m).",
             lambda t: ByteSize.parse(t)),
