@@ -38,8 +38,9 @@ def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFact
             publish_host=config.docker_publish_host,
             ulimits=config.docker_ulimits,
         )
-    from invoker.containerpool.process import ProcessContainerFactory
+    from invoker.containerpool.process import ProcessContainerFactory, start_process_backend
 
+    start_process_backend()
     return ProcessContainerFactory(api_host=config.resolved_api_host(env), extra_env={"__OW_INVOKER": owner})
 
 

@@ -10,6 +10,7 @@ that only this invoker has use the ``INVOKER_`` prefix. ``--help`` lists them al
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -253,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_admin_credentials(values: Mapping[str, Any]) -> None:
+    """The well-known default credentials of /enable and /disable are fine on loopback only."""
+    default = next(s.default for s in SETTINGS if s.dest == "invoker_password")
+    if not is_loopback(str(values["bind"])) and values["invoker_password"] == default:
+        raise ConfigError(f"--bind {values['bind']} opens /enable and /disable beyond this host, and "
+                          f"--invoker-password is the well-known default: set --invoker-password "
+                          f"(CONFIG_whisk_invoker_password), or bind to 127.0.0.1")
+
+
 def load_config(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> InvokerConfig:
     env = os.environ if env is None else env
     args = build_parser().parse_args(argv)
@@ -277,6 +296,7 @@ def load_config(argv: list[str] | None = None, env: Mapping[str, str] | None = N
                 "implement: pass --id N as well"
             )
         instance = 0
+    check_admin_credentials(values)
     if values["backend"] not in ("process", "docker"):
         raise ConfigError(f"--backend must be process or docker, not {values['backend']!r}")
     return InvokerConfig(instance, args.unique_name, args.displayed_name, values)
