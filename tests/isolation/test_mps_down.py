@@ -23,7 +23,6 @@ from invoker.entities import SUCCESS, WHISK_ERROR  # noqa: E402
 from invoker.gpu.inventory import parse_declared  # noqa: E402
 from invoker.gpu.layer import GpuLayer, GpuSettings  # noqa: E402
 
-
 FAKE = Path(__file__).resolve().parents[1] / "gpu" / "fake_mps_control.py"  # not MPS: imitates its control program
 
 
