@@ -86,6 +86,15 @@ class GpuLayer:
               control: str = CONTROL_BINARY, mps_dir: Path = Path("/run/openwhisk-gpu-mps")) -> GpuLayer:
         sharing, daemon = start_sharing(inventory, mps_mode, control, mps_dir / "pipe", mps_dir / "log",
                                         settings.mps_client_uid)
+        if daemon is not None:
+            # With CUDA_VISIBLE_DEVICES the daemon sees its GPUs renumbered from 0, in that order.
+            shared = [d for d in inventory.devices if sharing.mps_on(d.index)]
+            numbered = enumerate(shared) if daemon.visible_devices else ((d.index, d) for d in shared)
+            ceilings = {n: max(1, d.memory_total_mb - settings.reserved_mb) for n, d in numbered}
+            try:
+                daemon.set_memory_ceilings(ceilings)
+            except MpsError as error:  # an older daemon: the per-client limits still apply
+                log.warning("MPS: no server-side memory ceiling: %s", error)
         return cls(inventory, sharing, settings, daemon)
 
     def stop(self) -> None:

@@ -91,3 +91,18 @@ def test_gpu_work_stops_while_the_mps_daemon_is_down_and_resumes(tmp_path, fake_
     finally:
         pool.shutdown()
         layer.stop()
+
+
+def test_the_daemon_gets_a_server_side_memory_ceiling(tmp_path, fake_control):
+    """A client can lower its MPS memory limit, not raise it past the daemon's default (NVIDIA
+    MPS docs); the invoker sets that default to what a GPU admits. The FAKE daemon records it;
+    tests/isolation/test_mps_gpu.py checks a real one."""
+    mps = tmp_path / "mps"
+    layer = GpuLayer.start(parse_declared("0:8GiB,1:4GiB"), GpuSettings(reserved_mb=512, mps_check_interval_s=0),
+                           "on", str(fake_control), mps)
+    try:
+        calls = (mps / "log" / "calls.log").read_text()
+        assert "set_default_device_pinned_mem_limit 0 7680M" in calls
+        assert "set_default_device_pinned_mem_limit 1 3584M" in calls
+    finally:
+        layer.stop()
