@@ -37,6 +37,9 @@ def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFact
             network=config.docker_network,
             publish_host=config.docker_publish_host,
             ulimits=config.docker_ulimits,
+            tmpfs_mb=config.docker_tmpfs,
+            log_max_mb=config.docker_log_max,
+            storage_mb=config.docker_storage,
         )
     from invoker.containerpool.process import ProcessContainerFactory, start_process_backend
 

@@ -169,6 +169,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("docker_ulimits", "--docker-ulimits", ("INVOKER_DOCKER_ULIMITS",), "",
             "Docker backend: ulimits of action containers, e.g. nofile=1024:1024 (none by default; "
             "pids are limited by a cgroup).", parse_ulimits),
+    Setting("docker_tmpfs", "--docker-tmpfs-size", ("INVOKER_DOCKER_TMPFS_SIZE",), "256 MB",
+            "Docker backend: most for each of the tmpfs on /tmp and /action of an action container "
+            "(the image is read-only; at most half the action's memory, which tmpfs counts against).",
+            parse_size_mb),
+    Setting("docker_log_max", "--docker-log-max-size", ("INVOKER_DOCKER_LOG_MAX_SIZE",), "10 MB",
+            "Docker backend: container log size at which the engine rotates it.", parse_size_mb),
+    Setting("docker_storage", "--docker-storage-size", ("INVOKER_DOCKER_STORAGE_SIZE",), None,
+            "Docker backend: writable-layer quota of a container (Docker overlay2 on xfs with pquota only; "
+            "unset: none, the image being read-only).", parse_size_mb),
     Setting("max_peek", "--max-peek", ("INVOKER_MAX_PEEK",), None,
             "Most activations taken from Kafka and not yet finished (default: userMemory/128MB, at least 16).", int),
     Setting("log_level", "--log-level", ("INVOKER_LOG_LEVEL",), "INFO", "Python log level."),

@@ -16,6 +16,8 @@ import zipfile
 import pytest
 from services import RUNTIME_IMAGE
 
+from invoker.cli import make_factory
+from invoker.config import load_config
 from invoker.containerpool.container import ContainerSpec
 from invoker.containerpool.docker import DockerContainerFactory
 
@@ -274,3 +276,18 @@ def test_an_mps_client_cannot_delete_the_control_pipe_but_still_uses_it(factory,
         container.destroy()
         os.close(reader)
         server.close()
+
+
+def test_the_hardening_limits_come_from_the_invoker_options(docker_client):
+    config = load_config(["--backend", "docker", "--docker-tmpfs-size", "64MB", "--docker-log-max-size", "5MB",
+                          "--docker-storage-size", "1GB"], env={})
+    factory = make_factory(config, {})
+    try:
+        kwargs = factory.container_config(spec(factory, "limits"), secret="s", network="n")
+        assert kwargs["tmpfs"]["/tmp"].startswith("rw,nosuid,nodev,size=64m")  # 64 MB < half of 192 MB
+        assert kwargs["log_config"]["config"]["max-size"] == "5m"
+        assert kwargs["storage_opt"] == {"size": "1024m"}
+        assert kwargs["environment"]["OW_RUNTIME_SECRET"] == "s" and kwargs["environment"]["OW_ZIP_MAX_BYTES"] == str(64 << 20)
+        assert kwargs["cap_drop"] == ["ALL"] and kwargs["read_only"] is True and kwargs["network"] == "n"
+    finally:
+        factory.close()
