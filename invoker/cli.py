@@ -37,9 +37,13 @@ def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFact
             network=config.docker_network,
             publish_host=config.docker_publish_host,
             ulimits=config.docker_ulimits,
+            tmpfs_mb=config.docker_tmpfs,
+            log_max_mb=config.docker_log_max,
+            storage_mb=config.docker_storage,
         )
-    from invoker.containerpool.process import ProcessContainerFactory
+    from invoker.containerpool.process import ProcessContainerFactory, start_process_backend
 
+    start_process_backend()
     return ProcessContainerFactory(api_host=config.resolved_api_host(env), extra_env={"__OW_INVOKER": owner})
 
 
