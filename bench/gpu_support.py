@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -81,7 +84,9 @@ def build_resnet50(torch):
 # One activation: on the first call every phase of getting the model onto the device is
 # timed separately; later calls find it resident and time inference only. ``loop_s`` turns
 # a call into a throughput run (inferences until the deadline, all functions starting at
-# ``start_at``).
+# ``start_at``). ``device`` is "cuda" unless a smoke run says "cpu": without CUDA the action
+# fails rather than report a CPU figure. ``measure_link`` (a warm call) measures the pinned
+# host-to-device bandwidth, the copy term of the cold-start goal.
 TORCH_ACTION = RESNET50 + '''
 import time
 _MODEL = {}
@@ -96,7 +101,10 @@ def main(args):
     t = clock()
     import torch
     phases["import_s"] = clock() - t
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = args.get("device", "cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"CUDA is not available to torch {torch.__version__} (CUDA build {torch.version.cuda}) "
+                           "in the action's process: its figures would be the CPU's")
     batch = int(args.get("batch", 1))
     cached = "model" in _MODEL
     if not cached:
@@ -120,7 +128,12 @@ def main(args):
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
         nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
         REGISTRY.register(args["weights"], "cuda:0" if device == "cuda" else "cpu", nbytes)
+        _MODEL["nbytes"] = nbytes
     model = _MODEL["model"]
+    link = None
+    if args.get("measure_link") and device == "cuda":
+        from owruntime.models.devices import measure_h2d_bandwidth, parse_device
+        link = measure_h2d_bandwidth(parse_device("cuda:0"), nbytes=64 << 20)
     x = torch.randn(batch, 3, 224, 224, device=device)
     with torch.inference_mode():
         t = clock()
@@ -139,6 +152,7 @@ def main(args):
                 images += batch
             phases["loop_s"] = clock() - t
     return {"cached": cached, "device": device, "phases": phases, "images": images,
+            "weights_bytes": _MODEL["nbytes"], "h2d_pinned_Bps": link,
             "mps": {k: v for k, v in __import__("os").environ.items() if k.startswith("CUDA_MPS_ACTIVE")}}
 '''
 
@@ -156,12 +170,17 @@ def main(args):
     cached = "session" in _SESSION
     if not cached:
         t = clock()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        from owruntime.models.devices import CUDA_PROVIDER_OPTIONS
+        cuda = args.get("device", "cuda") == "cuda"
+        providers = ([("CUDAExecutionProvider", CUDA_PROVIDER_OPTIONS)] if cuda else []) + ["CPUExecutionProvider"]
         # CUDA context (unless a stem cell made it), weights from disk, graph optimisation and
         # the copy to the GPU happen inside the session constructor: onnxruntime does not
         # expose them separately.
         _SESSION["session"] = ort.InferenceSession(args["weights"], providers=providers)
         phases["session_create_s"] = clock() - t
+        if cuda and _SESSION["session"].get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"onnxruntime {ort.__version__} runs this model on {_SESSION['session'].get_providers()[0]}, "
+                               "not CUDA (CUDA provider missing, or its libraries not found): its figures would be the CPU's")
         from owruntime.resident import REGISTRY
         import os
         on_gpu = _SESSION["session"].get_providers()[0] == "CUDAExecutionProvider"
@@ -255,7 +274,10 @@ def make_pool(inv: Inventory, mps: str, stem_cells: tuple[GpuStemCell, ...] = ()
               user_memory_mb: int = 262_144) -> tuple[ContainerPool, GpuLayer]:
     layer = GpuLayer.start(inv, GpuSettings(reserved_mb=512, stem_cells=stem_cells), mps,
                            mps_dir=mps_dir or CACHE / "mps")
-    pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "gpubench"}), PythonOnly(),
+    # The process backend passes no LD_LIBRARY_PATH of its own; CUDA libraries found through it
+    # here must be found by the actions too.
+    extra = {"__OW_INVOKER": "gpubench", **({"LD_LIBRARY_PATH": v} if (v := os.environ.get("LD_LIBRARY_PATH")) else {})}
+    pool = ContainerPool(ProcessContainerFactory(extra_env=extra), PythonOnly(),
                          PoolConfig(user_memory_mb=user_memory_mb, pause_grace_s=3600, idle_timeout_s=3600), gpu=layer)
     pool.start()
     return pool, layer
@@ -291,3 +313,56 @@ def write_result(name: str, payload: dict, smoke: bool) -> None:
     payload["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {RESULTS / f'{name}.json'}")
+
+
+def device_arg(smoke: bool) -> str:
+    """What the bench actions are told to run on: CUDA, except in a smoke run on a CPU."""
+    return "cpu" if smoke else "cuda"
+
+
+def require_cuda(result: dict, smoke: bool) -> None:
+    """Raise unless the action ran on CUDA (torch's device, or onnxruntime's first provider): a
+    benchmark must not record a CPU figure under a GPU's name. A smoke run is on the CPU."""
+    if smoke:
+        return
+    if result.get("device") != "cuda" and (result.get("providers") or [None])[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"the action did not run on CUDA: {result}")
+
+
+# A bare CUDA client (driver API through ctypes: no framework to import). The first one after
+# the MPS control daemon started waits for it to start its server.
+CUDA_CLIENT = """
+import ctypes, sys
+cuda = ctypes.CDLL("libcuda.so.1")
+rc = cuda.cuInit(0)
+device, context = ctypes.c_int(), ctypes.c_void_p()
+rc = rc or cuda.cuDeviceGet(ctypes.byref(device), 0)
+rc = rc or cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device)
+sys.exit(rc)
+"""
+
+
+def mps_server_start(layer: GpuLayer) -> dict | None:
+    """Under MPS, start the MPS server before a naive cold start is timed, and time it apart:
+    two bare CUDA clients, the first of which waits for the server; None without MPS."""
+    if not layer.sharing.mps or layer.daemon is None:
+        return None
+    env = {**os.environ, **layer.daemon.env()}
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", CUDA_CLIENT], env=env, capture_output=True, text=True,
+                              timeout=120)
+        seconds.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise RuntimeError(f"a CUDA client under MPS failed (CUresult {done.returncode}): {done.stderr[-2000:]}")
+    return {"first_client_s": seconds[0], "next_client_s": seconds[1], "server_start_s": seconds[0] - seconds[1]}
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a session step's time limit) ends the run like Ctrl-C: ``finally`` blocks stop the
+    pool's runtime processes and the MPS daemon instead of leaving them to the next step."""
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, stop)

@@ -136,7 +136,8 @@ def main() -> None:
         for _ in range(20):
             controller.invoke(0, controller.message(fqn, rev, {}), timeout_s=60)
         warm = [p for p in invoker.pool._containers if p.action is not None][0]
-        direct = RuntimeClient(warm.container.client.host, warm.container.client.port)
+        direct = RuntimeClient(warm.container.client.host, warm.container.client.port,
+                               secret=warm.container.client.secret)
         run_payload = {"value": {}, "namespace": "guest", "action_name": "/guest/noop", "action_version": "0.0.1",
                        "activation_id": "0" * 32, "transaction_id": "bench", "deadline": "0"}
 

@@ -37,9 +37,13 @@ def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFact
             network=config.docker_network,
             publish_host=config.docker_publish_host,
             ulimits=config.docker_ulimits,
+            tmpfs_mb=config.docker_tmpfs,
+            log_max_mb=config.docker_log_max,
+            storage_mb=config.docker_storage,
         )
-    from invoker.containerpool.process import ProcessContainerFactory
+    from invoker.containerpool.process import ProcessContainerFactory, start_process_backend
 
+    start_process_backend()
     return ProcessContainerFactory(api_host=config.resolved_api_host(env), extra_env={"__OW_INVOKER": owner})
 
 
@@ -65,10 +69,13 @@ def open_databases(config: InvokerConfig) -> tuple[Database, Database, str]:
         server = CouchServer(config.couchdb_url, config.couchdb_username, config.couchdb_password)
         where = f"CouchDB at {config.couchdb_url}"
     else:
-        from invoker.store.embedded import EmbeddedServer
+        from invoker.store.embedded import EmbeddedServer, Retention
 
-        server = EmbeddedServer(config.embedded_store_dir)
-        where = f"embedded store ({config.embedded_store_dir or 'in memory'})"
+        # Records only: actions are kept however many and however old.
+        retention = Retention(config.embedded_activations_keep, config.embedded_activations_ttl)
+        server = EmbeddedServer(config.embedded_store_dir, retention={config.db_activations: retention})
+        where = (f"embedded store ({config.embedded_store_dir or 'in memory'}; "
+                 f"activations: {retention.describe()})")
     whisks, activations = server.database(config.db_whisks), server.database(config.db_activations)
     for db in (whisks, activations):
         db.ensure_exists()

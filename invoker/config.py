@@ -10,6 +10,7 @@ that only this invoker has use the ``INVOKER_`` prefix. ``--help`` lists them al
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -33,10 +34,25 @@ def parse_duration_s(text: str) -> float:
         raise ConfigError(f"not a duration: {text!r}")
     value, unit = float(match.group(1)), match.group(2).lower()
     factors = {"": 1, "s": 1, "second": 1, "seconds": 1, "ms": 0.001, "millis": 0.001, "milliseconds": 0.001,
-               "m": 60, "min": 60, "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600}
+               "m": 60, "min": 60, "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600,
+               "d": 86400, "day": 86400, "days": 86400}
     if unit not in factors:
         raise ConfigError(f"unknown duration unit in {text!r}")
     return value * factors[unit]
+
+
+def parse_positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ConfigError(f"must be at least 1, not {value}")
+    return value
+
+
+def parse_positive_duration_s(text: str) -> float:
+    value = parse_duration_s(text)
+    if value <= 0:
+        raise ConfigError(f"must be longer than 0, not {text!r}")
+    return value
 
 
 def parse_list(text: str) -> tuple[str, ...]:
@@ -129,6 +145,12 @@ SETTINGS: tuple[Setting, ...] = (
             "whisk_local_activations", "Database of activation records."),
     Setting("embedded_store_dir", "--embedded-store-dir", ("INVOKER_EMBEDDED_STORE_DIR",), None,
             "Directory the embedded store persists to (in memory when unset)."),
+    Setting("embedded_activations_keep", "--embedded-activations-keep", ("INVOKER_EMBEDDED_ACTIVATIONS_KEEP",),
+            10_000, "Embedded store: activation records kept, the newest (older ones are purged).",
+            parse_positive_int),
+    Setting("embedded_activations_ttl", "--embedded-activations-ttl", ("INVOKER_EMBEDDED_ACTIVATIONS_TTL",), None,
+            "Embedded store: age after which an activation record is purged, e.g. '7 days' (unset: no age bound).",
+            parse_positive_duration_s),
     Setting("user_memory", "--user-memory", ("CONFIG_whisk_containerPool_userMemory",), "1024 m",
             "Memory for action containers, advertised to the controller (e.g. 2048m).",
             lambda t: ByteSize.parse(t)),
@@ -168,6 +190,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("docker_ulimits", "--docker-ulimits", ("INVOKER_DOCKER_ULIMITS",), "",
             "Docker backend: ulimits of action containers, e.g. nofile=1024:1024 (none by default; "
             "pids are limited by a cgroup).", parse_ulimits),
+    Setting("docker_tmpfs", "--docker-tmpfs-size", ("INVOKER_DOCKER_TMPFS_SIZE",), "256 MB",
+            "Docker backend: most for each of the tmpfs on /tmp and /action of an action container "
+            "(the image is read-only; at most half the action's memory, which tmpfs counts against).",
+            parse_size_mb),
+    Setting("docker_log_max", "--docker-log-max-size", ("INVOKER_DOCKER_LOG_MAX_SIZE",), "10 MB",
+            "Docker backend: container log size at which the engine rotates it.", parse_size_mb),
+    Setting("docker_storage", "--docker-storage-size", ("INVOKER_DOCKER_STORAGE_SIZE",), None,
+            "Docker backend: writable-layer quota of a container (Docker overlay2 on xfs with pquota only; "
+            "unset: none, the image being read-only).", parse_size_mb),
     Setting("max_peek", "--max-peek", ("INVOKER_MAX_PEEK",), None,
             "Most activations taken from Kafka and not yet finished (default: userMemory/128MB, at least 16).", int),
     Setting("log_level", "--log-level", ("INVOKER_LOG_LEVEL",), "INFO", "Python log level."),
@@ -253,6 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_admin_credentials(values: Mapping[str, Any]) -> None:
+    """The well-known default credentials of /enable and /disable are fine on loopback only."""
+    default = next(s.default for s in SETTINGS if s.dest == "invoker_password")
+    if not is_loopback(str(values["bind"])) and values["invoker_password"] == default:
+        raise ConfigError(f"--bind {values['bind']} opens /enable and /disable beyond this host, and "
+                          f"--invoker-password is the well-known default: set --invoker-password "
+                          f"(CONFIG_whisk_invoker_password), or bind to 127.0.0.1")
+
+
 def load_config(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> InvokerConfig:
     env = os.environ if env is None else env
     args = build_parser().parse_args(argv)
@@ -277,6 +326,7 @@ def load_config(argv: list[str] | None = None, env: Mapping[str, str] | None = N
                 "implement: pass --id N as well"
             )
         instance = 0
+    check_admin_credentials(values)
     if values["backend"] not in ("process", "docker"):
         raise ConfigError(f"--backend must be process or docker, not {values['backend']!r}")
     return InvokerConfig(instance, args.unique_name, args.displayed_name, values)

@@ -6,6 +6,7 @@ state as JSON) and ``/metrics`` (Prometheus text)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import json
 import logging
@@ -160,10 +161,18 @@ class Invoker:
         while not self._stop.is_set():
             if self.enabled:
                 try:
-                    self.producer.send(topic, serialize(PingMessage(self.settings.instance).to_json()))
+                    self.producer.send(topic, serialize(PingMessage(self.instance_now()).to_json()))
                 except Exception as error:  # the broker may be away; keep pinging
                     log.warning("health ping failed: %s", error)
             self._stop.wait(self.settings.ping_interval_s)
+
+    def instance_now(self) -> InvokerInstanceId:
+        """This invoker as pings show it: its GPU sharing tag says whether MPS is down."""
+        instance, gpu = self.settings.instance, self.pool.gpu
+        if gpu is None or gpu.sharing.tag not in instance.tags or gpu.tag() == gpu.sharing.tag:
+            return instance
+        return dataclasses.replace(instance, tags=tuple(gpu.tag() if t == gpu.sharing.tag else t
+                                                        for t in instance.tags))
 
     def set_enabled(self, enabled: bool) -> None:
         if self.enabled and not enabled:

@@ -5,6 +5,8 @@
 #   runtimes/build.sh                 # CPU image from a public python:3.11 base
 #   runtimes/build.sh --local-base    # no registry: debootstrap a Debian base first
 #   runtimes/build.sh --gpu           # also the GPU image (torch wheels bring their CUDA libraries)
+#   runtimes/build.sh --tag dev       # tag the images :dev instead of :latest (a side build for tests,
+#                                     # run with OWGPU_RUNTIME_IMAGE=owgpu/action-python-v3:dev)
 #
 # The GPU image installs torch and onnxruntime-gpu from runtimes/python-gpu/wheelhouse,
 # filled here with `pip download` (the build itself needs no network).
@@ -14,13 +16,15 @@ engine="${CONTAINER_ENGINE:-}"
 base=""
 local_base=0
 gpu=0
+tag=latest
 while [ $# -gt 0 ]; do
   case "$1" in
     --local-base) local_base=1 ;;
     --gpu) gpu=1 ;;
+    --tag) tag="$2"; shift ;;
     --base) base="$2"; shift ;;
     --engine) engine="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -41,8 +45,8 @@ build_args=()
 [ -n "$base" ] && build_args+=(--build-arg "BASE=$base")
 
 t0=$(date +%s)
-"${engine_cmd[@]}" build -q -f "$here/python/Containerfile" -t owgpu/action-python-v3:latest "${build_args[@]}" "$here/python" >/dev/null
-echo "build.sh: owgpu/action-python-v3:latest in $(( $(date +%s) - t0 )) s"
+"${engine_cmd[@]}" build -q -f "$here/python/Containerfile" -t "owgpu/action-python-v3:$tag" "${build_args[@]}" "$here/python" >/dev/null
+echo "build.sh: owgpu/action-python-v3:$tag in $(( $(date +%s) - t0 )) s"
 
 if [ "$gpu" = 1 ]; then
   wheelhouse="$here/python-gpu/wheelhouse"
@@ -55,7 +59,7 @@ if [ "$gpu" = 1 ]; then
   cp -r "$here/python/owruntime" "$here/python-gpu/Containerfile" "$context/"
   cp -r "$wheelhouse" "$context/wheelhouse"
   t0=$(date +%s)
-  "${engine_cmd[@]}" build -q -t owgpu/action-python-v3-gpu:latest "${build_args[@]}" "$context" >/dev/null
+  "${engine_cmd[@]}" build -q -t "owgpu/action-python-v3-gpu:$tag" "${build_args[@]}" "$context" >/dev/null
   rm -rf "$context"
-  echo "build.sh: owgpu/action-python-v3-gpu:latest in $(( $(date +%s) - t0 )) s"
+  echo "build.sh: owgpu/action-python-v3-gpu:$tag in $(( $(date +%s) - t0 )) s"
 fi

@@ -94,7 +94,8 @@ def nvidia_gpu_count() -> int:
         pynvml.nvmlShutdown()
 
 
-RUNTIME_IMAGE = "owgpu/action-python-v3:latest"
+# OWGPU_RUNTIME_IMAGE: test a side build (runtimes/build.sh --tag) without touching :latest.
+RUNTIME_IMAGE = os.environ.get("OWGPU_RUNTIME_IMAGE") or "owgpu/action-python-v3:latest"
 # Set by `./dev test` (and so in CI), where podman is installed and serving: there a missing
 # engine or image is a failure, not a reason to skip.
 REQUIRE_ENGINE_ENV = "OWGPU_REQUIRE_CONTAINER_ENGINE"

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from owruntime.guard import SECRET_HEADER
 from owruntime.resident import HEADER as RESIDENT_HEADER
 from owruntime.resident import Residency, parse_header
 
@@ -73,9 +74,10 @@ class RuntimeClient:
     """Keep-alive HTTP/1.1 client for one action runtime, up to ``max_connections``
     exchanges at once (intra-container concurrency)."""
 
-    def __init__(self, host: str, port: int, max_connections: int = 1) -> None:
+    def __init__(self, host: str, port: int, max_connections: int = 1, secret: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.secret = secret  # the container's caller secret (owruntime.guard), sent on every POST
         self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
         self._closed = False
         self.max_connections = max_connections
@@ -106,6 +108,8 @@ class RuntimeClient:
         start = now_ms()
         deadline = time.monotonic() + timeout_s
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.secret is not None:
+            headers[SECRET_HEADER] = self.secret
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -163,10 +167,11 @@ class RuntimeClient:
 class Container(ABC):
     """One running action runtime. Created by a ``ContainerFactory``."""
 
-    def __init__(self, container_id: str, spec: ContainerSpec, host: str, port: int) -> None:
+    def __init__(self, container_id: str, spec: ContainerSpec, host: str, port: int,
+                 secret: str | None = None) -> None:
         self.id = container_id
         self.spec = spec
-        self.client = RuntimeClient(host, port)
+        self.client = RuntimeClient(host, port, secret=secret)
         self.logs = LogBuffer()
         self.residency = Residency()  # as last reported by the runtime
         self._resident_header: str | None = None

@@ -5,11 +5,17 @@ get the action's memory limit and CPU share, no privileges, no Docker socket,
 labels naming the invoker and the action, and the runtime's port published on
 127.0.0.1 only (or the container network's address when one is configured).
 Logs are read from the container's log stream, one follower per stream.
+
+Tenant isolation (issue 15): no capabilities, a read-only image with size-limited tmpfs
+for ``/tmp`` (where the runtime extracts the action) and ``/action`` (its home), logs
+rotated by size, a network that reaches no other action container (``network.py``), and
+a random secret per container that the project's runtime asks of every /init and /run.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from typing import Any
@@ -17,6 +23,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Ulimit
+from owruntime.guard import MAX_BYTES_ENV, SECRET_ENV
 
 from invoker.containerpool.container import (
     Container,
@@ -25,6 +32,7 @@ from invoker.containerpool.container import (
     ContainerSpec,
     ContainerStartError,
 )
+from invoker.containerpool.network import ActionNetworks, NetworkError, engine_is_podman
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +44,11 @@ IMAGE_RECHECK_S = 30.0
 
 
 class DockerContainer(Container):
-    def __init__(self, handle: Any, spec: ContainerSpec, host: str, port: int) -> None:
-        super().__init__(handle.id[:12], spec, host, port)
+    def __init__(self, handle: Any, spec: ContainerSpec, host: str, port: int, secret: str | None = None,
+                 networks: ActionNetworks | None = None, network: str | None = None) -> None:
+        super().__init__(handle.id[:12], spec, host, port, secret)
         self.handle = handle
+        self._networks, self._network = networks, network  # a network of its own goes with it
         self._gone = threading.Event()
         self._followers = [
             threading.Thread(target=self._follow, args=(name,), daemon=True, name=f"logs-{self.id}-{name}")
@@ -107,6 +117,10 @@ class DockerContainer(Container):
             pass
         except APIError as error:
             log.warning("removing container %s failed: %s", self.id, error)
+        finally:
+            if self._networks is not None and self._network is not None:
+                self._networks.detach(self._network)
+                self._network = None
         self._gone.set()
         self.logs.close()
 
@@ -125,6 +139,9 @@ class DockerContainerFactory(ContainerFactory):
         publish_host: str = "127.0.0.1",
         ulimits: dict[str, tuple[int, int]] | None = None,
         pids_limit: int = 1024,
+        tmpfs_mb: int = 256,
+        log_max_mb: int = 10,
+        storage_mb: int | None = None,
     ) -> None:
         self.name_prefix = name_prefix
         self.api_host = api_host
@@ -135,33 +152,65 @@ class DockerContainerFactory(ContainerFactory):
         # (a cgroup, not an rlimit) is what stops a fork bomb.
         self.ulimits = [Ulimit(name=n, soft=s, hard=h) for n, (s, h) in (ulimits or {}).items()]
         self.pids_limit = pids_limit
+        self.tmpfs_mb = tmpfs_mb  # most for each of /tmp and /action (tmpfs_size_mb); the archive cap too
+        self.log_max_mb = log_max_mb  # per log file, two files kept
+        self.storage_mb = storage_mb  # writable-layer quota: Docker overlay2 on xfs with pquota only
         self._images: dict[str, tuple[bool, float]] = {}  # image -> (present, when checked)
         self._images_lock = threading.Lock()
         try:
             self.client = client or docker.from_env()
         except DockerException as error:
             raise ContainerError(f"no Docker API reachable (set DOCKER_HOST): {error}") from error
+        self.podman = engine_is_podman(self.client)
+        # An operator-chosen network is used as it is; otherwise one that isolates containers.
+        self.networks = None if network else ActionNetworks(
+            self.client, name_prefix, "per-container" if self.podman else "no-icc")
 
     def create(self, spec: ContainerSpec) -> Container:
-        kwargs = self.container_config(spec)
-        handle = None
+        secret = secrets.token_urlsafe(32)
+        handle, network = None, None
         try:
+            if self.networks is not None:
+                network = self.networks.attach(spec.name)
+            kwargs = self.container_config(spec, secret, network)
             handle = self.client.containers.create(**kwargs)
             handle.start()
             handle.reload()
             host, port = self._address(handle)
+        except NetworkError as error:
+            raise ContainerStartError(str(error)) from error
         except ImageNotFound as error:
+            self._forget_network(network)
             raise ContainerStartError(f"image {spec.image} is not on this node: {error}") from error
         except (APIError, DockerException, KeyError, TypeError) as error:
             if handle is not None:  # created but not started: leave nothing behind
                 self._remove(handle)
+            self._forget_network(network)
             raise ContainerStartError(f"docker run {spec.image} failed: {error}") from error
-        return DockerContainer(handle, spec, host, port)
+        return DockerContainer(handle, spec, host, port, secret, self.networks, network)
 
-    def container_config(self, spec: ContainerSpec) -> dict[str, Any]:
+    def tmpfs_size_mb(self, memory_mb: int) -> int:
+        """Size of each tmpfs of a container with ``memory_mb``. tmpfs pages count against the
+        container's memory limit: at half of it, a full tmpfs is ENOSPC, not an OOM kill."""
+        return max(1, min(self.tmpfs_mb, memory_mb // 2))
+
+    def _forget_network(self, network: str | None) -> None:
+        if self.networks is not None and network is not None:
+            self.networks.detach(network)
+
+    def container_config(self, spec: ContainerSpec, secret: str | None = None,
+                         network: str | None = None) -> dict[str, Any]:
         """The ``containers.create`` arguments for ``spec``: limits, privileges, labels,
-        network, and for a GPU container its device request and MPS mounts."""
-        environment = {"__OW_API_HOST": self.api_host, **self.extra_env, **spec.env}
+        network, and for a GPU container its device request and MPS mounts. ``secret``: the
+        caller secret the runtime will ask for; ``network``: the isolating network."""
+        tmpfs_mb = self.tmpfs_size_mb(spec.memory_mb)
+        environment = {"__OW_API_HOST": self.api_host, **self.extra_env, **spec.env,
+                       MAX_BYTES_ENV: str(tmpfs_mb * 1024 * 1024)}  # a zip fails clearly before the disk does
+        if secret is not None:
+            environment[SECRET_ENV] = secret
+        # podman copies the image's directory into a tmpfs and keeps its owner: ``U`` gives it
+        # to the container's user instead (Docker knows no ``U``; mode 1777 does it there).
+        tmpfs = f"rw,nosuid,nodev,size={tmpfs_mb}m" + (",U" if self.podman else ",mode=1777")
         kwargs: dict[str, Any] = dict(
             image=spec.image,
             name=spec.name,
@@ -172,11 +221,15 @@ class DockerContainerFactory(ContainerFactory):
             mem_limit=f"{spec.memory_mb}m",
             memswap_limit=f"{spec.memory_mb}m",
             cpu_shares=spec.cpu_shares,
-            cap_drop=["NET_RAW", "NET_ADMIN"],
+            cap_drop=["ALL"],  # the runtime needs none: it listens on 8080 as an unprivileged user
             security_opt=["no-new-privileges"],
             pids_limit=self.pids_limit,
-            log_config={"type": "json-file"},
+            read_only=True,
+            tmpfs={"/tmp": tmpfs, "/action": tmpfs},
+            log_config={"type": "json-file", "config": {"max-size": f"{self.log_max_mb}m", "max-file": "2"}},
         )
+        if self.storage_mb:
+            kwargs["storage_opt"] = {"size": f"{self.storage_mb}m"}
         if spec.user is not None:
             kwargs["user"] = spec.user
         if self.ulimits:
@@ -184,13 +237,22 @@ class DockerContainerFactory(ContainerFactory):
         if self.network:
             kwargs["network"] = self.network
         else:
+            if network:
+                kwargs["network"] = network
             kwargs["ports"] = {RUNTIME_PORT: (self.publish_host, None)}
         if spec.gpu is not None:
             kwargs["device_requests"] = [DeviceRequest(device_ids=[spec.gpu], capabilities=[["gpu"]])]
+            if spec.gpu.startswith(("GPU-", "MIG-")):
+                # The MPS documentation has clients name their GPU by UUID on multi-GPU nodes (the
+                # process backend does too); an index would not do: inside the container the
+                # GPU is 0. Only a multi-GPU node shows the effect; here the request is checked.
+                environment["CUDA_VISIBLE_DEVICES"] = spec.gpu
         if spec.mounts:
             # MPS clients reach the host's control daemon through its pipe directory and
             # shared memory (gpu-facts §4): bind the directories, share the host IPC namespace.
-            kwargs["volumes"] = {path: {"bind": path, "mode": "rw"} for path in spec.mounts}
+            # Read-only: a client opens the daemon's FIFOs and sockets (allowed on a read-only
+            # mount) but cannot delete or replace them (invoker/gpu/README.md, "Isolation").
+            kwargs["volumes"] = {path: {"bind": path, "mode": "ro"} for path in spec.mounts}
             kwargs["ipc_mode"] = "host"
         return kwargs
 
@@ -245,6 +307,8 @@ class DockerContainerFactory(ContainerFactory):
                 log.info("removed leftover container %s", handle.name)
             except (APIError, NotFound):
                 pass
+        if self.networks is not None:
+            self.networks.cleanup()
 
     def close(self) -> None:
         self.cleanup()

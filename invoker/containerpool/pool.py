@@ -79,6 +79,10 @@ def sanitize(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "", name.replace("/", "_").replace("@", "_"))
 
 
+MSG_MPS_DOWN = ("GPU sharing (MPS) is down on this invoker: it admits no GPU activation until it is back; "
+                "the controller sends GPU work elsewhere meanwhile.")
+
+
 class ContainerPool:
     def __init__(self, factory: ContainerFactory, images: ImageResolver, config: PoolConfig,
                  gpu: GpuLayer | None = None) -> None:
@@ -98,6 +102,8 @@ class ContainerPool:
         self._seq = itertools.count()
         self._stop = threading.Event()
         self._janitor = threading.Thread(target=self._janitor_loop, name="pool-janitor", daemon=True)
+        if gpu is not None:
+            gpu.listeners.append(self._on_mps_change)
         self.cold_starts = 0
         self.prewarm_starts = 0
         self.warm_starts = 0
@@ -223,7 +229,9 @@ class ContainerPool:
 
     def _gpu_refusal(self, action: WhiskAction) -> ActivationResponse | None:
         """Why a GPU action can never run here (bad request, bigger than every GPU), or None."""
-        assert self._ledger is not None
+        assert self._ledger is not None and self.gpu is not None
+        if not self.gpu.admitting():
+            return ActivationResponse.whisk_error(MSG_MPS_DOWN)
         try:
             request = self._gpu_request(action)
         except GpuRequestError as error:
@@ -263,7 +271,7 @@ class ContainerPool:
         ledger = self._ledger
         stems = [
             p for p in self._containers
-            if p.is_prewarm and p.state is State.STARTED and p.gpu is not None
+            if p.is_prewarm and p.state is State.STARTED and p.gpu is not None and not self.gpu.paused(p.gpu.gpu)
             and p.kind == action.kind and p.memory_mb == memory
             and p.gpu == self._placement(p.gpu.gpu, request)  # its MPS limits are the action's
         ]
@@ -274,7 +282,7 @@ class ContainerPool:
             self.prewarm_starts += 1
             self._executor.submit(self._replenish_stem_cells)
             return stem
-        candidates = ledger.candidates(request.memory_mb, loads)
+        candidates = [g for g in ledger.candidates(request.memory_mb, loads) if not self.gpu.paused(g)]
         if not candidates:
             self._evict_gpu(request.memory_mb, loads)
             self.gpu_waits += 1
@@ -484,6 +492,25 @@ class ContainerPool:
                     return
                 job = self._buffer.popleft()
             self._executor.submit(self._execute, placed, job)
+
+    def _on_mps_change(self, up: bool) -> None:
+        """The MPS daemon went down: answer the GPU work waiting here (no GPU takes it now);
+        it came back: start what waits."""
+        if up:
+            self._executor.submit(self._drain)
+            return
+        assert self.gpu is not None
+        if self.gpu.admitting():  # other GPUs (time-sliced) still take it
+            return
+        with self._lock:
+            refused = [j for j in self._buffer if self._is_gpu(j.action)]
+            for job in refused:
+                self._buffer.remove(job)
+        for job in refused:
+            self._fail(job, ActivationResponse.whisk_error(MSG_MPS_DOWN))
+        if refused:
+            log.error("answered %d waiting GPU activations: the MPS daemon is down", len(refused))
+        self._executor.submit(self._drain)  # CPU jobs that waited behind them
 
     def _fail(self, job: Job, response: ActivationResponse) -> None:
         """An activation that never reached a container (start failure, no room)."""

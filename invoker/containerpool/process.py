@@ -4,20 +4,31 @@ tests use to exercise the pool without Docker.
 
 What it cannot give: memory and CPU isolation (limits are only accounted, not
 enforced), pausing keeps the process running (SIGSTOP would break keep-alive
-bookkeeping for nothing), and the environment is shared with the invoker's host.
+bookkeeping for nothing), and any isolation between tenants: every runtime runs as the
+invoker's user, on the invoker's host. It is for one-user machines, and says so at start.
+
+What it does: a runtime's environment is built here from nothing (none of the invoker's,
+whose environment may hold the CouchDB password); the invoker process makes itself
+non-dumpable, so that ``/proc/<invoker>/environ`` and ptrace are closed to other processes
+of its user (root still reads them, and the invoker's files stay readable to its user);
+each runtime asks for its own secret, so a neighbour on loopback cannot call it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from owruntime.guard import SECRET_ENV
 
 from invoker.containerpool.container import (
     Container,
@@ -29,6 +40,22 @@ from invoker.containerpool.container import (
 log = logging.getLogger(__name__)
 
 RUNTIME_SOURCE = Path(__file__).resolve().parents[2] / "runtimes" / "python"
+PR_SET_DUMPABLE = 4  # prctl(2)
+
+
+def start_process_backend() -> None:
+    """What the invoker does once, before it starts runtimes as its children: say that this
+    backend isolates nothing, and close its own ``/proc/<pid>/environ`` to its children."""
+    log.warning("process backend: actions run as this invoker's user on this host; it isolates nothing "
+                "between tenants (no memory, CPU, file or network isolation): for one-user machines only. "
+                "Use --backend docker where tenants share a node.")
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as error:  # not Linux
+        log.warning("process backend: cannot make the invoker non-dumpable (%s): its environment is "
+                    "readable by its actions through /proc", error)
 
 
 def free_loopback_port() -> int:
@@ -38,8 +65,9 @@ def free_loopback_port() -> int:
 
 
 class ProcessContainer(Container):
-    def __init__(self, container_id: str, spec: ContainerSpec, process: subprocess.Popen, port: int) -> None:
-        super().__init__(container_id, spec, "127.0.0.1", port)
+    def __init__(self, container_id: str, spec: ContainerSpec, process: subprocess.Popen, port: int,
+                 secret: str | None = None) -> None:
+        super().__init__(container_id, spec, "127.0.0.1", port, secret)
         self.process = process
         self._readers = [
             threading.Thread(target=self._pump, args=(process.stdout, "stdout"), daemon=True),
@@ -97,7 +125,8 @@ class ProcessContainerFactory(ContainerFactory):
 
     def create(self, spec: ContainerSpec) -> Container:
         port = free_loopback_port()
-        env = {
+        secret = secrets.token_urlsafe(32)
+        env = {  # from nothing: none of the invoker's environment reaches the action
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONIOENCODING": "UTF-8",
@@ -105,6 +134,7 @@ class ProcessContainerFactory(ContainerFactory):
             "__OW_API_HOST": self.api_host,
             **self.extra_env,
             **spec.env,
+            SECRET_ENV: secret,
         }
         if spec.gpu is not None:  # what a GPU device request does for a container
             env["CUDA_VISIBLE_DEVICES"] = spec.gpu
@@ -119,7 +149,7 @@ class ProcessContainerFactory(ContainerFactory):
             )
         except OSError as error:
             raise ContainerStartError(f"cannot start runtime process: {error}") from error
-        container = ProcessContainer(f"{spec.name}-{next(self._seq)}", spec, process, port)
+        container = ProcessContainer(f"{spec.name}-{next(self._seq)}", spec, process, port, secret)
         with self._lock:
             self._live[container.id] = container
         return container

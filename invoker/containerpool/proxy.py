@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from owruntime.guard import split_env
+
 from invoker.containerpool.container import Container, HttpOutcome, now_ms
 from invoker.containerpool.logs import (
     COLLECTION_ISSUE,
@@ -192,7 +194,7 @@ class ContainerProxy:
         }
         if action.code is not None:
             payload["code"] = action.code
-        env = dict(job.init_env)
+        env, _ = split_env(job.init_env)  # no GPU/MPS or runtime variable: set at creation (stock images too)
         env.update(self._context(job, prefix=True))
         payload["env"] = env
         return payload

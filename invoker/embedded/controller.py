@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,10 @@ class AckRecord:
         return [a for a in self.acks if isinstance(a, CompletionMessage | CombinedCompletionAndResultMessage)]
 
 
+# Pings come once a second per invoker: the last quarter of an hour of them.
+KEEP_PINGS = 1000
+
+
 class AckTimeout(TimeoutError):
     pass
 
@@ -80,9 +84,9 @@ class EmbeddedController:
     """Publishes activations and collects acks and pings (one ``completed{C}`` reader)."""
 
     def __init__(self, kafka: KafkaSettings, controller_id: str = "0", identity: Identity | None = None,
-                 keep_acks: int | None = None) -> None:
+                 keep_acks: int | None = None, keep_pings: int = KEEP_PINGS) -> None:
         self.kafka = kafka
-        # A long-running controller (standalone mode) keeps only the newest acks.
+        # A long-running controller (standalone mode) keeps only the newest acks and pings.
         self.keep_acks = keep_acks
         self.controller = ControllerInstanceId(controller_id)
         self.identity = identity or new_identity()
@@ -95,7 +99,8 @@ class EmbeddedController:
                                        max_request_size=4 * 1024 * 1024, metrics_enabled=False, **kafka.extra)
         self._acks: dict[str, AckRecord] = defaultdict(AckRecord)
         self._by_transid: dict[str, AckRecord] = defaultdict(AckRecord)
-        self.pings: list[PingMessage] = []
+        self.pings: deque[PingMessage] = deque(maxlen=keep_pings)  # the newest, oldest first
+        self.ping_count = 0  # every ping read, also those the window no longer holds
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._readers = [
@@ -168,6 +173,7 @@ class EmbeddedController:
 
         with self._cond:
             self.pings.append(PingMessage.from_json(json.loads(value)))
+            self.ping_count += 1
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ publishing
@@ -244,7 +250,8 @@ class EmbeddedController:
         return record
 
     def wait_for_ping(self, timeout_s: float = 30.0, after: int = 0) -> PingMessage:
-        ping = self._await(lambda: len(self.pings) > after and self.pings[-1], timeout_s)
+        """The newest ping once more than ``after`` pings were read in all (``ping_count``)."""
+        ping = self._await(lambda: self.ping_count > after and self.pings[-1], timeout_s)
         if ping is None:
             raise AckTimeout("no ping")
         return ping

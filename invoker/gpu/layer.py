@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from invoker.gpu.mps import (
 
 log = logging.getLogger(__name__)
 
-PREWARM_ENV = "OW_GPU_PREWARM"  # read by the runtime: modules to import and warm before it is ready
+PREWARM_ENV = "OW_GPU_PREWARM"
+MPS_DOWN_TAG = "gpu-mps-down"  # pinged instead of gpu-mps while the daemon is down: admit no GPU work here  # read by the runtime: modules to import and warm before it is ready
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class GpuLayer:
         self.daemon_problem: str | None = None  # why the daemon is not answering, while it is not
         self.daemon_restarts = 0
         self._owns_daemon = daemon is not None and daemon.started_here  # else: adopted, its owner restarts it
+        # Called with daemon_up whenever it changes (the pool answers the GPU work it holds).
+        self.listeners: list[Callable[[bool], None]] = []
         self._stopped = threading.Event()
         self._watchdog: threading.Thread | None = None
         if daemon is not None and settings.mps_check_interval_s > 0:
@@ -82,6 +86,15 @@ class GpuLayer:
               control: str = CONTROL_BINARY, mps_dir: Path = Path("/run/openwhisk-gpu-mps")) -> GpuLayer:
         sharing, daemon = start_sharing(inventory, mps_mode, control, mps_dir / "pipe", mps_dir / "log",
                                         settings.mps_client_uid)
+        if daemon is not None:
+            # With CUDA_VISIBLE_DEVICES the daemon sees its GPUs renumbered from 0, in that order.
+            shared = [d for d in inventory.devices if sharing.mps_on(d.index)]
+            numbered = enumerate(shared) if daemon.visible_devices else ((d.index, d) for d in shared)
+            ceilings = {n: max(1, d.memory_total_mb - settings.reserved_mb) for n, d in numbered}
+            try:
+                daemon.set_memory_ceilings(ceilings)
+            except MpsError as error:  # an older daemon: the per-client limits still apply
+                log.warning("MPS: no server-side memory ceiling: %s", error)
         return cls(inventory, sharing, settings, daemon)
 
     def stop(self) -> None:
@@ -104,8 +117,8 @@ class GpuLayer:
             return False
         if daemon.running():
             if not self.daemon_up:
-                log.warning("MPS control daemon on %s answers again", daemon.pipe_dir)
-            self.daemon_up, self.daemon_problem = True, None
+                log.warning("MPS control daemon on %s answers again: admitting GPU work", daemon.pipe_dir)
+            self._set_up(True, None)
             return True
         if self._owns_daemon:
             daemon.started_here = False  # until start() says so (it adopts one someone else started meanwhile)
@@ -115,16 +128,35 @@ class GpuLayer:
                 problem = f"MPS control daemon died and did not start again: {error}"
             else:
                 self.daemon_restarts += 1
-                log.error("MPS control daemon on %s had died: started it again (GPU containers started "
-                          "meanwhile ran without MPS limits)", daemon.pipe_dir)
-                self.daemon_up, self.daemon_problem = True, None
+                log.error("MPS control daemon on %s had died: started it again", daemon.pipe_dir)
+                self._set_up(True, None)
                 return True
         else:
             problem = f"MPS control daemon on {daemon.pipe_dir} (not started by this invoker) does not answer"
         if self.daemon_up or problem != self.daemon_problem:
-            log.error("%s: GPU containers started now run without MPS (no memory or SM limit)", problem)
-        self.daemon_up, self.daemon_problem = False, problem
+            # A client that finds no daemon runs without MPS, without limits: admit none.
+            log.error("%s: no GPU work is admitted to MPS GPUs until it answers again", problem)
+        self._set_up(False, problem)
         return False
+
+    def _set_up(self, up: bool, problem: str | None) -> None:
+        changed = up != self.daemon_up
+        self.daemon_up, self.daemon_problem = up, problem
+        if changed:
+            for listener in list(self.listeners):
+                listener(up)
+
+    def paused(self, gpu: int) -> bool:
+        """Whether ``gpu`` takes no new GPU work now: it is shared through MPS, whose daemon is down."""
+        return self._mps(gpu) and not self.daemon_up
+
+    def admitting(self) -> bool:
+        """Whether some GPU takes new GPU work now."""
+        return any(not self.paused(d.index) for d in self.inventory.devices)
+
+    def tag(self) -> str:
+        """The resource tag pings carry now."""
+        return self.sharing.tag if self.daemon is None or self.daemon_up else MPS_DOWN_TAG
 
     def _watch_daemon(self) -> None:
         while not self._stopped.wait(self.settings.mps_check_interval_s):

@@ -147,6 +147,17 @@ class MpsDaemon:
         self.started_here = True
         log.info("MPS control daemon started (pipe %s, log %s)", self.pipe_dir, self.log_dir)
 
+    def set_memory_ceilings(self, ceilings_mb: dict[int, int]) -> None:
+        """Server-side device memory limits, per device index as the daemon sees it: a client's
+        own ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` can only lower them (NVIDIA MPS docs). They are
+        one value for every client of a server (all GPU containers: one UID), so they are a
+        ceiling, not the per-container limit, and apply to servers started after this."""
+        for device, limit_mb in sorted(ceilings_mb.items()):
+            done = self._command(f"set_default_device_pinned_mem_limit {device} {limit_mb}M")
+            if done.returncode != 0:
+                raise MpsError(f"{self.control} set_default_device_pinned_mem_limit failed: "
+                               f"{(done.stderr or done.stdout).strip()}")
+
     def stop(self) -> None:
         """``quit`` a daemon this invoker started; one it adopted is left running."""
         if not self.started_here:

@@ -15,6 +15,7 @@ Routes (``{ns}`` is ``_`` or the guest namespace)::
     POST   /api/v1/namespaces/{ns}/actions/{name}        invoke (blocking, result, timeout)
     GET    /api/v1/namespaces/{ns}/activations           list (skip, limit, name, since, upto, docs)
     GET    /api/v1/namespaces/{ns}/activations/{id}      get; .../result; .../logs
+    GET    /api/v1/namespaces/{ns}/{packages,triggers,rules}   [] (none here); a PUT is refused (501)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from invoker.standalone.entities import (
 )
 from invoker.standalone.errors import ApiError
 from invoker.standalone.platform import MAX_BLOCKING_WAIT_MS, Platform, new_transid
+from invoker.store.database import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ class RestApi:
             return self._activations(request, tail)
         if collection in ("packages", "triggers", "rules") and not tail and request.method == "GET":
             return Reply(200, [])  # this standalone mode has none of these
+        if collection in ("packages", "triggers", "rules") and request.method == "PUT":
+            raise ApiError(501, errors.not_supported(collection))
         raise ApiError.not_found()
 
     # ------------------------------------------------------------------ actions
@@ -137,8 +141,10 @@ class RestApi:
             if request.flag("count"):
                 return Reply(200, {"actions": self.platform.count_actions()})
             return Reply(200, self.platform.list_actions(skip, limit))
-        if len(tail) > 1:
-            raise ApiError.not_found()  # actions in packages: no packages here
+        if len(tail) > 1:  # an action in a package: there are no packages here
+            if request.method == "PUT":
+                raise ApiError(501, errors.not_supported("packages"))
+            raise ApiError.not_found()
         name = tail[0]
         if not valid_entity_name(name):
             raise ApiError(400, errors.ENTITY_NAME_ILLEGAL)
@@ -240,6 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = self.server.api.handle(request, self.headers.get("Authorization"))
         except ApiError as error:
             reply = Reply(error.status, {"error": error.message, "code": transid.id}, error.headers)
+        except StoreUnavailable as error:  # e.g. the embedded store's disk is full
+            log.error("request %s %s: %s", self.command, urlsplit(self.path).path, error)
+            reply = Reply(503, {"error": errors.store_unavailable(error), "code": transid.id})
         except Exception:
             log.exception("request %s %s failed", self.command, urlsplit(self.path).path)
             reply = Reply(500, {"error": "There was an internal server error.", "code": transid.id})

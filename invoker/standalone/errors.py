@@ -15,6 +15,15 @@ METHOD_NOT_ALLOWED = "HTTP method not allowed, supported methods: {}"
 MALFORMED = "The request content was malformed:\n{}"
 
 
+def not_supported(collection: str) -> str:
+    return (f"{collection.capitalize()} are not supported by this standalone mode: only actions (and sequences "
+            "of them) in the namespace itself.")
+
+
+def store_unavailable(error: Exception) -> str:
+    return f"The entity and activation store is unavailable; try again later: {error}"
+
+
 def entity_too_big(field: str, size: int, allowed: int) -> str:
     return f"{field} larger than allowed: {size} > {allowed} bytes."
 

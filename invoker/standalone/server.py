@@ -10,7 +10,9 @@ children. Nothing needs to be installed first::
 
 Settings the invoker reads from the environment apply here too: ``CONFIG_whisk_couchdb_*``
 (CouchDB instead of the embedded store), ``INVOKER_EMBEDDED_STORE_DIR`` (keep the
-embedded store on disk), ``KAFKA_HOSTS`` (an external broker), ``RUNTIMES_MANIFEST``.
+embedded store on disk), ``INVOKER_EMBEDDED_ACTIVATIONS_KEEP`` / ``_TTL`` (how many activation
+records the embedded store keeps, and for how long), ``KAFKA_HOSTS`` (an external broker),
+``RUNTIMES_MANIFEST``.
 """
 
 from __future__ import annotations

@@ -6,18 +6,27 @@ It keeps CouchDB's observable behaviour where the invoker depends on it: revisio
 and operations on a database that was never created failing as not found.
 
 Data lives in memory; with a directory, each database is also written to one JSON file
-(atomically, before the call returns) so a standalone invoker keeps it across restarts.
+(atomically, before the call returns) so a standalone invoker keeps it across restarts. A
+write the file cannot take (a full disk) is undone in memory too and raises
+``StoreUnavailable``: memory and disk always hold the same documents.
+
+A database may have a ``Retention`` (standalone mode gives one to the activations database):
+documents beyond a count, or older than an age, are purged, oldest write first, as OpenWhisk's
+activation stores expire records by TTL.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,7 @@ from invoker.store.database import (
     DocumentConflict,
     DocumentNotFound,
     StoreError,
+    StoreUnavailable,
 )
 
 _FORMAT = 1
@@ -35,6 +45,32 @@ _FORMAT = 1
 # revision an in-flight activation names after its action was updated.
 KEEP_REVISIONS = 10
 _RESERVED_PREFIXES = ("_design/", "_local/")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many documents a database keeps, and for how long (``None``: no bound)."""
+
+    max_docs: int | None = None
+    max_age_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ValueError(f"a retention keeps at least one document, not {self.max_docs}")
+        if self.max_age_s is not None and self.max_age_s <= 0:
+            raise ValueError(f"a retention age must be positive, not {self.max_age_s}")
+
+    def describe(self) -> str:
+        kept = [f"newest {self.max_docs} kept" if self.max_docs is not None else "",
+                f"for {_duration(self.max_age_s)}" if self.max_age_s is not None else ""]
+        return ", ".join(k for k in kept if k) or "all kept"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
 
 
 @dataclass(frozen=True)
@@ -76,12 +112,16 @@ def _json_copy(value: Any) -> Any:
 class EmbeddedDatabase:
     """One database of an ``EmbeddedServer``; implements ``database.Database``."""
 
-    def __init__(self, name: str, path: Path | None) -> None:
+    def __init__(self, name: str, path: Path | None, retention: Retention | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self._path = path
+        self.retention = retention
+        self._clock = clock
         self._lock = threading.RLock()
         self._created = False
         self._docs: dict[str, list[_Revision]] = {}  # oldest first; the last one is current
+        self._written: dict[str, float] = {}  # each document's last write (epoch s), oldest first
         if path is not None and path.exists():
             self._load(path)
 
@@ -94,11 +134,12 @@ class EmbeddedDatabase:
     def ensure_exists(self) -> None:
         with self._lock:
             if not self._created:
-                self._created = True
-                self._save()
+                with self._durable():
+                    self._created = True
 
     def get(self, docid: str, rev: str | None = None) -> dict:
         with self._lock:
+            self._expire()
             revision = self._revision(docid, rev)
             if revision.deleted:
                 # CouchDB answers a request for a tombstone revision with the tombstone.
@@ -108,11 +149,13 @@ class EmbeddedDatabase:
     def exists(self, docid: str) -> bool:
         with self._lock:
             self._check_created()
+            self._expire()
             current = self._current(docid)
             return current is not None and not current.deleted
 
     def get_attachment(self, docid: str, name: str, rev: str | None = None) -> bytes:
         with self._lock:
+            self._expire()
             revision = self._revision(docid, rev)
             attachment = revision.attachments.get(name)
             if revision.deleted or attachment is None:
@@ -122,9 +165,8 @@ class EmbeddedDatabase:
     def put(self, doc: dict) -> str:
         with self._lock:
             self._check_created()
-            rev = self._write(doc)
-            self._save()
-            return rev
+            with self._durable():
+                return self._write(doc)
 
     def put_attachment(self, docid: str, rev: str, name: str, data: bytes, content_type: str) -> str:
         with self._lock:
@@ -137,8 +179,8 @@ class EmbeddedDatabase:
             attachments[name] = _Attachment(content_type, bytes(data), _md5_digest(data), generation)
             new = _Revision(self._next_rev(current, current.body, False, attachments), current.body,
                             False, attachments)
-            self._append(docid, new)
-            self._save()
+            with self._durable():
+                self._append(docid, new)
             return new.rev
 
     def delete(self, docid: str, rev: str) -> None:
@@ -147,34 +189,38 @@ class EmbeddedDatabase:
             if self._current(docid) is None:
                 raise DocumentNotFound(f"{self.name}/{docid}: missing")
             # On a deleted document CouchDB answers 409: the tombstone is the current revision.
-            self._write({"_id": docid, "_rev": rev, "_deleted": True})
-            self._save()
+            with self._durable():
+                self._write({"_id": docid, "_rev": rev, "_deleted": True})
 
     def bulk_put(self, docs: list[dict]) -> list[BulkResult]:
+        """Per-document results, as ``_bulk_docs``; a batch the disk cannot take is undone whole
+        (StoreUnavailable), as the one file write it is."""
         with self._lock:
             self._check_created()
-            results: list[BulkResult] = []
-            for doc in docs:
-                docid = doc.get("_id") or uuid.uuid4().hex
-                try:
-                    rev = self._write({**doc, "_id": docid})
-                except DocumentConflict:
-                    results.append(BulkResult(id=docid, ok=False, conflict=True,
-                                              error="conflict: Document update conflict"))
-                except StoreError as error:
-                    results.append(BulkResult(id=docid, ok=False, error=str(error)))
-                else:
-                    results.append(BulkResult(id=docid, ok=True, rev=rev))
-            # One file write for the whole batch, like one _bulk_docs request.
-            if any(r.ok for r in results):
-                self._save()
-            return results
+            with self._durable():
+                return self._bulk_write(docs)
+
+    def _bulk_write(self, docs: list[dict]) -> list[BulkResult]:
+        results: list[BulkResult] = []
+        for doc in docs:
+            docid = doc.get("_id") or uuid.uuid4().hex
+            try:
+                rev = self._write({**doc, "_id": docid})
+            except DocumentConflict:
+                results.append(BulkResult(id=docid, ok=False, conflict=True,
+                                          error="conflict: Document update conflict"))
+            except StoreError as error:
+                results.append(BulkResult(id=docid, ok=False, error=str(error)))
+            else:
+                results.append(BulkResult(id=docid, ok=True, rev=rev))
+        return results
 
     def all_docs(self, include_docs: bool = False, limit: int | None = None,
                  descending: bool = False, startkey: str | None = None,
                  endkey: str | None = None) -> list[dict]:
         with self._lock:
             self._check_created()
+            self._expire()
             # _all_docs collates doc ids by code point (CouchDB's raw collation).
             ids = sorted((i for i, revs in self._docs.items() if not revs[-1].deleted),
                          reverse=descending)
@@ -298,6 +344,46 @@ class EmbeddedDatabase:
         revisions = self._docs.setdefault(docid, [])
         revisions.append(revision)
         del revisions[:-KEEP_REVISIONS]
+        self._written.pop(docid, None)
+        self._written[docid] = self._clock()
+
+    # ------------------------------------------------------------------ retention
+
+    def _expire(self) -> None:
+        """Purge what the retention no longer keeps, oldest write first. On a read the purge
+        is not saved (the next write saves it): a restart reads the same write times and
+        purges the same documents again."""
+        if self.retention is None:
+            return
+        max_docs, max_age_s = self.retention.max_docs, self.retention.max_age_s
+        oldest_kept = self._clock() - max_age_s if max_age_s is not None else None
+        while self._written:
+            docid, written = next(iter(self._written.items()))
+            too_many = max_docs is not None and len(self._written) > max_docs
+            too_old = oldest_kept is not None and written < oldest_kept
+            if not (too_many or too_old):
+                break
+            del self._written[docid]
+            del self._docs[docid]
+
+    @contextlib.contextmanager
+    def _durable(self) -> Iterator[None]:
+        """Apply a change in memory, then on disk; if the disk refuses it (full, read-only),
+        undo it in memory too, so both keep holding the same documents."""
+        if self._path is None:
+            yield
+            self._expire()
+            return
+        # Revisions are immutable: copying the lists is enough to restore them.
+        docs = {docid: list(revisions) for docid, revisions in self._docs.items()}
+        written, created = dict(self._written), self._created
+        yield
+        self._expire()
+        try:
+            self._save()
+        except OSError as error:
+            self._docs, self._written, self._created = docs, written, created
+            raise StoreUnavailable(f"{self.name}: cannot write {self._path}: {error}") from error
 
     # ------------------------------------------------------------------ persistence
 
@@ -317,7 +403,7 @@ class EmbeddedDatabase:
                     atts[name] = {"content_type": a.content_type, "digest": a.digest, "revpos": a.revpos}
                 out.append({"rev": r.rev, "deleted": r.deleted, "body": r.body, "attachments": atts})
             docs[docid] = out
-        state = {"format": _FORMAT, "name": self.name, "docs": docs, "blobs": blobs}
+        state = {"format": _FORMAT, "name": self.name, "docs": docs, "blobs": blobs, "written": self._written}
         directory = self._path.parent
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
         try:
@@ -348,11 +434,17 @@ class EmbeddedDatabase:
                 )
                 for r in revisions
             ]
+        # Files written before retention existed have no write times: count them as new now.
+        now = self._clock()
+        written = state.get("written", {})
+        self._written = {docid: float(written.get(docid, now)) for docid in self._docs}
+        self._written = dict(sorted(self._written.items(), key=lambda item: item[1]))
         self._created = True
 
     def _drop(self) -> None:
         with self._lock:
             self._docs.clear()
+            self._written.clear()
             self._created = False
             if self._path is not None:
                 self._path.unlink(missing_ok=True)
@@ -365,8 +457,11 @@ class EmbeddedServer:
     of one process sees the same data.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, directory: str | os.PathLike[str] | None = None,
+                 retention: dict[str, Retention] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory) if directory is not None else None
+        self._retention = dict(retention or {})  # by database name
+        self._clock = clock
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -383,7 +478,8 @@ class EmbeddedServer:
         with self._lock:
             db = self._databases.get(name)
             if db is None:
-                db = self._databases[name] = EmbeddedDatabase(name, self._file(name))
+                db = self._databases[name] = EmbeddedDatabase(name, self._file(name), self._retention.get(name),
+                                                              self._clock)
             return db
 
     def delete_database(self, name: str) -> None:

@@ -246,8 +246,19 @@ class EntityStore:
                 if attempt == attempts - 1:
                     raise
         if attachment is not None:
-            rev = self.db.put_attachment(docid, rev, attachment, data, content_type)
+            try:
+                rev = self.db.put_attachment(docid, rev, attachment, data, content_type)
+            except StoreError:
+                if "_rev" not in new:  # a new action: take back its code-less document
+                    self._undo_create(docid, rev)
+                raise
         return rev
+
+    def _undo_create(self, docid: str, rev: str) -> None:
+        try:
+            self.db.delete(docid, rev)
+        except StoreError as error:
+            log.error("action %s is stored without its code (%s); delete it and create it again", docid, error)
 
     def delete_action(self, docid: str, rev: str | None = None) -> None:
         """Delete an action (its latest revision unless ``rev`` is given)."""

@@ -185,7 +185,10 @@ def test_a_gpu_container_asks_for_its_gpu_and_the_mps_directories(factory):
     config = factory.container_config(gpu_spec)
     (request,) = config["device_requests"]
     assert request["DeviceIDs"] == ["GPU-1234"] and request["Capabilities"] == [["gpu"]]
-    assert config["volumes"] == {p: {"bind": p, "mode": "rw"} for p in gpu_spec.mounts}
+    assert config["environment"]["CUDA_VISIBLE_DEVICES"] == "GPU-1234"
+    by_index = factory.container_config(dataclasses.replace(gpu_spec, gpu="3"))  # a declared GPU: no UUID
+    assert "CUDA_VISIBLE_DEVICES" not in by_index["environment"]  # in the container it is not GPU 3
+    assert config["volumes"] == {p: {"bind": p, "mode": "ro"} for p in gpu_spec.mounts}  # tests/isolation
     assert config["ipc_mode"] == "host"
     assert config["environment"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
     assert "user" not in config  # the image's user unless the GPU layer says otherwise
@@ -194,29 +197,29 @@ def test_a_gpu_container_asks_for_its_gpu_and_the_mps_directories(factory):
     # Everything a CPU container gets, a GPU container gets too.
     for key in ("mem_limit", "cap_drop", "security_opt", "pids_limit", "labels", "ports"):
         assert key in config
-    assert config["mem_limit"] == "2048m" and config["cap_drop"] == ["NET_RAW", "NET_ADMIN"]
+    assert config["mem_limit"] == "2048m" and config["cap_drop"] == ["ALL"]
 
 
 MPS_CLIENT = r"""
 import os
 def main(args):
-    # What an MPS client in a container needs: the pipe directory writable as its user, and
-    # the host's shared memory (IPC namespace).
-    probe = os.path.join(args["pipe"], "written-by-client")
-    with open(probe, "w") as f:
-        f.write(str(os.getuid()))
-    return {"uid": os.getuid(), "gid": os.getgid(), "ipc": os.readlink("/proc/self/ns/ipc")}
+    # What an MPS client in a container needs: the pipe directory (read-only: it opens the
+    # daemon's pipes, tests/isolation), and the host's shared memory (IPC namespace).
+    with open(os.path.join(args["pipe"], "written-by-host")) as f:
+        seen = f.read()
+    return {"uid": os.getuid(), "gid": os.getgid(), "ipc": os.readlink("/proc/self/ns/ipc"), "seen": seen}
 """
 
 
 def test_a_gpu_container_under_mps_runs_as_the_mps_user_with_the_directories(factory, tmp_path, docker_client):
-    """Run for real: user forced over the image's, the MPS directories bound and writable,
+    """Run for real: user forced over the image's, the MPS directories bound (read-only),
     the host IPC namespace. (No GPU is asked for here: podman ignores device requests.)"""
     pipe, logs = tmp_path / "pipe", tmp_path / "log"
     for directory in (pipe, logs):
         directory.mkdir()
         os.chown(directory, 10002, -1)  # what the GPU layer does (tests/gpu), as another uid than the image's
     tmp_path.chmod(0o755)
+    (pipe / "written-by-host").write_text("from the host")
     mps_spec = ContainerSpec(name=f"{factory.name_prefix}_{uuid.uuid4().hex[:6]}", kind="python:3-gpu",
                              image=RUNTIME_IMAGE, memory_mb=192, cpu_shares=256, labels={"action": "guest_mps"},
                              mounts=(str(pipe), str(logs)), user="10002:10002")
@@ -224,8 +227,7 @@ def test_a_gpu_container_under_mps_runs_as_the_mps_user_with_the_directories(fac
     try:
         seen = init_and_run(container, MPS_CLIENT, {"pipe": str(pipe)})
         assert (seen["uid"], seen["gid"]) == (10002, 10002)
-        assert (pipe / "written-by-client").read_text() == "10002"
-        assert (pipe / "written-by-client").stat().st_uid == 10002
+        assert seen["seen"] == "from the host"
         assert seen["ipc"] == os.readlink("/proc/self/ns/ipc")  # the host's, shared with the MPS server
         assert docker_client.api.inspect_container(container.id)["Config"]["User"] == "10002:10002"
     finally:

@@ -5,7 +5,8 @@ without a GPU. It is not MPS: it only imitates the control program's interface.
   ``$CUDA_MPS_PIPE_DIRECTORY/fake-control.pid`` and a line in ``$CUDA_MPS_LOG_DIRECTORY/control.log``;
   with a file ``FAKE_FAIL`` in the log directory it fails the way a daemon without a GPU does.
 * Without arguments it reads one command on stdin, like the real program: ``get_server_list``
-  succeeds while the daemon lives, ``quit`` stops it; with no daemon, both fail (status 1).
+  succeeds while the daemon lives, ``quit`` stops it; with no daemon, both fail (status 1);
+  ``set_default_*`` commands are accepted (recorded only).
 Every call is appended to ``$CUDA_MPS_LOG_DIRECTORY/calls.log``.
 The real daemon is exercised by the ``gpu``-marked tests.
 """
@@ -54,7 +55,7 @@ def main() -> int:
     if pid is None:
         print("Cannot find MPS control daemon process", file=sys.stderr)
         return 1
-    if command == "get_server_list":
+    if command == "get_server_list" or command.startswith("set_default_"):
         return 0
     if command == "quit":
         os.kill(pid, signal.SIGTERM)

@@ -184,3 +184,27 @@ def test_without_mps_the_error_is_the_frameworks_own(runtime):
     _, body, _ = request(port, "POST", "/run", {"value": {"oom": True}})
     assert body["error"] == ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
                              "79.1 GiB")
+
+
+@pytest.mark.parametrize("text", [
+    # onnxruntime's CUDA arena: the device is not named
+    "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
+    "Name:'/conv1/Conv' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 void* "
+    "onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, "
+    "onnxruntime::WaitNotificationFn) Failed to allocate memory for requested buffer of size 8388608000",
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "CUDA failure 2: out of memory ; GPU=0 ; hostname=h ; expr=cudaMalloc((void**)&p, size);",
+    "CUDA out of memory. Tried to allocate 2.00 GiB",
+])
+def test_the_frameworks_gpu_out_of_memory_texts_are_recognised(text):
+    from owruntime.gpu_errors import is_gpu_oom
+
+    assert is_gpu_oom(RuntimeError(text), text)
+
+
+def test_other_errors_are_not_taken_for_a_gpu_out_of_memory():
+    from owruntime.gpu_errors import is_gpu_oom
+
+    for text in ("asked to fail", "CUDA error: an illegal memory access was encountered",
+                 "Failed to allocate memory for the file cache"):
+        assert not is_gpu_oom(RuntimeError(text), text), text

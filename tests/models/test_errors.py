@@ -71,3 +71,15 @@ def test_cuda_without_a_gpu(zoo):
 def test_bad_mode():
     with pytest.raises(ValueError, match="mode must be one of"):
         load(torch.nn.Linear(2, 2), mode="fast", cache=None)
+
+
+def test_an_onnx_session_that_falls_back_to_the_cpu_is_refused(zoo):
+    """onnxruntime runs on the CPU, with a log line only, when the CUDA provider it was given
+    cannot start (here: a CPU-only onnxruntime; on a GPU node: missing CUDA/cuDNN libraries)."""
+    from owruntime.models.devices import CUDA_PROVIDER_OPTIONS
+    from owruntime.models.onnx_loader import _session
+
+    providers = [("CUDAExecutionProvider", {**CUDA_PROVIDER_OPTIONS, "device_id": 0}), "CPUExecutionProvider"]
+    with pytest.raises(DeviceUnavailableError, match="could not start CUDAExecutionProvider .*CPUExecutionProvider"):
+        _session(zoo["resnet"].onnx, None, providers)
+    assert _session(zoo["resnet"].onnx, None, ["CPUExecutionProvider"]).get_providers() == ["CPUExecutionProvider"]

@@ -41,6 +41,7 @@ def test_torch_pipelined_on_cuda_matches_plain_on_cuda(zoo, name, batch):
         assert model._copier.stream != torch.cuda.current_stream()  # copies on a side stream
         assert all(isinstance(h, torch.cuda.Event) for h in model._handles)
         assert all(t.host.is_pinned() for t in model.host.tensors)
+        assert model.host.pinned is not None and model.host.pinned.is_pinned()  # one pinned buffer
         got = model(*spec.inputs(batch))  # CPU inputs: moved by the model
         assert got.device.type == "cuda"
         torch.cuda.synchronize()

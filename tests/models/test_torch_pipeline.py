@@ -99,3 +99,74 @@ def test_close_puts_the_host_weights_back_and_a_module_loads_once_at_a_time():
     ptrs = [p.data_ptr() for p in module.parameters()]
     assert ptrs == [t.host.data_ptr() for t in host.tensors]
     TorchModel(host, CPU, mode="plain").close()
+
+
+def test_a_failed_first_call_still_waits_for_every_unit_before_later_calls():
+    """A first call that raises (a bad input shape) at unit 0 must not leave units 1..7 unwaited:
+    the next call would read weights the copier is still writing (CPU copier stand-in: slow link)."""
+    module = _chain(8)
+    x = torch.randn(4, 256)
+    with torch.inference_mode():
+        expected = module(x)
+    copier = ThreadCopier(bandwidth=256 * 257 * 4 / 0.05)  # 0.05 s per unit: 0.4 s in all
+    model = TorchModel(HostModule(module, pin=False), CPU, mode="pipelined", copier=copier)
+    try:
+        model(torch.randn(4, 100))  # wrong width: fails in the first Linear
+    except RuntimeError as error:
+        assert "shapes cannot be multiplied" in str(error)
+    else:
+        raise AssertionError("a bad input shape was accepted")
+    assert model._waited == set(range(8))
+    assert all(h.is_set() for h in model._handles)
+    torch.testing.assert_close(model(x), expected)
+    model.close()
+
+
+def test_a_failed_partitioned_first_call_still_installs_the_device_weights():
+    """With a CPU/device cut, the first call runs the first units on the host weights; whatever
+    happens to it, later calls must run on the device copies (on a GPU: else a device mismatch)."""
+    module = _chain(4)
+    host = HostModule(module, pin=False)
+    copier = ThreadCopier(bandwidth=256 * 257 * 4 / 0.05)
+    model = TorchModel(host, CPU, mode="pipelined", cut=2, copier=copier)
+    try:
+        model(torch.randn(4, 100))
+    except RuntimeError:
+        pass
+    device_ptrs = {v.data_ptr() for v in model._values}
+    assert {p.data_ptr() for p in module.parameters()} == device_ptrs
+    model.close()
+
+
+def test_pinned_weights_are_views_of_one_buffer_allocated_once():
+    """Pinning takes one host allocation per model, not one per weight (torch rounds each pinned
+    block up to a power of two). FAKE pinned allocator stand-in: plain host bytes, counted
+    (pinning itself needs a CUDA driver)."""
+    torch.manual_seed(5)
+    module = nn.Sequential(nn.Linear(100, 30), nn.BatchNorm1d(30), nn.Linear(30, 7, bias=False)).eval()
+    module[1].running_mean.uniform_()
+    x = torch.randn(3, 100)
+    with torch.inference_mode():
+        expected = module(x)
+    originals = [t.detach().clone() for t in module.state_dict().values()]
+    sizes: list[int] = []
+
+    def fake_pinned(nbytes: int) -> torch.Tensor:
+        sizes.append(nbytes)
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    host = HostModule(module, pin=True, allocate=fake_pinned)
+    assert len(sizes) == 1 and host.pinned is not None
+    weights = sum(t.host.nbytes for t in host.tensors)
+    assert weights <= sizes[0] < weights + 256 * len(host.tensors)  # aligned, not rounded up
+    base = host.pinned.data_ptr()
+    for t in host.tensors:
+        assert t.host.untyped_storage().data_ptr() == base  # a view of the one buffer
+        assert (t.host.data_ptr() - base) % 256 == 0
+    staged = [v.detach() for v in module.state_dict().values()]
+    for got, want in zip(staged, originals, strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)  # num_batches_tracked: int64
+    assert host.pin_seconds > 0
+    model = TorchModel(host, CPU, mode="pipelined", copier=ThreadCopier(bandwidth=1e8))
+    torch.testing.assert_close(model(x), expected)
+    model.close()

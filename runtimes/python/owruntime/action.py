@@ -27,7 +27,7 @@ import tempfile
 import traceback
 import zipfile
 
-from . import gpu_errors, logs
+from . import gpu_errors, guard, logs
 
 # Exact texts of today's ActionLoop Python runtime.
 MSG_INIT_TWICE = "Cannot initialize the action more than once."
@@ -114,6 +114,7 @@ class ActionRuntime:
 
     def __init__(self, base_dir: str | None = None) -> None:
         self.base_dir = base_dir  # where per-action working directories are created
+        self.caps = guard.ArchiveCaps.from_env()  # read before any /init could change the environment
         self.initialized = False
         self.main = None  # the callable, None before init or after sys.exit in a run
         self.workdir: str | None = None
@@ -132,6 +133,9 @@ class ActionRuntime:
             return 400, error_body(str(ex))
         if code == "":
             return 403, error_body(MSG_NO_CODE)
+        env, dropped = guard.split_env(env)
+        if dropped:  # the invoker set these at creation: GPU device and limits, runtime settings
+            logs.error(f"owruntime: init parameters ignored, the invoker sets them: {', '.join(dropped)}")
         try:
             for key, value in env.items():
                 os.environ[key] = env_string(value)
@@ -160,7 +164,7 @@ class ActionRuntime:
         workdir = tempfile.mkdtemp(prefix="owaction-", dir=self.base_dir)
         modules_before = set(sys.modules)
         try:
-            entry = _prepare(payload, workdir)
+            entry = _prepare(payload, workdir, self.caps)
             # compile first: a syntax error is a "build" failure in ActionLoop (bin/compile)
             with open(entry, "rb") as f:
                 source = f.read()
@@ -306,7 +310,7 @@ def _parse_init(body: bytes):
     return code, main_name, binary, env
 
 
-def _prepare(payload: bytes, workdir: str) -> str:
+def _prepare(payload: bytes, workdir: str, caps: guard.ArchiveCaps) -> str:
     """Write or extract the code into ``workdir``; return the entry file.
 
     Like ActionLoop: a zip or a gzipped tar is extracted; any other content (text, or binary that
@@ -314,9 +318,9 @@ def _prepare(payload: bytes, workdir: str) -> str:
     ``main__.py`` (an archive prebuilt with ActionLoop's ``-compile``).
     """
     if zipfile.is_zipfile(io.BytesIO(payload)):
-        _extract_zip(payload, workdir)
+        _extract_zip(payload, workdir, caps)
     elif payload[:2] == b"\x1f\x8b":  # gzip: a tar.gz, like the Go proxy's UnTar
-        _extract_tar_gz(payload, workdir)
+        _extract_tar_gz(payload, workdir, caps)
     else:
         entry = os.path.join(workdir, MODULE_NAME + ".py")
         with open(entry, "wb") as f:
@@ -334,18 +338,26 @@ def _prepare(payload: bytes, workdir: str) -> str:
     return entry
 
 
-def _extract_tar_gz(payload: bytes, workdir: str) -> None:
+def _extract_tar_gz(payload: bytes, workdir: str, caps: guard.ArchiveCaps) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as archive:
+            caps.check(member.size for member in archive)  # reads the headers only; sizes are exact
             if hasattr(tarfile, "tar_filter"):  # 3.11.4+: no paths outside workdir, no devices
                 archive.extractall(workdir, filter="tar")
             else:
                 archive.extractall(workdir)
+    except guard.ArchiveTooLarge as ex:
+        raise _too_large(ex) from None
     except (tarfile.TarError, OSError, EOFError) as ex:
         raise InitFailure(MSG_BUILD_FAILED, f"Cannot extract the archive: {ex}") from None
 
 
-def _extract_zip(payload: bytes, workdir: str) -> None:
+def _too_large(ex: guard.ArchiveTooLarge) -> InitFailure:
+    message = f"Cannot extract the action's archive: {ex}"
+    return InitFailure(message, message)
+
+
+def _extract_zip(payload: bytes, workdir: str, caps: guard.ArchiveCaps) -> None:
     """Extract with ``zipfile``'s path sanitising, keeping Unix modes and symlinks (virtualenvs
     contain both), like the Go proxy's ``Unzip``. Symlinks are made last, so that no file is
     written through one."""
@@ -353,6 +365,7 @@ def _extract_zip(payload: bytes, workdir: str) -> None:
     links = []
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            caps.check(info.file_size for info in archive.infolist())
             for info in archive.infolist():
                 mode = (info.external_attr >> 16) & 0xFFFF if info.create_system == 3 else 0
                 if stat.S_ISLNK(mode):
@@ -361,6 +374,8 @@ def _extract_zip(payload: bytes, workdir: str) -> None:
                 path = archive.extract(info, root)
                 if mode and not info.is_dir():
                     os.chmod(path, stat.S_IMODE(mode) | stat.S_IRUSR | stat.S_IWUSR)
+    except guard.ArchiveTooLarge as ex:
+        raise _too_large(ex) from None
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as ex:
         raise InitFailure(MSG_BUILD_FAILED, f"Cannot extract the zip file: {ex}") from None
     for name, target in links:

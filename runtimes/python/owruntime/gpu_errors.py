@@ -12,15 +12,23 @@ import os
 
 LIMIT_ENV = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
 
-# How torch, onnxruntime's CUDA provider and the CUDA runtime word it.
+# How torch, the CUDA runtime and driver, cuBLAS, cuDNN and onnxruntime's CUDA provider
+# (CUDA_CALL: "CUDA failure 2", cudaErrorMemoryAllocation) word it.
 _OOM_MARKERS = ("CUDA out of memory", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY",
-                "CUBLAS_STATUS_ALLOC_FAILED", "Failed to allocate memory")
+                "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDA failure 2:")
+# onnxruntime's arena does not name the device ("bfc_arena.cc:376 ... BFCArena::AllocateRawInternal
+# ... Failed to allocate memory for requested buffer"); its CPU arena words it alike, but this
+# only explains errors of GPU containers (see explain), where the arena out of room is the GPU's.
+_ARENA = ("BFCArena", "bfc_arena")
+_ARENA_OOM = "Failed to allocate memory"
 
 
 def is_gpu_oom(ex: BaseException, text: str) -> bool:
     if type(ex).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (torch.cuda's alias)
         return True
-    return any(marker in text for marker in _OOM_MARKERS) and ("CUDA" in text or "cuda" in text or "CUBLAS" in text)
+    if any(marker in text for marker in _OOM_MARKERS):
+        return True
+    return _ARENA_OOM in text and any(arena in text for arena in _ARENA)
 
 
 def explain(ex: BaseException, text: str) -> str:

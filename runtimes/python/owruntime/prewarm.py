@@ -1,5 +1,6 @@
-"""Warm-up of a GPU stem cell before it is ready: import the frameworks and create the
-CUDA context, so an action's cold start on it pays only for ``/init`` and its model.
+"""Warm-up of a GPU stem cell before it is ready: import the frameworks, create the CUDA
+context and run a first matmul and conv (cuBLAS, cuDNN), so an action's cold start on it pays
+only for ``/init`` and its model.
 
 ``OW_GPU_PREWARM=torch,onnxruntime`` names what to warm (the invoker sets it on GPU
 stem cells). The server answers ``GET /ready`` with 503 until the warm-up has finished,
@@ -31,6 +32,16 @@ def _torch() -> dict:
         torch.cuda.synchronize()
         entry["context_s"] = round(time.perf_counter() - start, 4)
         entry["device"] = torch.cuda.get_device_name(0)
+        # A context is not yet a warm GPU: cuBLAS and cuDNN create their handles, and CUDA loads
+        # kernels lazily (CUDA_MODULE_LOADING=LAZY), at the first matmul and conv; without this
+        # the action's first call on a "warm" stem cell pays them (only a GPU can show it).
+        start = time.perf_counter()
+        a = torch.ones(64, 64, device="cuda")
+        torch.mm(a, a)
+        x = torch.ones(1, 8, 16, 16, device="cuda")
+        torch.nn.functional.conv2d(x, torch.ones(8, 8, 3, 3, device="cuda"), padding=1)
+        torch.cuda.synchronize()
+        entry["kernels_s"] = round(time.perf_counter() - start, 4)
     return entry
 
 

@@ -13,6 +13,8 @@
   (:mod:`owruntime.resident`), so the invoker places work where a model already is.
 * ``GET /ready``: 503 while the warm-up that ``OW_GPU_PREWARM`` asks for runs (GPU stem cells,
   :mod:`owruntime.prewarm`), then 200 with its report. /init and /run wait for the warm-up.
+* With ``OW_RUNTIME_SECRET`` set, /init and /run answer 403 unless the request carries it in
+  ``X-OW-Runtime-Secret`` (:mod:`owruntime.guard`): only the invoker may use the container.
 * SIGTERM/SIGINT: stop accepting, finish the activations in progress, answer 503 to any request
   that arrives meanwhile, remove the action's directory and exit 0. A second signal exits at once.
 """
@@ -30,7 +32,7 @@ import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import logs, prewarm
+from . import guard, logs, prewarm
 from .action import ActionRuntime, error_body
 from .resident import HEADER as RESIDENT_HEADER
 from .resident import REGISTRY
@@ -55,6 +57,8 @@ _MAX_LINE = 65536
 _MAX_HEADERS = 100
 _SMALL_BODY = 64 * 1024  # below this the head and the body are joined into one send
 SHUTTING_DOWN = (503, error_body("the action runtime is shutting down"))
+_SECRET_HEADER = guard.SECRET_HEADER.lower()  # parse_request lower-cases header names
+_FORBIDDEN_BODY = error_body(guard.MSG_FORBIDDEN)
 
 
 def concurrency_enabled(environ=os.environ) -> bool:
@@ -140,8 +144,10 @@ class App:
     """Routes /init and /run to the :class:`ActionRuntime` on the right thread; counts requests
     in progress for a clean shutdown."""
 
-    def __init__(self, runtime: ActionRuntime, executor: MainThreadExecutor, concurrent: bool):
+    def __init__(self, runtime: ActionRuntime, executor: MainThreadExecutor, concurrent: bool,
+                 secret: bytes | None = None):
         self.runtime = runtime
+        self.secret = secret  # None: any caller (no OW_RUNTIME_SECRET)
         self.executor = executor
         self.concurrent = concurrent
         self.stopping = False
@@ -310,6 +316,9 @@ class Handler(BaseHTTPRequestHandler):
             path = self.path
             if "?" in path:
                 path = path.split("?", 1)[0]
+            if app.secret is not None and not guard.authorised(app.secret, self.headers.get(_SECRET_HEADER)):
+                self.answer(403, _FORBIDDEN_BODY, close)
+                return
             if path == "/run":
                 if app.concurrent and app.ready.is_set():
                     status, out, headers = app.run(body)
@@ -385,9 +394,10 @@ def serve(host: str, port: int, concurrent: bool | None = None, ready=None) -> i
     """Serve until SIGTERM/SIGINT; must be called on the main thread. Returns the exit status."""
     if concurrent is None:
         concurrent = concurrency_enabled()
+    secret = guard.take_secret()  # before the action could read it
     runtime = ActionRuntime()
     executor = MainThreadExecutor()
-    app = App(runtime, executor, concurrent)
+    app = App(runtime, executor, concurrent, secret)
     httpd = RuntimeServer((host, port), app)
 
     def on_signal(signum, frame):

@@ -35,13 +35,17 @@ class StreamCopier:
         self.device = device
         self.timing = timing  # timed events, for copy_seconds() (benchmarks)
         self.stream = torch.cuda.Stream(device)
-        # Blocks allocated on the compute stream may be reused memory it still reads.
-        self.stream.wait_stream(torch.cuda.current_stream(device))
-        self._start = torch.cuda.Event(enable_timing=timing)
-        self._start.record(self.stream)
+        self._start: torch.cuda.Event | None = None  # recorded at the first submit
         self._last: torch.cuda.Event | None = None
 
     def submit(self, pairs: Pairs) -> torch.cuda.Event:
+        # The destinations were allocated on the compute stream, possibly in blocks its queued
+        # kernels still read: the copies wait for the compute stream as it is now, after the
+        # allocation (a wait taken when the copier was built would come before it).
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if self._start is None:  # the copy clock starts at the first copy, not at allocation
+            self._start = torch.cuda.Event(enable_timing=self.timing)
+            self._start.record(self.stream)
         with torch.cuda.stream(self.stream):
             for dst, src in pairs:
                 dst.copy_(src, non_blocking=True)
@@ -52,7 +56,7 @@ class StreamCopier:
 
     def copy_seconds(self) -> float:
         """Side-stream time from the first copy to the last (needs ``timing=True``; syncs)."""
-        assert self.timing and self._last is not None
+        assert self.timing and self._start is not None and self._last is not None
         self._last.synchronize()
         return self._start.elapsed_time(self._last) / 1e3
 

@@ -54,6 +54,17 @@ def check_torch_device(device: Device) -> None:
         )
 
 
+# The CUDA provider's defaults do not suit a cold start under an MPS memory cap (only a GPU can
+# show the difference; onnxruntime's CUDA EP documentation describes both options):
+# * cudnn_conv_algo_search EXHAUSTIVE (default) benchmarks every cuDNN algorithm of every conv
+#   on the first run, seconds on the path a cold start is measured on; HEURISTIC asks cuDNN's
+#   heuristics instead, at most a few percent slower per conv.
+# * arena_extend_strategy kNextPowerOfTwo (default) grows each session's arena by doubling;
+#   with one session per pipeline stage that can hold up to twice each stage's memory, out of
+#   the action's CUDA_MPS_PINNED_DEVICE_MEM_LIMIT. kSameAsRequested grows it by what is asked.
+CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
+
+
 def onnx_providers(device: Device) -> list[str | tuple[str, dict]]:
     """The onnxruntime execution providers for ``device``; raise where CUDA is missing."""
     import onnxruntime as ort
@@ -69,7 +80,9 @@ def onnx_providers(device: Device) -> list[str | tuple[str, dict]]:
 
     if importlib.util.find_spec("torch") is not None:  # without torch, ORT reports a bad index
         check_torch_device(device)
-    return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", CUDA_PROVIDER_OPTIONS | {"device_id": device.index}),
+            "CPUExecutionProvider"]
+
 
 
 def measure_h2d_bandwidth(device: Device, nbytes: int = 64 << 20, repeat: int = 5) -> float:

@@ -161,6 +161,8 @@ def _load_torch(module: Any, state: Any, dev: Device, mode: str, partition: Any,
         except RuntimeError as e:
             raise ModelError(f"weights do not fit {type(module).__name__}: {e}") from e
     host = HostModule(module, pin=dev.is_cuda)
+    if host.pinned is not None:
+        log.debug("weights pinned: %d bytes in one buffer, %.3f s", host.pinned.nbytes, host.pin_seconds)
     if partition is None and key and mode == "pipelined":
         partition = read_profile(profile_path(cdir, key, dev, batch_size))
     cut, order = _plan(partition, len(host.units)) if mode == "pipelined" else (0, ())

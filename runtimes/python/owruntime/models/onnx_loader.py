@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .devices import Device, onnx_providers
-from .errors import ModelError, UnknownModelFormatError
+from .errors import DeviceUnavailableError, ModelError, UnknownModelFormatError
 from .onnx_split import Split
 from .partition import CostModel, StageCost
 
@@ -40,11 +40,19 @@ def _options(threads: int | None) -> ort.SessionOptions:
 
 def _session(path: Path, threads: int | None, providers: list) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), _options(threads), providers=providers)
+        session = ort.InferenceSession(str(path), _options(threads), providers=providers)
     except Exception as e:
         if "protobuf" in str(e).lower():
             raise UnknownModelFormatError(f"{str(path)!r} is not a valid ONNX model: {e}") from e
         raise ModelError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    if session.get_providers()[0] != wanted:
+        # onnxruntime falls back to the CPU, with a log line only, when the CUDA provider's
+        # libraries (CUDA, cuDNN) cannot be loaded: a GPU model must not silently run on the CPU.
+        raise DeviceUnavailableError(
+            f"onnxruntime could not start {wanted} (it fell back to {session.get_providers()[0]}): "
+            "are the CUDA and cuDNN libraries it needs on LD_LIBRARY_PATH?")
+    return session
 
 
 def _stop_builder(stop: threading.Event, builder: threading.Thread) -> None:

@@ -76,10 +76,41 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from e
 
 
-class HostModule:
-    """A module whose weights are staged in host memory (pinned for a GPU), ready to load."""
+ALIGN = 256  # bytes: each weight's view starts where any dtype (and a DMA transfer) may start
 
-    def __init__(self, module: nn.Module, *, pin: bool) -> None:
+
+def pinned_buffer(nbytes: int) -> torch.Tensor:
+    """One page-locked host buffer (``cudaHostAlloc``: needs a CUDA driver)."""
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+
+def pack(tensors: Sequence[torch.Tensor], allocate: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Copy ``tensors`` (dense) into one byte buffer from ``allocate``; -> (buffer, views of it
+    with the tensors' shapes, dtypes and values). One allocation per model: torch's pinned host
+    allocator rounds every block up to a power of two (pytorch#95823), so pinning weight by
+    weight can take twice the model's size from the container's memory, in hundreds of calls."""
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.nbytes // ALIGN) * ALIGN
+    buffer = allocate(total)
+    views = []
+    for t, offset in zip(tensors, offsets, strict=True):
+        view = buffer[offset : offset + t.nbytes].view(t.dtype).view(t.shape)
+        view.copy_(t)
+        views.append(view)
+    return buffer, views
+
+
+class HostModule:
+    """A module whose weights are staged in host memory (pinned for a GPU), ready to load.
+
+    Pinned weights live in one buffer (``pin_seconds`` says what staging them took: on a cold
+    start it is part of the load). ``allocate`` gives that buffer; the default pins it.
+    """
+
+    def __init__(self, module: nn.Module, *, pin: bool,
+                 allocate: Callable[[int], torch.Tensor] = pinned_buffer) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
         module.eval().requires_grad_(False)
@@ -99,16 +130,28 @@ class HostModule:
                 if id(t) in seen:
                     self.tensors[seen[id(t)]].slots.append(slot)
                     continue
-                host = t.detach()
-                if pin and not host.is_pinned():
-                    host = host.pin_memory()
                 seen[id(t)] = len(self.tensors)
                 owned.append(len(self.tensors))
-                self.tensors.append(_Tensor(host, [slot], len(self.units)))
+                self.tensors.append(_Tensor(t.detach(), [slot], len(self.units)))
             if owned:
                 nbytes = sum(self.tensors[i].host.nbytes for i in owned)
                 self.units.append(Unit(name or "<root>", m, owned, nbytes))
+        self.pin_seconds = 0.0
+        self.pinned: torch.Tensor | None = None  # the one buffer the pinned weights are views of
+        if pin:
+            start = time.perf_counter()
+            self._pin(allocate)
+            self.pin_seconds = time.perf_counter() - start
         self._install([t.host for t in self.tensors])
+
+    def _pin(self, allocate: Callable[[int], torch.Tensor]) -> None:
+        dense = [i for i, t in enumerate(self.tensors)
+                 if t.host.layout == torch.strided and not t.host.is_quantized]
+        self.pinned, views = pack([self.tensors[i].host for i in dense], allocate)
+        for i, view in zip(dense, views, strict=True):
+            self.tensors[i].host = view
+        for i in sorted(set(range(len(self.tensors))) - set(dense)):
+            self.tensors[i].host = self.tensors[i].host.pin_memory()  # sparse or quantized: rare
 
     @property
     def nbytes(self) -> int:
@@ -223,6 +266,7 @@ class TorchModel:
             raise ValueError(f"cut must be within 0..{len(host.units)}")
         self.cpu_units = set(self.order[: self.cut])
         self._first = mode == "pipelined"
+        self._load_error: BaseException | None = None
         dev = torch.device(device.name)
         if mode == "plain":
             self._values = [
@@ -273,6 +317,9 @@ class TorchModel:
         return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._load_error is not None:
+            raise ModelError("copying the weights to the device failed; load the model again") \
+                from self._load_error
         if self._first:
             with self._lock:
                 if self._first:
@@ -287,18 +334,28 @@ class TorchModel:
         try:
             with torch.inference_mode(), _FirstCall(self, mixed):
                 out = self.host.module(*args, **kwargs)
+        finally:
+            self._end_first_call()
+        return self._to(out, self.device.name)
+
+    def _end_first_call(self) -> None:
+        """Every unit waited for and every weight installed on the device before any later
+        call, also after a first call that raised (a bad input) before reaching most units:
+        later calls have no hooks, so they would read weights still being copied."""
+        try:
             for u in self.order:  # units the call did not reach, and the CPU-run ones
                 self._wait_unit(u)
             if self.cpu_units:
                 self.host._install(self._values)
-            out = self._to(out, self.device.name)
+        except BaseException as error:  # a copy failed: no later call may use these weights
+            self._load_error = error
+            raise
         finally:
             for h in self._hooks:
                 h.remove()
             self._hooks.clear()
             self._pending.clear()
             self._first = False
-        return out
 
     def wait_loaded(self) -> None:
         """Block until every weight is on the device (the first call does this itself)."""
@@ -329,17 +386,21 @@ class TorchModel:
         )
         return CostModel(stages, bandwidth, batch_size, tuple(order))
 
-    def close(self) -> None:
-        """Put the host weights back and drop the device copy."""
-        if self._first and self.mode == "pipelined":
-            self.wait_loaded()
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        self.host._install([t.host for t in self.host.tensors])
-        self._values = []
-        if isinstance(getattr(self, "_copier", None), ThreadCopier):
-            self._copier.close()
-        self.host.loaded = None
-        if self.device.is_cuda:
-            torch.cuda.empty_cache()
+    def close(self, *, release: bool = True) -> None:
+        """Put the host weights back and drop the device copy. ``release=False`` keeps the
+        freed blocks in torch's cache (a benchmark timing copies, not ``cudaMalloc``)."""
+        try:
+            # Device waits order compute, not the freeing: no block is freed under a copy.
+            if self.mode == "pipelined" and self._load_error is None:
+                self.wait_loaded()
+        finally:
+            for h in self._hooks:
+                h.remove()
+            self._hooks.clear()
+            self.host._install([t.host for t in self.host.tensors])
+            self._values = []
+            if isinstance(getattr(self, "_copier", None), ThreadCopier):
+                self._copier.close()
+            self.host.loaded = None
+            if self.device.is_cuda and release:
+                torch.cuda.empty_cache()
