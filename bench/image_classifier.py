@@ -39,7 +39,16 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_support import CACHE, RESULTS, PythonOnly, Sink, make_job, make_pool
+from gpu_support import (
+    CACHE,
+    RESULTS,
+    PythonOnly,
+    Sink,
+    make_job,
+    make_pool,
+    require_cuda,
+    stop_on_sigterm,
+)
 
 from invoker.containerpool.pool import ContainerPool, PoolConfig, StemCellConfig
 from invoker.containerpool.process import ProcessContainerFactory
@@ -110,7 +119,8 @@ class Pools:
         return pool, pool.shutdown
 
 
-def one(pool, act: WhiskAction, sink: Sink, args: dict) -> dict:
+def one(pool, act: WhiskAction, sink: Sink, args: dict, cuda: bool) -> dict:
+    """One activation, timed; with ``cuda`` (not a smoke run) it must have run on the GPU."""
     job = make_job(act, sink, args)
     started = time.perf_counter()
     pool.run(job)
@@ -119,6 +129,8 @@ def one(pool, act: WhiskAction, sink: Sink, args: dict) -> dict:
     result = activation.response.result
     if activation.response.status_code != 0 or "error" in result:
         raise RuntimeError(f"activation failed: {result}")
+    if cuda:  # ONNX on an onnxruntime without its CUDA provider runs on the CPU: --engine torch
+        require_cuda(result, smoke=False)
     init_s = activation.annotation("initTime", 0) / 1000
     return {"total_s": total, "init_s": init_s, "run_s": (activation.end_ms - activation.start_ms) / 1000 - init_s,
             "device": result["device"], "top1": result["top"][0][0]["label"]}
@@ -142,19 +154,20 @@ def wait_for_stem_cell(pool, timeout_s: float = 300) -> None:
         time.sleep(0.05)
 
 
-def trial(pools: Pools, engine: str, act_for, args: dict, n: int, warm: int) -> tuple[dict, list[dict], dict]:
+def trial(pools: Pools, engine: str, act_for, args: dict, n: int, warm: int,
+          cuda: bool) -> tuple[dict, list[dict], dict]:
     sink = Sink()
     pool, stop = pools.make(stem_cell=False)
     try:
         act = act_for(f"clf-{engine}-cold-{n}")
-        cold = one(pool, act, sink, args)
-        hot = [one(pool, act, sink, args) for _ in range(warm)]
+        cold = one(pool, act, sink, args, cuda)
+        hot = [one(pool, act, sink, args, cuda) for _ in range(warm)]
     finally:
         stop()
     pool, stop = pools.make(stem_cell=True)
     try:
         wait_for_stem_cell(pool)
-        stem = one(pool, act_for(f"clf-{engine}-stem-{n}"), sink, args)
+        stem = one(pool, act_for(f"clf-{engine}-stem-{n}"), sink, args, cuda)
     finally:
         stop()
     return cold, hot, stem
@@ -189,6 +202,7 @@ def main() -> int:
                         help="CPU dry run of the --device cuda code paths (declared GPU, ONNX, 1 trial); records nothing")
     parser.add_argument("--note", default="", help="recorded with the results (e.g. what else ran on the machine)")
     args = parser.parse_args()
+    stop_on_sigterm()
     if args.smoke:
         args.device, args.trials, args.warm = "cuda", 1, 1
     engines = args.engine or (["onnx"] if args.smoke else ["torch", "onnx"])
@@ -218,7 +232,8 @@ def main() -> int:
                 return action(name, Path(built[engine]["zip"]))
 
             job_args = {**payload, "model_path": built[engine]["model_path"]}
-            cold, hot, stem = trial(pools, engine, act_for, job_args, n, args.warm)
+            cold, hot, stem = trial(pools, engine, act_for, job_args, n, args.warm,
+                                    args.device == "cuda" and not args.smoke)
             samples[engine]["cold"].append(cold)
             samples[engine]["warm"] += hot
             samples[engine]["stem_cell"].append(stem)
