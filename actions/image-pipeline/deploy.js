@@ -1,9 +1,8 @@
 // Deploy the pipeline: the CPU preprocess action, the GPU image classifier, and the
 // sequence `image-classify` that chains them.
 //
-//   python actions/image-classifier/export_model.py            # once: writes the ONNX file
 //   export __OW_API_HOST=http://127.0.0.1:3233 __OW_API_KEY="$(cat .cache/standalone/guest.auth)"
-//   NODE_PATH=.cache/node/node_modules node actions/image-pipeline/deploy.js [model.onnx]
+//   NODE_PATH=.cache/node/node_modules node actions/image-pipeline/deploy.js [onnx|torch]
 'use strict'
 
 const fs = require('fs')
@@ -15,7 +14,7 @@ openwhisk().actions.update({
   name: 'image-preprocess',
   action: {
     exec: { kind: 'python:3', code: fs.readFileSync(path.join(__dirname, 'preprocess.py'), 'utf8') },
-    annotations: [{ key: 'description', value: 'PPM picture -> normalised 224x224 float32 tensor (CPU)' }],
+    annotations: [{ key: 'description', value: 'photo -> normalised 224x224 float32 tensor (CPU)' }],
     limits: { memory: 256, timeout: 60000 }
   }
 }).then(

@@ -1,5 +1,6 @@
 #!/usr/bin/env sh
-# Deploy the pipeline with the wsk CLI (after `wsk property set`, see README.md).
+# Deploy the pipeline with the wsk CLI (after `wsk property set`, see README.md):
+#   actions/image-pipeline/deploy.sh [onnx|torch]     (the classifier's engine, default onnx)
 set -eu
 here=$(dirname "$0")
 wsk action update image-preprocess "$here/preprocess.py" --kind python:3 --memory 256

@@ -1,6 +1,6 @@
 // Classify a picture: the CPU preprocess action's result feeds the GPU classifier.
 //
-//   NODE_PATH=.cache/node/node_modules node actions/image-pipeline/run.js picture.ppm [--logits]
+//   NODE_PATH=.cache/node/node_modules node actions/image-pipeline/run.js photo.jpg [--logits]
 // Prints the classifier's result as JSON.
 'use strict'
 
@@ -19,7 +19,7 @@ async function classify (file, logits) {
 
 const [file, flag] = process.argv.slice(2)
 if (!file) {
-  console.error('usage: run.js picture.ppm [--logits]')
+  console.error('usage: run.js photo.jpg [--logits]')
   process.exit(2)
 }
 classify(file, flag === '--logits').then(

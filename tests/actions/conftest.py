@@ -1,26 +1,34 @@
-"""The example actions in ``actions/``, deployed with their own deploy scripts (the
-openwhisk npm client) into a standalone mode, and invoked through the REST API."""
+"""Fixtures of the example-action tests: one standalone mode per test module, and the real
+photos the image examples are checked on."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
-from actions_support import ACTIONS
-from standalone_support import ROOT, running_standalone
+from actions_support import PHOTOS
+from standalone_support import node_available, running_standalone
 
-standalone = pytest.fixture(scope="module")(running_standalone)
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory: pytest.TempPathFactory):
+    """The examples deploy with the npm client: without it the tests fail (never skip)."""
+    if not node_available():
+        pytest.fail("node or the openwhisk npm client is missing: run ./dev setup", pytrace=False)
+    yield from running_standalone(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def resnet50_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example's own export script, run as a user runs it."""
-    out = tmp_path_factory.mktemp("models") / "resnet50-seed0.onnx"
-    done = subprocess.run([sys.executable, str(ACTIONS / "image-classifier" / "export_model.py"), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert "exporting ResNet-50 (untrained, seed 0)" in done.stdout
-    return out
+def photos() -> dict[str, Path]:
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("scikit-image (the photos) is not installed: run ./dev setup (the ml extra)", pytrace=False)
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return {name: data / name for name in PHOTOS}
 
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the deploy scripts' build.py writes the zip and the model files (MODEL_DIR)."""
+    return tmp_path_factory.mktemp("models")
