@@ -2,10 +2,13 @@
 
 CI cannot reach OpenWhisk's sources, so the patch is checked for what can be checked without
 them: it is a well-formed git diff whose hunk counts add up, it touches exactly the files its
-header names (and only the load balancer, its config and its test), and it contains the routing
-rules it claims. That it applies to the pinned commit was checked with the upstream checkout
-(the note has the command and output); ``OPENWHISK_CHECKOUT`` set to a checkout at the
-pinned commit runs that check here too.
+header names (the load balancer, its config, its metrics markers and its test) and adds the
+routing object, whose two files are byte for byte the sources CI compiles
+(``controller_patch/scala``, test_gpu_routing_scala.py), and every call in the patched files
+that needs an implicit has its import. That it applies to the pinned commit was checked with the
+upstream checkout (the note has the command and output); ``OPENWHISK_CHECKOUT`` set to a
+checkout at the pinned commit runs that check here too, and the import check then reads the
+whole patched files.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PATCH_DIR = REPO / "controller_patch"
 PATCH = PATCH_DIR / "openwhisk-gpu-routing.patch"
+SCALA_DIR = PATCH_DIR / "scala"
+LOAD_BALANCER = "core/controller/src/main/scala/org/apache/openwhisk/core/loadBalancer"
 SAMPLE = REPO / "tests" / "fixtures" / "messages" / "runtimes-manifest-gpu-example.json"
 
 
@@ -165,7 +170,7 @@ def test_warns_when_the_health_action_kind_is_missing() -> None:
 
 @dataclass
 class FilePatch:
-    old: str
+    old: str | None  # None: a new file
     new: str
     hunks: list[tuple[int, int, int, int]] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
@@ -184,9 +189,13 @@ def parse_git_diff(text: str) -> tuple[str, list[FilePatch]]:
         lines = section.rstrip("\n").split("\n")
         m = re.match(r"^diff --git a/(\S+) b/(\S+)$", lines[0])
         assert m, lines[0]
-        assert re.match(r"^index [0-9a-f]{7,}\.\.[0-9a-f]{7,} \d{6}$", lines[1]), lines[1]
-        assert lines[2] == f"--- a/{m[1]}" and lines[3] == f"+++ b/{m[2]}", lines[2:4]
-        patch = FilePatch(m[1], m[2])
+        created = lines[1] == "new file mode 100644"
+        if created:
+            lines.pop(1)
+        assert re.match(r"^index [0-9a-f]{7,}\.\.[0-9a-f]{7,}( \d{6})?$", lines[1]), lines[1]
+        old = "/dev/null" if created else f"a/{m[1]}"
+        assert lines[2] == f"--- {old}" and lines[3] == f"+++ b/{m[2]}", lines[2:4]
+        patch = FilePatch(None if created else m[1], m[2])
         i = 4
         while i < len(lines):
             h = HUNK.match(lines[i])
@@ -216,10 +225,16 @@ def test_patch_is_a_well_formed_diff_touching_only_the_files_it_names() -> None:
     named = re.search(r"^Files:\n((?:  \S+\n)+)", header, re.M)
     assert named, "the header lists the files it changes"
     assert [f.new for f in files] == named[1].split()
-    assert all(f.old == f.new for f in files)  # no renames, no new or deleted files
-    assert {f.new for f in files} == {
+    # no renames or deletions; the only new files are the routing object's two
+    assert all(f.old in (None, f.new) for f in files)
+    assert {f.new for f in files if f.old is None} == {
+        f"{LOAD_BALANCER}/GpuRouting.scala",
+        f"{LOAD_BALANCER}/GpuRoutingJson.scala",
+    }
+    assert {f.new for f in files if f.old is not None} == {
+        "common/scala/src/main/scala/org/apache/openwhisk/common/Logging.scala",
         "core/controller/src/main/resources/reference.conf",
-        "core/controller/src/main/scala/org/apache/openwhisk/core/loadBalancer/ShardingContainerPoolBalancer.scala",
+        f"{LOAD_BALANCER}/ShardingContainerPoolBalancer.scala",
         "tests/src/test/scala/org/apache/openwhisk/core/loadBalancer/test/ShardingContainerPoolBalancerTests.scala",
     }
     # Hunks are in order and do not overlap.
@@ -235,21 +250,42 @@ def test_patch_header_names_the_commit_the_apply_script_pins() -> None:
     assert re.fullmatch(r"[0-9a-f]{40}", apply_patch.PINNED_COMMIT)
 
 
-def test_patch_routes_gpu_work_as_documented() -> None:
+def test_the_patch_adds_the_routing_object_ci_compiles_byte_for_byte() -> None:
+    """One source of truth: the patch's new files are controller_patch/scala/*.scala, unchanged."""
+    _, files = parse_git_diff(PATCH.read_text())
+    new_files = {Path(f.new).name: f for f in files if f.old is None}
+    assert set(new_files) == {"GpuRouting.scala", "GpuRoutingJson.scala"}
+    for name, f in new_files.items():
+        assert f.hunks == [(0, 0, 1, len(f.added))]
+        assert "\n".join(f.added) + "\n" == (SCALA_DIR / name).read_text(), (
+            f"{name} in the patch differs from controller_patch/scala/{name}: regenerate the patch")
+
+
+def test_patch_routes_gpu_work_through_the_routing_object() -> None:
     _, files = parse_git_diff(PATCH.read_text())
     by_name = {Path(f.new).name: f for f in files}
     balancer = "\n".join(by_name["ShardingContainerPoolBalancer.scala"].added)
-    # The two triggers, the GPU pool taken from the ping tags, CPU work kept off unless configured.
-    assert "action.exec.kind.endsWith(gpuRouting.kindSuffix)" in balancer
-    assert ".getAs[Seq[String]](Annotations.InvokerResourcesAnnotationName)" in balancer
-    assert "i.id.tags.contains(gpuRouting.tag)" in balancer
-    assert "if (needsGpu) (schedulingState.gpuInvokers, schedulingState.gpuStepSizes)" in balancer
-    assert "if (gpuRouting.cpuOnGpuInvokers) newInvokers else newInvokers.filterNot(isGpu)" in balancer
+    # The decision is the routing object's; the balancer feeds it what it has and reads one pool.
+    assert "GpuRouting.requiresGpu(\n      action.exec.kind," in balancer
+    assert "GpuRoutingJson.invokerResources(action.annotations.get(Annotations.InvokerResourcesAnnotationName))" in balancer
+    assert "GpuRouting.pools(newInvokers, (i: InvokerHealth) => i.id.tags," in balancer
+    assert "GpuRouting.poolFor(schedulingState.pools, needsGpu, isBlackboxInvocation)" in balancer
+    assert "GpuRouting.start(hash, pool)" in balancer
+    # The pools are published as one value; no pool list or step sizes of their own are left.
+    assert "@volatile private var _pools: RoutingPools[InvokerHealth]" in balancer
+    removed = "\n".join(by_name["ShardingContainerPoolBalancer.scala"].removed)
+    assert "private var _managedStepSizes" in removed and "_managedStepSizes =" not in balancer
+    # GPU work has its own overload counter and gauges.
+    assert "LoggingMarkers.GPU_SYSTEM_OVERLOAD" in balancer
+    for marker in ("INVOKER_TOTALMEM_GPU", "HEALTHY_INVOKER_GPU", "UNHEALTHY_INVOKER_GPU",
+                   "UNRESPONSIVE_INVOKER_GPU", "OFFLINE_INVOKER_GPU", "GPU_SYSTEM_OVERLOAD"):
+        assert f"  val {marker} =" in "\n".join(by_name["Logging.scala"].added)
+        assert marker in balancer
     config = "\n".join(by_name["reference.conf"].added)
     assert 'tag = "gpu"' in config and 'kind-suffix = "-gpu"' in config
     assert "cpu-on-gpu-invokers = false" in config
     tests = "\n".join(by_name["ShardingContainerPoolBalancerTests.scala"].added)
-    assert tests.count('it should "') == 5
+    assert tests.count('it should "') == 6
     assert by_name["ShardingContainerPoolBalancerTests.scala"].removed == []
 
 
