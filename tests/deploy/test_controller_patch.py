@@ -298,6 +298,112 @@ def test_malformed_patches_are_rejected_by_the_reader() -> None:
         parse_git_diff("just text\n")
 
 
+# --------------------------------------------------------------------------- implicit imports
+
+
+@dataclass(frozen=True)
+class ImplicitRule:
+    """A call that compiles only with an implicit in scope, and the imports that bring it."""
+
+    needs: str
+    call: re.Pattern[str]
+    imports: tuple[re.Pattern[str], ...]
+
+
+IMPLICIT_RULES = (
+    ImplicitRule(
+        "spray-json's readers/writers for standard types: import spray.json.DefaultJsonProtocol._",
+        re.compile(r"\.(getAs|convertTo)\[|\bjsonFormat\d+\(|\.toJson\b|\.parseJson\b"),
+        (re.compile(r"^\s*import spray\.json\.DefaultJsonProtocol\._\s*$"),
+         re.compile(r"\b(extends|with)\s+DefaultJsonProtocol\b")),
+    ),
+    ImplicitRule(
+        "spray-json's enrichment: import spray.json._",
+        re.compile(r"\.toJson\b|\.parseJson\b"),
+        (re.compile(r"^\s*import spray\.json\._\s*$"),
+         re.compile(r"^\s*import spray\.json\.\{[^}]*\benrich(Any|String)\b")),
+    ),
+    ImplicitRule(
+        "pureconfig's derived readers: import pureconfig.generic.auto._",
+        re.compile(r"\bloadConfig(OrThrow)?\["),
+        (re.compile(r"^\s*import pureconfig\.generic\.auto\._\s*$"),),
+    ),
+    ImplicitRule(
+        "duration literals: import scala.concurrent.duration._",
+        re.compile(r"\b\d+\.(nanos?|micros?|millis?|milliseconds?|seconds?|minutes?|hours?|days?)\b"),
+        (re.compile(r"^\s*import scala\.concurrent\.duration\.(_|\{[^}]*\bDurationInt\b)"),),
+    ),
+)
+
+
+def scala_code(lines: list[str]) -> list[str]:
+    """The lines without comments and string literals, so that a doc comment naming a call is no call."""
+    text = "\n".join(lines)
+    text = re.sub(r'"(?:\\.|[^"\\\n])*"', '""', text)
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m[0].count("\n"), text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    return text.split("\n")
+
+
+def missing_implicit_imports(name: str, calls: list[str], in_scope: list[str]) -> list[str]:
+    """Each rule whose call occurs in ``calls`` while no line of ``in_scope`` brings its implicit."""
+    code, scope = scala_code(calls), scala_code(in_scope)
+    problems = []
+    for rule in IMPLICIT_RULES:
+        hits = [line.strip() for line in code if rule.call.search(line)]
+        if hits and not any(p.search(line) for p in rule.imports for line in scope):
+            problems.append(f"{name}: `{hits[0]}` needs {rule.needs}")
+    return problems
+
+
+def patched_file_problems(patch_text: str, checkout: Path | None = None) -> list[str]:
+    """Implicit-dependent calls the patch adds without their import.
+
+    A new file is checked whole. In a changed file the added lines' calls need their import among
+    the added lines or, with an OpenWhisk checkout, among the upstream file's lines too (without
+    one, only the patch's own lines can be seen, so such an import must be in the patch).
+    """
+    _, files = parse_git_diff(patch_text)
+    problems = []
+    for f in files:
+        if not f.new.endswith(".scala"):
+            continue
+        scope = list(f.added)
+        if f.old is not None and checkout is not None:
+            scope += (checkout / f.old).read_text().splitlines()
+        problems += missing_implicit_imports(f.new, f.added, scope)
+    return problems
+
+
+def test_every_implicit_dependent_call_in_the_patch_has_its_import() -> None:
+    checkout = os.environ.get("OPENWHISK_CHECKOUT")
+    assert patched_file_problems(PATCH.read_text(), Path(checkout) if checkout else None) == []
+    for source in sorted(SCALA_DIR.glob("*.scala")):
+        lines = source.read_text().splitlines()
+        assert missing_implicit_imports(source.name, lines, lines) == []
+
+
+def test_the_import_check_catches_a_missing_import() -> None:
+    """The error the first patch shipped with: getAs[Seq[String]] without DefaultJsonProtocol._."""
+    def new_file(*lines: str) -> str:
+        body = "".join(f"+{line}\n" for line in lines)
+        return ("diff --git a/X.scala b/X.scala\nnew file mode 100644\nindex 0000000..1111111\n"
+                f"--- /dev/null\n+++ b/X.scala\n@@ -0,0 +1,{len(lines)} @@\n{body}")
+
+    call = "val r = action.annotations.getAs[Seq[String]](Annotations.InvokerResourcesAnnotationName)"
+    assert patched_file_problems(new_file("import spray.json._", call)) == [
+        f"X.scala: `{call}` needs spray-json's readers/writers for standard types: "
+        "import spray.json.DefaultJsonProtocol._"]
+    assert patched_file_problems(new_file("import spray.json.DefaultJsonProtocol._", call)) == []
+    # a call named in a comment or a string is no call; toJson needs both imports
+    assert patched_file_problems(new_file("// uses getAs[Seq[String]]", 'val s = "x.toJson"')) == []
+    assert [p.split(" needs ")[1] for p in patched_file_problems(new_file("val j = 5.toJson"))] == [
+        "spray-json's readers/writers for standard types: import spray.json.DefaultJsonProtocol._",
+        "spray-json's enrichment: import spray.json._"]
+    assert patched_file_problems(new_file("val t = 5.seconds")) != []
+    assert patched_file_problems(new_file("import scala.concurrent.duration._", "val t = 5.seconds")) == []
+
+
 # --------------------------------------------------------------------------- apply script
 
 
