@@ -37,7 +37,7 @@ def test_routing_object_compiles_with_openwhisks_scala_and_its_checks_pass() -> 
     assert mvn, "Maven (mvn) is missing: ./dev setup installs it (Debian package maven)"
     proc = subprocess.run(
         [mvn, "-B", "-Dstyle.color=never", "-f", str(POM),
-         f"-Dmaven.repo.local={REPO / '.cache' / 'm2'}", "verify"],
+         f"-Dmaven.repo.local={REPO / '.cache' / 'm2'}", "clean", "verify"],
         capture_output=True, text=True, timeout=900, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
