@@ -2,10 +2,13 @@
 
 CI cannot reach OpenWhisk's sources, so the patch is checked for what can be checked without
 them: it is a well-formed git diff whose hunk counts add up, it touches exactly the files its
-header names (and only the load balancer, its config and its test), and it contains the routing
-rules it claims. That it applies to the pinned commit was checked with the upstream checkout
-(the note has the command and output); ``OPENWHISK_CHECKOUT`` set to a checkout at the
-pinned commit runs that check here too.
+header names (the load balancer, its config, its metrics markers and its test) and adds the
+routing object, whose two files are byte for byte the sources CI compiles
+(``controller_patch/scala``, test_gpu_routing_scala.py), and every call in the patched files
+that needs an implicit has its import. That it applies to the pinned commit was checked with the
+upstream checkout (the note has the command and output); ``OPENWHISK_CHECKOUT`` set to a
+checkout at the pinned commit runs that check here too, and the import check then reads the
+whole patched files.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PATCH_DIR = REPO / "controller_patch"
 PATCH = PATCH_DIR / "openwhisk-gpu-routing.patch"
+SCALA_DIR = PATCH_DIR / "scala"
+LOAD_BALANCER = "core/controller/src/main/scala/org/apache/openwhisk/core/loadBalancer"
 SAMPLE = REPO / "tests" / "fixtures" / "messages" / "runtimes-manifest-gpu-example.json"
 
 
@@ -165,7 +170,7 @@ def test_warns_when_the_health_action_kind_is_missing() -> None:
 
 @dataclass
 class FilePatch:
-    old: str
+    old: str | None  # None: a new file
     new: str
     hunks: list[tuple[int, int, int, int]] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
@@ -184,9 +189,13 @@ def parse_git_diff(text: str) -> tuple[str, list[FilePatch]]:
         lines = section.rstrip("\n").split("\n")
         m = re.match(r"^diff --git a/(\S+) b/(\S+)$", lines[0])
         assert m, lines[0]
-        assert re.match(r"^index [0-9a-f]{7,}\.\.[0-9a-f]{7,} \d{6}$", lines[1]), lines[1]
-        assert lines[2] == f"--- a/{m[1]}" and lines[3] == f"+++ b/{m[2]}", lines[2:4]
-        patch = FilePatch(m[1], m[2])
+        created = lines[1] == "new file mode 100644"
+        if created:
+            lines.pop(1)
+        assert re.match(r"^index [0-9a-f]{7,}\.\.[0-9a-f]{7,}( \d{6})?$", lines[1]), lines[1]
+        old = "/dev/null" if created else f"a/{m[1]}"
+        assert lines[2] == f"--- {old}" and lines[3] == f"+++ b/{m[2]}", lines[2:4]
+        patch = FilePatch(None if created else m[1], m[2])
         i = 4
         while i < len(lines):
             h = HUNK.match(lines[i])
@@ -216,10 +225,16 @@ def test_patch_is_a_well_formed_diff_touching_only_the_files_it_names() -> None:
     named = re.search(r"^Files:\n((?:  \S+\n)+)", header, re.M)
     assert named, "the header lists the files it changes"
     assert [f.new for f in files] == named[1].split()
-    assert all(f.old == f.new for f in files)  # no renames, no new or deleted files
-    assert {f.new for f in files} == {
+    # no renames or deletions; the only new files are the routing object's two
+    assert all(f.old in (None, f.new) for f in files)
+    assert {f.new for f in files if f.old is None} == {
+        f"{LOAD_BALANCER}/GpuRouting.scala",
+        f"{LOAD_BALANCER}/GpuRoutingJson.scala",
+    }
+    assert {f.new for f in files if f.old is not None} == {
+        "common/scala/src/main/scala/org/apache/openwhisk/common/Logging.scala",
         "core/controller/src/main/resources/reference.conf",
-        "core/controller/src/main/scala/org/apache/openwhisk/core/loadBalancer/ShardingContainerPoolBalancer.scala",
+        f"{LOAD_BALANCER}/ShardingContainerPoolBalancer.scala",
         "tests/src/test/scala/org/apache/openwhisk/core/loadBalancer/test/ShardingContainerPoolBalancerTests.scala",
     }
     # Hunks are in order and do not overlap.
@@ -235,21 +250,42 @@ def test_patch_header_names_the_commit_the_apply_script_pins() -> None:
     assert re.fullmatch(r"[0-9a-f]{40}", apply_patch.PINNED_COMMIT)
 
 
-def test_patch_routes_gpu_work_as_documented() -> None:
+def test_the_patch_adds_the_routing_object_ci_compiles_byte_for_byte() -> None:
+    """One source of truth: the patch's new files are controller_patch/scala/*.scala, unchanged."""
+    _, files = parse_git_diff(PATCH.read_text())
+    new_files = {Path(f.new).name: f for f in files if f.old is None}
+    assert set(new_files) == {"GpuRouting.scala", "GpuRoutingJson.scala"}
+    for name, f in new_files.items():
+        assert f.hunks == [(0, 0, 1, len(f.added))]
+        assert "\n".join(f.added) + "\n" == (SCALA_DIR / name).read_text(), (
+            f"{name} in the patch differs from controller_patch/scala/{name}: regenerate the patch")
+
+
+def test_patch_routes_gpu_work_through_the_routing_object() -> None:
     _, files = parse_git_diff(PATCH.read_text())
     by_name = {Path(f.new).name: f for f in files}
     balancer = "\n".join(by_name["ShardingContainerPoolBalancer.scala"].added)
-    # The two triggers, the GPU pool taken from the ping tags, CPU work kept off unless configured.
-    assert "action.exec.kind.endsWith(gpuRouting.kindSuffix)" in balancer
-    assert ".getAs[Seq[String]](Annotations.InvokerResourcesAnnotationName)" in balancer
-    assert "i.id.tags.contains(gpuRouting.tag)" in balancer
-    assert "if (needsGpu) (schedulingState.gpuInvokers, schedulingState.gpuStepSizes)" in balancer
-    assert "if (gpuRouting.cpuOnGpuInvokers) newInvokers else newInvokers.filterNot(isGpu)" in balancer
+    # The decision is the routing object's; the balancer feeds it what it has and reads one pool.
+    assert "GpuRouting.requiresGpu(\n      action.exec.kind," in balancer
+    assert "GpuRoutingJson.invokerResources(action.annotations.get(Annotations.InvokerResourcesAnnotationName))" in balancer
+    assert "GpuRouting.pools(newInvokers, (i: InvokerHealth) => i.id.tags," in balancer
+    assert "GpuRouting.poolFor(schedulingState.pools, needsGpu, isBlackboxInvocation)" in balancer
+    assert "GpuRouting.start(hash, pool)" in balancer
+    # The pools are published as one value; no pool list or step sizes of their own are left.
+    assert "@volatile private var _pools: RoutingPools[InvokerHealth]" in balancer
+    removed = "\n".join(by_name["ShardingContainerPoolBalancer.scala"].removed)
+    assert "private var _managedStepSizes" in removed and "_managedStepSizes =" not in balancer
+    # GPU work has its own overload counter and gauges.
+    assert "LoggingMarkers.GPU_SYSTEM_OVERLOAD" in balancer
+    for marker in ("INVOKER_TOTALMEM_GPU", "HEALTHY_INVOKER_GPU", "UNHEALTHY_INVOKER_GPU",
+                   "UNRESPONSIVE_INVOKER_GPU", "OFFLINE_INVOKER_GPU", "GPU_SYSTEM_OVERLOAD"):
+        assert f"  val {marker} =" in "\n".join(by_name["Logging.scala"].added)
+        assert marker in balancer
     config = "\n".join(by_name["reference.conf"].added)
     assert 'tag = "gpu"' in config and 'kind-suffix = "-gpu"' in config
     assert "cpu-on-gpu-invokers = false" in config
     tests = "\n".join(by_name["ShardingContainerPoolBalancerTests.scala"].added)
-    assert tests.count('it should "') == 5
+    assert tests.count('it should "') == 6
     assert by_name["ShardingContainerPoolBalancerTests.scala"].removed == []
 
 
@@ -260,6 +296,112 @@ def test_malformed_patches_are_rejected_by_the_reader() -> None:
                               count=1, flags=re.M))
     with pytest.raises(AssertionError, match="no 'diff --git' section"):
         parse_git_diff("just text\n")
+
+
+# --------------------------------------------------------------------------- implicit imports
+
+
+@dataclass(frozen=True)
+class ImplicitRule:
+    """A call that compiles only with an implicit in scope, and the imports that bring it."""
+
+    needs: str
+    call: re.Pattern[str]
+    imports: tuple[re.Pattern[str], ...]
+
+
+IMPLICIT_RULES = (
+    ImplicitRule(
+        "spray-json's readers/writers for standard types: import spray.json.DefaultJsonProtocol._",
+        re.compile(r"\.(getAs|convertTo)\[|\bjsonFormat\d+\(|\.toJson\b|\.parseJson\b"),
+        (re.compile(r"^\s*import spray\.json\.DefaultJsonProtocol\._\s*$"),
+         re.compile(r"\b(extends|with)\s+DefaultJsonProtocol\b")),
+    ),
+    ImplicitRule(
+        "spray-json's enrichment: import spray.json._",
+        re.compile(r"\.toJson\b|\.parseJson\b"),
+        (re.compile(r"^\s*import spray\.json\._\s*$"),
+         re.compile(r"^\s*import spray\.json\.\{[^}]*\benrich(Any|String)\b")),
+    ),
+    ImplicitRule(
+        "pureconfig's derived readers: import pureconfig.generic.auto._",
+        re.compile(r"\bloadConfig(OrThrow)?\["),
+        (re.compile(r"^\s*import pureconfig\.generic\.auto\._\s*$"),),
+    ),
+    ImplicitRule(
+        "duration literals: import scala.concurrent.duration._",
+        re.compile(r"\b\d+\.(nanos?|micros?|millis?|milliseconds?|seconds?|minutes?|hours?|days?)\b"),
+        (re.compile(r"^\s*import scala\.concurrent\.duration\.(_|\{[^}]*\bDurationInt\b)"),),
+    ),
+)
+
+
+def scala_code(lines: list[str]) -> list[str]:
+    """The lines without comments and string literals, so that a doc comment naming a call is no call."""
+    text = "\n".join(lines)
+    text = re.sub(r'"(?:\\.|[^"\\\n])*"', '""', text)
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m[0].count("\n"), text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    return text.split("\n")
+
+
+def missing_implicit_imports(name: str, calls: list[str], in_scope: list[str]) -> list[str]:
+    """Each rule whose call occurs in ``calls`` while no line of ``in_scope`` brings its implicit."""
+    code, scope = scala_code(calls), scala_code(in_scope)
+    problems = []
+    for rule in IMPLICIT_RULES:
+        hits = [line.strip() for line in code if rule.call.search(line)]
+        if hits and not any(p.search(line) for p in rule.imports for line in scope):
+            problems.append(f"{name}: `{hits[0]}` needs {rule.needs}")
+    return problems
+
+
+def patched_file_problems(patch_text: str, checkout: Path | None = None) -> list[str]:
+    """Implicit-dependent calls the patch adds without their import.
+
+    A new file is checked whole. In a changed file the added lines' calls need their import among
+    the added lines or, with an OpenWhisk checkout, among the upstream file's lines too (without
+    one, only the patch's own lines can be seen, so such an import must be in the patch).
+    """
+    _, files = parse_git_diff(patch_text)
+    problems = []
+    for f in files:
+        if not f.new.endswith(".scala"):
+            continue
+        scope = list(f.added)
+        if f.old is not None and checkout is not None:
+            scope += (checkout / f.old).read_text().splitlines()
+        problems += missing_implicit_imports(f.new, f.added, scope)
+    return problems
+
+
+def test_every_implicit_dependent_call_in_the_patch_has_its_import() -> None:
+    checkout = os.environ.get("OPENWHISK_CHECKOUT")
+    assert patched_file_problems(PATCH.read_text(), Path(checkout) if checkout else None) == []
+    for source in sorted(SCALA_DIR.glob("*.scala")):
+        lines = source.read_text().splitlines()
+        assert missing_implicit_imports(source.name, lines, lines) == []
+
+
+def test_the_import_check_catches_a_missing_import() -> None:
+    """The error the first patch shipped with: getAs[Seq[String]] without DefaultJsonProtocol._."""
+    def new_file(*lines: str) -> str:
+        body = "".join(f"+{line}\n" for line in lines)
+        return ("diff --git a/X.scala b/X.scala\nnew file mode 100644\nindex 0000000..1111111\n"
+                f"--- /dev/null\n+++ b/X.scala\n@@ -0,0 +1,{len(lines)} @@\n{body}")
+
+    call = "val r = action.annotations.getAs[Seq[String]](Annotations.InvokerResourcesAnnotationName)"
+    assert patched_file_problems(new_file("import spray.json._", call)) == [
+        f"X.scala: `{call}` needs spray-json's readers/writers for standard types: "
+        "import spray.json.DefaultJsonProtocol._"]
+    assert patched_file_problems(new_file("import spray.json.DefaultJsonProtocol._", call)) == []
+    # a call named in a comment or a string is no call; toJson needs both imports
+    assert patched_file_problems(new_file("// uses getAs[Seq[String]]", 'val s = "x.toJson"')) == []
+    assert [p.split(" needs ")[1] for p in patched_file_problems(new_file("val j = 5.toJson"))] == [
+        "spray-json's readers/writers for standard types: import spray.json.DefaultJsonProtocol._",
+        "spray-json's enrichment: import spray.json._"]
+    assert patched_file_problems(new_file("val t = 5.seconds")) != []
+    assert patched_file_problems(new_file("import scala.concurrent.duration._", "val t = 5.seconds")) == []
 
 
 # --------------------------------------------------------------------------- apply script
