@@ -109,6 +109,20 @@ class ProcessContainer(Container):
             log.warning("runtime process %s did not exit after SIGKILL", self.process.pid)
 
 
+INVOKER_PID_ENV = "__OW_INVOKER_PID"
+
+
+def _alive(pid: bytes | None) -> bool:
+    """Whether the invoker process ``pid`` still runs (not a zombie). Unknown: not alive."""
+    if not pid or not pid.isdigit():
+        return False
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 class ProcessContainerFactory(ContainerFactory):
     """Starts ``python -m owruntime`` per container. ``python`` is the invoker's own
     interpreter unless configured."""
@@ -135,6 +149,7 @@ class ProcessContainerFactory(ContainerFactory):
             **self.extra_env,
             **spec.env,
             SECRET_ENV: secret,
+            INVOKER_PID_ENV: str(os.getpid()),  # who started it: see cleanup
         }
         if spec.gpu is not None:  # what a GPU device request does for a container
             env["CUDA_VISIBLE_DEVICES"] = spec.gpu
@@ -158,24 +173,27 @@ class ProcessContainerFactory(ContainerFactory):
         # Child processes die with their session leader's SIGKILL only if we kill them;
         # after a crash of the invoker they would be orphans. They are started in their
         # own sessions and hold no state, so the previous run's leftovers are found by
-        # their command line.
-        me = os.getpid()
+        # their environment: runtimes of this invoker's name whose invoker process is gone.
+        # A live invoker of the same name (a second standalone mode, a test run beside this
+        # one) keeps its runtimes.
+        me = self.extra_env.get("__OW_INVOKER")
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == me:
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-                environ = (proc / "environ").read_bytes().split(b"\0")
+                if b"owruntime" not in (proc / "cmdline").read_bytes():
+                    continue
+                environ = dict(e.split(b"=", 1) for e in (proc / "environ").read_bytes().split(b"\0") if b"=" in e)
             except OSError:
                 continue
-            if b"owruntime" in cmdline and any(e.startswith(b"__OW_INVOKER=") for e in environ):
-                owner = next(e for e in environ if e.startswith(b"__OW_INVOKER=")).split(b"=", 1)[1]
-                if owner.decode() == self.extra_env.get("__OW_INVOKER"):
-                    try:
-                        os.kill(int(proc.name), signal.SIGKILL)
-                        log.info("removed leftover runtime process %s", proc.name)
-                    except ProcessLookupError:
-                        pass
+            owner = environ.get(b"__OW_INVOKER")
+            if owner is None or owner.decode() != me or _alive(environ.get(INVOKER_PID_ENV.encode())):
+                continue
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                log.info("removed leftover runtime process %s", proc.name)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
         with self._lock:
