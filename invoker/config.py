@@ -170,6 +170,11 @@ SETTINGS: tuple[Setting, ...] = (
             "pids are limited by a cgroup).", parse_ulimits),
     Setting("max_peek", "--max-peek", ("INVOKER_MAX_PEEK",), None,
             "Most activations taken from Kafka and not yet finished (default: userMemory/128MB, at least 16).", int),
+    Setting("ack_deadline", "--ack-deadline", ("INVOKER_ACK_DEADLINE",), "10 minutes",
+            "How long an ack is retried (with backoff) while the Kafka broker is away.", parse_duration_s),
+    Setting("store_deadline", "--store-deadline", ("INVOKER_STORE_DEADLINE",), None,
+            "How long an activation record is retried while the store is away before it is dropped. "
+            "Unset: until written (its Kafka offset stays uncommitted meanwhile).", parse_duration_s),
     Setting("log_level", "--log-level", ("INVOKER_LOG_LEVEL",), "INFO", "Python log level."),
     Setting("gpus", "--gpus", ("INVOKER_GPUS",), None,
             "GPUs declared, not detected: index:memory[,...] (e.g. 0:80GiB,1:80GiB), for nodes where NVML "

@@ -27,7 +27,7 @@ from invoker.messaging import (
     Producer,
     ensure_topic,
 )
-from invoker.reactive import InvokerReactive, StorePolicy
+from invoker.reactive import AckPolicy, InvokerReactive, StorePolicy
 from invoker.store.activations import ActivationStore
 from invoker.store.database import Database
 from invoker.store.entities import EntityStore
@@ -73,6 +73,12 @@ class InvokerSettings:
     http_username: str = "invoker.user"
     http_password: str = "invoker.pass"
     ping_interval_s: float = 1.0
+    ack_policy: AckPolicy = AckPolicy()
+    # How long an activation record is retried before it is given up (None: until written).
+    store_deadline_s: float | None = None
+    # Pings stop once records have failed to be written for this long: the controller
+    # then sends its work elsewhere instead of to an invoker that cannot record it.
+    store_outage_unhealthy_s: float = 5.0
 
 
 class Invoker:
@@ -92,7 +98,11 @@ class Invoker:
         self.pool = ContainerPool(factory, images, settings.pool, gpu)
         self.producer = Producer(settings.kafka)
         self.entity_store = EntityStore(whisks)
-        self.activation_store = ActivationStore(activations)
+        # Set when a thread the invoker cannot live without is gone for good: pings stop,
+        # and the process exits non-zero (cli.main waits on it).
+        self.failed = threading.Event()
+        self.activation_store = ActivationStore(activations, deadline_s=settings.store_deadline_s,
+                                                on_fatal=self._fatal("activation record writer"))
         self.reactive = InvokerReactive(
             instance=settings.instance,
             producer=self.producer,
@@ -103,11 +113,13 @@ class Invoker:
             runnable_kind=images.runnable,
             topic_prefix=settings.kafka.topic_prefix,
             store_policy=settings.store_policy,
+            ack_policy=settings.ack_policy,
         )
         user_memory_mb = settings.instance.user_memory.megabytes
         max_peek = settings.max_peek or max(user_memory_mb // MIN_ACTION_MEMORY_MB, 16)
         self.topic = settings.kafka.topic(f"invoker{settings.instance.instance}")
-        self.feed = ActivationFeed(settings.kafka, self.topic, max_peek, self.reactive.handle)
+        self.feed = ActivationFeed(settings.kafka, self.topic, max_peek, self.reactive.handle,
+                                   on_fatal=self._fatal("activation feed"))
         self.reactive.done = self.feed.done
         self.enabled = True
         self._stop = threading.Event()
@@ -139,7 +151,7 @@ class Invoker:
         self.pool.shutdown()
         if self.gpu is not None:
             self.gpu.stop()
-        self.activation_store.close()
+        self.activation_store.close(timeout=30)  # records still failing stay uncommitted: replayed
         try:
             self.producer.send(self.settings.kafka.topic("health"),
                                serialize(PingMessage(self.settings.instance, False).to_json()))
@@ -149,6 +161,19 @@ class Invoker:
         if self._http is not None:
             self._http.shutdown()
 
+    def _fatal(self, what: str):
+        def fatal(error: BaseException) -> None:
+            log.critical("%s is gone for good (%r): the invoker stops pinging and exits", what, error)
+            self.failed.set()
+        return fatal
+
+    @property
+    def healthy(self) -> bool:
+        """Pinging is a promise to take work: only while the feed consumes and records land."""
+        if self.failed.is_set() or not self.feed.consuming:
+            return False
+        return self.activation_store.outage_s < self.settings.store_outage_unhealthy_s
+
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """Until the feed has its partitions (group join can take seconds)."""
         return self.feed.ready.wait(timeout_s)
@@ -157,8 +182,16 @@ class Invoker:
 
     def _ping_loop(self) -> None:
         topic = self.settings.kafka.topic("health")
+        was_healthy = True
         while not self._stop.is_set():
-            if self.enabled:
+            healthy = self.healthy
+            if healthy != was_healthy:
+                log.log(logging.INFO if healthy else logging.ERROR, "health pings %s: feed %s, records %s",
+                        "resume" if healthy else "stop", "consuming" if self.feed.consuming else "not consuming",
+                        f"failing for {self.activation_store.outage_s:.0f} s" if self.activation_store.outage_s
+                        else "landing")
+                was_healthy = healthy
+            if self.enabled and healthy:
                 try:
                     self.producer.send(topic, serialize(PingMessage(self.settings.instance).to_json()))
                 except Exception as error:  # the broker may be away; keep pinging
