@@ -96,6 +96,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
             heartbeat_interval_ms=config.kafka_heartbeat_interval_ms,
             max_poll_interval_ms=config.kafka_max_poll_interval_ms,
             fetch_max_wait_ms=config.kafka_fetch_max_wait_ms,
+            producer_delivery_timeout_ms=config.kafka_delivery_timeout_ms,
         ),
         pool=PoolConfig(
             user_memory_mb=config.user_memory.megabytes,

@@ -55,6 +55,9 @@ class KafkaSettings:
     # How long the broker may hold a fetch with no data. Kafka answers as soon as a
     # record arrives; some embedded brokers wait the whole time, so they want it short.
     fetch_max_wait_ms: int = 500
+    # How long the producer itself retries a record before its future fails; the ack
+    # layer (AckPolicy) retries beyond that.
+    producer_delivery_timeout_ms: int = 30_000
     extra: dict = field(default_factory=dict)  # passed to every client (security settings)
 
     def topic(self, name: str) -> str:
@@ -108,7 +111,7 @@ class Producer:
             # A send must not hold the caller (a pool thread) for a minute when the broker is
             # away: it fails fast and the ack layer retries with backoff (AckPolicy).
             max_block_ms=5_000,
-            delivery_timeout_ms=30_000,
+            delivery_timeout_ms=settings.producer_delivery_timeout_ms,
             **settings.extra,
         )
 
