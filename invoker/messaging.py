@@ -112,6 +112,7 @@ class Producer:
             # away: it fails fast and the ack layer retries with backoff (AckPolicy).
             max_block_ms=5_000,
             delivery_timeout_ms=settings.producer_delivery_timeout_ms,
+            request_timeout_ms=min(30_000, settings.producer_delivery_timeout_ms // 2),  # must be below it
             **settings.extra,
         )
 

@@ -1,0 +1,114 @@
+"""Outages ridden out with nothing lost (issue #12, point 3): the Kafka broker killed and
+restarted after longer than the producer's own retries; the CouchDB-API store stopped and
+started again. Every activation in flight gets its slot-freeing ack and exactly one record.
+
+The embedded Tansu broker keeps topics and offsets in memory only (its binary has no
+persistent storage engine), so after its restart the test recreates the topics, as an
+operator would, and reads the acks from the start of the new log."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fault_support import SLEEPER, wait_started
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from invoker.embedded.controller import EmbeddedController
+from invoker.messages import CompletionMessage, parse_acknowledgement
+from invoker.messaging import INVOKER_TOPIC_CONFIG, ensure_topic
+from invoker.store.couchdb import CouchServer as CouchClient
+
+BROKER_OUTAGE_S = 8.0  # longer than the producer's own retries (--kafka-delivery-timeout-ms 2000)
+STORE_OUTAGE_S = 12.0  # "several minutes" in production; the mechanism does not depend on it
+
+
+class AckReader:
+    """Every ack on a completed topic from the start of its log, across a broker restart."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.slot_freeing: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                       auto_offset_reset="earliest", fetch_max_wait_ms=10,
+                                       reconnect_backoff_max_ms=500)
+        self._consumer.assign([TopicPartition(topic, 0)])
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            for records in self._consumer.poll(timeout_ms=50).values():
+                for record in records:
+                    ack = parse_acknowledgement(record.value)
+                    if isinstance(ack, CompletionMessage):
+                        activation_id = ack.activation_id
+                    elif hasattr(ack, "instance"):
+                        activation_id = ack.response if isinstance(ack.response, str) else ack.response["activationId"]
+                    else:
+                        continue  # a ResultMessage frees no slot
+                    self.slot_freeing[activation_id] = self.slot_freeing.get(activation_id, 0) + 1
+
+    def wait_for(self, ids: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not all(i in self.slot_freeing for i in ids):
+            missing = [i for i in ids if i not in self.slot_freeing]
+            assert time.monotonic() < deadline, f"no slot-freeing ack for {missing}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def records_of(couch_url: str, deployment) -> dict[str, int]:
+    rows = CouchClient(couch_url).database(deployment.activations.name).all_docs(include_docs=True)
+    counts: dict[str, int] = {}
+    for row in rows:
+        activation_id = row["doc"]["activationId"]
+        counts[activation_id] = counts.get(activation_id, 0) + 1
+    return counts
+
+
+def test_broker_killed_longer_than_producer_retries_loses_no_ack(
+        kafka_broker_factory, couchdb_url, fault_deployment, tmp_path):
+    broker = kafka_broker_factory()
+    deployment = fault_deployment(broker.bootstrap_servers, couchdb_url,
+                                  ["--ack-deadline", "120 s", "--kafka-delivery-timeout-ms", "2000"])
+    invoker, controller = deployment.invoker, deployment.controller
+    fqn, rev = deployment.deploy("sleeper", SLEEPER, limits={"memory": 128})
+    deployment.invoke(fqn, rev, {"n": -1})  # warm the path
+    journal = tmp_path / "journal"
+    in_flight = [controller.message(fqn, rev, {"sleep": 4, "n": i, "journal": str(journal)}, blocking=(i % 2 == 0))
+                 for i in range(6)]
+    controller.publish_many(deployment.instance, in_flight)
+    wait_started(journal, len(in_flight))
+
+    broker._proc.kill()  # SIGKILL, mid-flight
+    broker.stop()
+    time.sleep(BROKER_OUTAGE_S)
+    broker.start()  # same port, empty (memory storage)
+    kafka = controller.kafka
+    for topic in (controller.completed_topic, controller.health_topic):
+        ensure_topic(kafka, topic)
+    ensure_topic(kafka, invoker.topic, configs=INVOKER_TOPIC_CONFIG)
+    reader = AckReader(broker.bootstrap_servers, controller.completed_topic)
+    try:
+        ids = [m.activation_id for m in in_flight]
+        reader.wait_for(ids, timeout_s=120)
+        # The invoker consumes the new log as well.
+        with EmbeddedController(kafka) as fresh:
+            after = fresh.message(fqn, rev, {"n": 99})
+            fresh.publish(deployment.instance, after)
+            reader.wait_for([after.activation_id], timeout_s=60)
+        deadline = time.monotonic() + 30
+        while any(records_of(couchdb_url, deployment).get(i) != 1 for i in ids):
+            assert time.monotonic() < deadline, records_of(couchdb_url, deployment)
+            time.sleep(0.2)
+        assert all(reader.slot_freeing[i] == 1 for i in ids), reader.slot_freeing
+        assert invoker.reactive.acks_retried > 0  # the outage did outlast the producer's retries
+        assert invoker.feed.in_flight == 0
+    finally:
+        reader.close()
