@@ -104,8 +104,9 @@ class ActivationStore:
         # Records queued or being written, by _id: for exists()/get() they are already
         # recorded, so a message redelivered meanwhile is not run a second time.
         self._unwritten: dict[str, _Pending] = {}
-        # monotonic time of the first failure of the write now being retried; None when writes land.
-        self._failing_since: float | None = None
+        # When each write now under way began: a write that has not landed after seconds
+        # (the database client retries inside it) means the store is away.
+        self._writing_since: dict[int, float] = {}
         self._writers = [
             SupervisedThread(f"activation-store-{i}", self._run, on_fatal or (lambda error: None))
             for i in range(concurrency)
@@ -136,9 +137,11 @@ class ActivationStore:
 
     @property
     def outage_s(self) -> float:
-        """For how long writes have been failing (0 when they land)."""
-        since = self._failing_since
-        return 0.0 if since is None else time.monotonic() - since
+        """How long the oldest write under way has been trying (0 when none is): a healthy
+        write lands in milliseconds, so seconds here mean the store is away."""
+        with self._lock:
+            oldest = min(self._writing_since.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     @property
     def outstanding(self) -> int:
@@ -206,6 +209,16 @@ class ActivationStore:
                 return
 
     def _write(self, batch: list[_Pending]) -> None:
+        writer = threading.get_ident()
+        with self._lock:
+            self._writing_since[writer] = time.monotonic()
+        try:
+            self._write_until_done(batch)
+        finally:
+            with self._lock:
+                del self._writing_since[writer]
+
+    def _write_until_done(self, batch: list[_Pending]) -> None:
         deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         attempt = 0
         todo = batch
@@ -235,12 +248,9 @@ class ActivationStore:
                 self._finish(done, None)
                 problem = StoreUnavailable(f"{len(retry)} records failed: {_first_error(results)}")
             if not retry:
-                self._failing_since = None
                 if attempt:
                     log.info("activation store is back: %d records written after %d retries", len(batch), attempt)
                 return
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
             attempt += 1
             ceiling = min(self.backoff_max_s, self.backoff_initial_s * (2 ** (attempt - 1)))
             delay = ceiling / 2 + self._random.uniform(0, ceiling / 2)
