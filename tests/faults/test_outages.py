@@ -9,70 +9,17 @@ operator would, and reads the acks from the start of the new log."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 
-from fault_support import SLEEPER, wait_started
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
+from fault_support import SLEEPER, AckReader, records_of, wait_started
 
 from invoker.embedded.controller import EmbeddedController
-from invoker.messages import CompletionMessage, parse_acknowledgement
 from invoker.messaging import INVOKER_TOPIC_CONFIG, ensure_topic
-from invoker.store.couchdb import CouchServer as CouchClient
 
 BROKER_OUTAGE_S = 8.0  # longer than the producer's own retries (--kafka-delivery-timeout-ms 2000)
 # "Several minutes" in production; the mechanism does not depend on it (records are retried
 # until written). FAULTS_STORE_OUTAGE_S lengthens it, e.g. past the old fixed 30 s deadline.
 STORE_OUTAGE_S = float(os.environ.get("FAULTS_STORE_OUTAGE_S", "12"))
-
-
-class AckReader:
-    """Every ack on a completed topic from the start of its log, across a broker restart."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.slot_freeing: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                       auto_offset_reset="earliest", fetch_max_wait_ms=10,
-                                       reconnect_backoff_max_ms=500)
-        self._consumer.assign([TopicPartition(topic, 0)])
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            for records in self._consumer.poll(timeout_ms=50).values():
-                for record in records:
-                    ack = parse_acknowledgement(record.value)
-                    if isinstance(ack, CompletionMessage):
-                        activation_id = ack.activation_id
-                    elif hasattr(ack, "instance"):
-                        activation_id = ack.response if isinstance(ack.response, str) else ack.response["activationId"]
-                    else:
-                        continue  # a ResultMessage frees no slot
-                    self.slot_freeing[activation_id] = self.slot_freeing.get(activation_id, 0) + 1
-
-    def wait_for(self, ids: list[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not all(i in self.slot_freeing for i in ids):
-            missing = [i for i in ids if i not in self.slot_freeing]
-            assert time.monotonic() < deadline, f"no slot-freeing ack for {missing}"
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()
-
-
-def records_of(couch_url: str, deployment) -> dict[str, int]:
-    rows = CouchClient(couch_url).database(deployment.activations.name).all_docs(include_docs=True)
-    counts: dict[str, int] = {}
-    for row in rows:
-        activation_id = row["doc"]["activationId"]
-        counts[activation_id] = counts.get(activation_id, 0) + 1
-    return counts
 
 
 def test_broker_killed_longer_than_producer_retries_loses_no_ack(
