@@ -185,7 +185,7 @@ class Invoker:
         was_healthy = True
         while not self._stop.is_set():
             healthy = self.healthy
-            if healthy != was_healthy:
+            if healthy != was_healthy and not self._stop.is_set():
                 log.log(logging.INFO if healthy else logging.ERROR, "health pings %s: feed %s, records %s",
                         "resume" if healthy else "stop", "consuming" if self.feed.consuming else "not consuming",
                         f"failing for {self.activation_store.outage_s:.0f} s" if self.activation_store.outage_s
