@@ -70,7 +70,8 @@ def test_store_stopped_loses_no_record_and_commits_nothing_early(
     deployment = fault_deployment(kafka_bootstrap, couch.url)
     invoker, controller = deployment.invoker, deployment.controller
     fqn, rev = deployment.deploy("sleeper", SLEEPER, limits={"memory": 128})
-    deployment.invoke(fqn, rev, {"n": -1})  # the action is cached from here on
+    warm, _ = deployment.invoke(fqn, rev, {"n": -1})  # the action is cached from here on
+    deployment.record(warm)  # and its record written: only what follows waits for the store
     journal = tmp_path / "journal"
     before = [controller.message(fqn, rev, {"sleep": 2, "n": i, "journal": str(journal)}, blocking=(i % 2 == 0))
               for i in range(6)]
