@@ -223,6 +223,7 @@ class ActivationFeed:
         self.restarts = 0
 
     def start(self) -> None:
+        self._last_tick = time.monotonic()  # consuming from the start, not from the first poll
         self._thread.start()
 
     def _new_consumer(self) -> KafkaConsumer:

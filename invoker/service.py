@@ -131,8 +131,8 @@ class Invoker:
     def start(self) -> None:
         ensure_topic(self.settings.kafka, self.topic, configs=INVOKER_TOPIC_CONFIG)
         self.pool.start()
-        self._pinger.start()
         self.feed.start()
+        self._pinger.start()  # after the feed: it pings only while the feed consumes
         if self.settings.http_port is not None:
             self._start_http()
         log.info(
