@@ -143,13 +143,13 @@ class Soak:
     def started(self) -> Counter:
         return Counter(self.journal.read_text().split())
 
-    def wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+    def wait(self, what: str, ready: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> None:
         deadline = time.monotonic() + timeout_s
         while not ready():
             self.check_invoker()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what} within {timeout_s:.0f} s (invoker log {self.invoker_log})")
-            time.sleep(0.05)
+            time.sleep(interval_s)
 
     def answered(self, ids: list[str]) -> int:
         return sum(1 for i in ids if i in self.acks.slot_freeing)
@@ -235,6 +235,11 @@ def run_wave(soak: Soak, name: str, count: int, fault: Callable[[Soak, list[str]
     rest = soak.publish(count - len(first), sleep_s)
     row.ids = first + rest
     soak.wait(f"wave {name} answered", lambda: soak.answered(row.ids) == len(row.ids), 900)
+    # The next fault must not land on this wave's tail: wait for its records (then its
+    # offsets commit within the feed's commit interval).
+    soak.wait(f"wave {name} recorded", lambda: all(
+        records_of(soak.couch.url, database="activations").get(i) for i in row.ids), 300, interval_s=0.5)
+    time.sleep(1.0)
     return row
 
 
