@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep", type=float, default=0.02, help="seconds each activation runs")
     parser.add_argument("--smoke", action="store_true", help="a small, fast run: 60 activations, short outages")
     parser.add_argument("--out", type=Path, default=RESULTS / "faults.json")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep logs and data here (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.count, args.broker_outage, args.store_outage = 60, 3.0, 4.0
@@ -291,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="owgpu-faults-") as tmp:
-        soak = Soak(Path(tmp), args)
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        soak = Soak(workdir, args)
         try:
             rows = [run_wave(soak, "none (baseline)", args.count - per_wave * len(names), None)]
             for name in names:
