@@ -19,7 +19,7 @@ from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
 from invoker.gpu.mps import MpsError
 from invoker.manifest import RuntimesManifest
 from invoker.messaging import KafkaSettings
-from invoker.reactive import StorePolicy
+from invoker.reactive import AckPolicy, StorePolicy
 from invoker.service import Invoker, InvokerSettings, instance_id, pool_limits
 from invoker.store.database import Database
 
@@ -103,6 +103,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
             heartbeat_interval_ms=config.kafka_heartbeat_interval_ms,
             max_poll_interval_ms=config.kafka_max_poll_interval_ms,
             fetch_max_wait_ms=config.kafka_fetch_max_wait_ms,
+            producer_delivery_timeout_ms=config.kafka_delivery_timeout_ms,
         ),
         pool=PoolConfig(
             user_memory_mb=config.user_memory.megabytes,
@@ -118,6 +119,8 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
         http_port=config.port,
         http_username=config.invoker_username,
         http_password=config.invoker_password,
+        ack_policy=AckPolicy(deadline_s=config.ack_deadline),
+        store_deadline_s=config.store_deadline,
     )
     return Invoker(settings, factory, manifest, whisks, activations, gpu=gpu)
 
@@ -155,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"invoker: {error}", file=sys.stderr)
             return 2
         invoker.start()
-        stop.wait()
+        while not stop.wait(0.5) and not invoker.failed.is_set():
+            pass
         log.info("stopping: finishing activations in flight")
         invoker.stop()
+    if invoker.failed.is_set():
+        log.critical("exiting: a thread the invoker cannot live without is gone")
+        return 1
     return 0

@@ -129,6 +129,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka_max_poll_interval_ms", "--kafka-max-poll-interval-ms",
             ("CONFIG_whisk_kafka_consumer_maxPollIntervalMs",), 300_000,
             "Consumer max poll interval (also the group join wait on some brokers).", int),
+    Setting("kafka_delivery_timeout_ms", "--kafka-delivery-timeout-ms",
+            ("CONFIG_whisk_kafka_producer_deliveryTimeoutMs",), 30000,
+            "How long the Kafka producer retries a record itself; acks are retried beyond it (--ack-deadline).",
+            int),
     Setting("kafka_fetch_max_wait_ms", "--kafka-fetch-max-wait-ms", ("CONFIG_whisk_kafka_consumer_fetchMaxWaitMs",),
             500, "Longest a fetch may wait at the broker for new records.", int),
     Setting("couchdb_protocol", "--couchdb-protocol", ("CONFIG_whisk_couchdb_protocol",), "http", "CouchDB protocol."),
@@ -201,6 +205,11 @@ SETTINGS: tuple[Setting, ...] = (
             "unset: none, the image being read-only).", parse_size_mb),
     Setting("max_peek", "--max-peek", ("INVOKER_MAX_PEEK",), None,
             "Most activations taken from Kafka and not yet finished (default: userMemory/128MB, at least 16).", int),
+    Setting("ack_deadline", "--ack-deadline", ("INVOKER_ACK_DEADLINE",), "10 minutes",
+            "How long an ack is retried (with backoff) while the Kafka broker is away.", parse_duration_s),
+    Setting("store_deadline", "--store-deadline", ("INVOKER_STORE_DEADLINE",), None,
+            "How long an activation record is retried while the store is away before it is dropped. "
+            "Unset: until written (its Kafka offset stays uncommitted meanwhile).", parse_duration_s),
     Setting("log_level", "--log-level", ("INVOKER_LOG_LEVEL",), "INFO", "Python log level."),
     Setting("gpus", "--gpus", ("INVOKER_GPUS",), None,
             "GPUs declared, not detected: index:memory[,...] (e.g. 0:80GiB,1:80GiB), for nodes where NVML "

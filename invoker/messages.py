@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoker.errors import InvokerError
+
 __all__ = [
     "MessageError",
     "ByteSize",
@@ -23,6 +25,8 @@ __all__ = [
     "ControllerInstanceId",
     "InvokerInstanceId",
     "ActivationMessage",
+    "Addressee",
+    "salvage_addressee",
     "CombinedCompletionAndResultMessage",
     "ResultMessage",
     "CompletionMessage",
@@ -33,7 +37,7 @@ __all__ = [
 JsonObject = dict[str, Any]
 
 
-class MessageError(ValueError):
+class MessageError(InvokerError, ValueError):
     """A message or document does not have the shape OpenWhisk defines."""
 
 
@@ -55,6 +59,24 @@ def _optional(obj: JsonObject, key: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind):
         raise MessageError(f"field {key!r} has the wrong type: {type(value).__name__}")
     return value
+
+
+def _string_list(obj: JsonObject, key: str) -> tuple[str, ...]:
+    value = obj.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise MessageError(f"field {key!r} must be an array of strings")
+    return tuple(value)
+
+
+def _string_map(obj: JsonObject, key: str) -> dict[str, str]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise MessageError(f"field {key!r} must be an object of strings")
+    return dict(value)
 
 
 def _put_optional(out: JsonObject, key: str, value: Any) -> None:
@@ -309,10 +331,12 @@ class ActivationMessage:
 
     @classmethod
     def from_json(cls, value: Any) -> ActivationMessage:
-        revision = value.get("revision") if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            raise MessageError(f"an activation message is a JSON object, not {type(value).__name__}")
+        revision = value.get("revision")
         if revision is not None and not isinstance(revision, str):
             raise MessageError("field 'revision' has the wrong type")
-        if isinstance(value, dict) and "revision" not in value:
+        if "revision" not in value:
             raise MessageError("missing field 'revision'")
         content = value.get("content")
         if content is not None and not isinstance(content, dict | list):
@@ -329,19 +353,26 @@ class ActivationMessage:
             ),
             blocking=_require(value, "blocking", bool),
             content=content,
-            init_args=tuple(value.get("initArgs") or ()),
-            locked_args=dict(value.get("lockedArgs") or {}),
+            init_args=_string_list(value, "initArgs"),
+            locked_args=_string_map(value, "lockedArgs"),
             cause=check_activation_id(cause) if cause is not None else None,
-            trace_context=_optional(value, "traceContext", dict),
+            trace_context=_string_map(value, "traceContext") if value.get("traceContext") is not None else None,
         )
 
     @classmethod
     def parse(cls, data: bytes | str) -> ActivationMessage:
+        """The message in ``data``; raises only ``MessageError``, whatever the bytes."""
         try:
-            value = json.loads(data)
+            return cls.from_json(json.loads(data))
+        except MessageError:
+            raise
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise MessageError(f"not JSON: {error}") from error
-        return cls.from_json(value)
+        except RecursionError as error:
+            raise MessageError("JSON nested too deeply") from error
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
+            # One seam: any shape the field readers did not foresee is still a bad message.
+            raise MessageError(f"not an activation message: {type(error).__name__}: {error}") from error
 
     @property
     def completed_topic_suffix(self) -> str:
@@ -366,6 +397,34 @@ class ActivationMessage:
 
     def serialize(self) -> bytes:
         return serialize(self.to_json())
+
+
+@dataclass(frozen=True)
+class Addressee:
+    """Who waits for an activation whose message is broken: enough to free the
+    controller's slot with a whisk-error completion instead of leaving it to time out."""
+
+    activation_id: str
+    controller: ControllerInstanceId
+    transid: TransactionId | None
+
+
+def salvage_addressee(data: bytes | str) -> Addressee | None:
+    """The activation id and controller of a message that ``parse`` refused, when both
+    can still be read; ``None`` otherwise. Never raises."""
+    try:
+        value = json.loads(data)
+        if not isinstance(value, dict):
+            return None
+        activation_id = check_activation_id(value.get("activationId"))
+        controller = ControllerInstanceId.from_json(value.get("rootControllerIndex"))
+        try:
+            transid: TransactionId | None = TransactionId.from_json(value.get("transid"))
+        except MessageError:
+            transid = None
+        return Addressee(activation_id, controller, transid)
+    except (MessageError, ValueError, TypeError, AttributeError, RecursionError):
+        return None
 
 
 # --------------------------------------------------------------------------- acks

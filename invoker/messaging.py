@@ -21,6 +21,12 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from invoker.errors import BrokerUnavailable, RecordTooLarge
+from invoker.supervision import RestartPolicy, SupervisedThread
+
+__all__ = ["ActivationFeed", "BrokerUnavailable", "FeedRecord", "KafkaSettings", "Producer", "RecordTooLarge",
+           "ensure_topic"]
+
 log = logging.getLogger(__name__)
 
 # Payload max (1 MiB) plus OpenWhisk's serdes overhead: the max.message.bytes of
@@ -32,8 +38,9 @@ MAX_MESSAGE_BYTES = 1024 * 1024 + 6068
 REPLAY_CLOCK_SKEW_MS = 5_000
 
 
-class RecordTooLarge(Exception):
-    """The broker or the producer refused a record for its size."""
+# A broker that went away should be found again within a second or two once it is back
+# (kafka-python's default backs off up to 30 s between reconnects).
+RECONNECT_BACKOFF_MAX_MS = 1_000
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,9 @@ class KafkaSettings:
     # How long the broker may hold a fetch with no data. Kafka answers as soon as a
     # record arrives; some embedded brokers wait the whole time, so they want it short.
     fetch_max_wait_ms: int = 500
+    # How long the producer itself retries a record before its future fails; the ack
+    # layer (AckPolicy) retries beyond that.
+    producer_delivery_timeout_ms: int = 30_000
     extra: dict = field(default_factory=dict)  # passed to every client (security settings)
 
     def topic(self, name: str) -> str:
@@ -97,19 +107,26 @@ class Producer:
             # ahead of its CompletionMessage, as the controller expects.
             max_in_flight_requests_per_connection=1,
             metrics_enabled=False,  # nothing reads them; they cost a sensor update per request
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            # A send must not hold the caller (a pool thread) for a minute when the broker is
+            # away: it fails fast and the ack layer retries with backoff (AckPolicy).
+            max_block_ms=5_000,
+            delivery_timeout_ms=settings.producer_delivery_timeout_ms,
+            request_timeout_ms=min(30_000, settings.producer_delivery_timeout_ms // 2),  # must be below it
             **settings.extra,
         )
 
     def send(self, topic: str, value: bytes) -> Future:
+        """A future resolved once the broker has the record. Failures are ``RecordTooLarge``
+        or ``BrokerUnavailable`` (chained to kafka-python's error), raised here or set on
+        the future."""
         result: Future = Future()
         try:
             record = self._producer.send(topic, value)
-        except MessageSizeTooLargeError as error:
-            raise RecordTooLarge(str(error)) from error
+        except KafkaError as error:
+            raise _broker_error(error) from error
         record.add_callback(lambda _meta: result.set_result(None))
-        record.add_errback(lambda error: result.set_exception(
-            RecordTooLarge(str(error)) if isinstance(error, MessageSizeTooLargeError) else error
-        ))
+        record.add_errback(lambda error: result.set_exception(_broker_error(error)))
         return result
 
     def flush(self, timeout_s: float = 10.0) -> None:
@@ -117,6 +134,16 @@ class Producer:
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._producer.close(timeout=timeout_s)
+
+
+def _broker_error(error: BaseException) -> Exception:
+    """The one seam from kafka-python's errors to the invoker's."""
+    if isinstance(error, MessageSizeTooLargeError):
+        mapped: Exception = RecordTooLarge(str(error))
+    else:
+        mapped = BrokerUnavailable(f"{type(error).__name__}: {error}")
+    mapped.__cause__ = error
+    return mapped
 
 
 @dataclass(frozen=True)
@@ -128,12 +155,16 @@ class FeedRecord:
     #: processed (they sat between the committed offset and the end of the
     #: partition when this run started).
     maybe_replayed: bool
+    #: Which life of the partition's log the offset belongs to: a broker without
+    #: persistence that restarts starts its offsets again at 0.
+    generation: int = 0
 
 
 class _PartitionProgress:
     """Offsets handed out and finished; the commit point is the lowest unfinished one."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int = 0) -> None:
+        self.generation = generation
         self.pending: set[int] = set()
         self.highest_seen = -1
         self.committed = -1
@@ -145,7 +176,12 @@ class _PartitionProgress:
 
 class ActivationFeed:
     """Consumes ``invoker{N}`` on its own thread, hands at most ``capacity`` records
-    at once to ``handler``, and commits what is done."""
+    at once to ``handler``, and commits what is done.
+
+    The consumer thread is supervised: if it dies, a new consumer takes over (records
+    still in flight are not handed out again); if it keeps dying, ``on_fatal`` is called.
+    ``consuming`` says whether it is alive and polling: the invoker pings only then.
+    """
 
     def __init__(
         self,
@@ -155,6 +191,9 @@ class ActivationFeed:
         handler: Callable[[FeedRecord], None],
         poll_timeout_ms: int = 100,
         commit_interval_ms: int = 50,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        restart_policy: RestartPolicy | None = None,
+        stall_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.topic = topic
@@ -164,21 +203,31 @@ class ActivationFeed:
         # A commit is a broker round trip on this thread: under load, one per interval
         # rather than one per poll. A crash replays at most this much more (harmless).
         self.commit_interval_ms = commit_interval_ms
+        # A loop that has not come round for this long cannot be consuming.
+        self.stall_s = stall_s
         self._last_commit = 0.0
+        self._last_tick = 0.0
         self._lock = threading.Lock()
         self._in_flight = 0
         self._freed = threading.Event()  # set by done(): a slot came free
         self._progress: dict[TopicPartition, _PartitionProgress] = {}
         self._replay_end: dict[TopicPartition, int] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"feed-{topic}", daemon=True)
+        self._on_fatal = on_fatal or (lambda error: None)
+        self._thread = SupervisedThread(f"feed-{topic}", self._run_consumer, self._on_fatal,
+                                        restart_policy or RestartPolicy(), self._stop)
         self._consumer: KafkaConsumer | None = None
         self._paused = False
         self.ready = threading.Event()  # set once partitions are assigned
         self._started_ms = int(time.time() * 1000)
+        self.restarts = 0
 
     def start(self) -> None:
-        self._consumer = KafkaConsumer(
+        self._last_tick = time.monotonic()  # consuming from the start, not from the first poll
+        self._thread.start()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.topic,
             client_id=f"consumer-{self.topic}",
@@ -190,14 +239,21 @@ class ActivationFeed:
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             metrics_enabled=False,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             **self.settings.extra,
         )
-        self._consumer.subscribe([self.topic])
-        self._thread.start()
+        consumer.subscribe([self.topic])
+        return consumer
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout_s)
+
+    @property
+    def consuming(self) -> bool:
+        """Alive and polling: the loop came round within ``stall_s``."""
+        return (self._thread.alive and not self._stop.is_set()
+                and time.monotonic() - self._last_tick < self.stall_s)
 
     @property
     def in_flight(self) -> int:
@@ -208,41 +264,50 @@ class ActivationFeed:
         """The record's activation is finished (or was skipped): it may be committed."""
         with self._lock:
             progress = self._progress.get(record.partition)
-            if progress is not None:
+            if progress is not None and progress.generation == record.generation:
                 progress.pending.discard(record.offset)
             self._in_flight -= 1
         self._freed.set()
 
     # ------------------------------------------------------------------ the consumer thread
 
-    def _loop(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
+    def _run_consumer(self) -> None:
+        """One consumer's life; raising hands over to the supervisor (restart or fatal)."""
+        if self._consumer is not None:
+            self.restarts += 1
+            self._paused = False
+        self._last_tick = time.monotonic()
+        consumer = self._consumer = self._new_consumer()
         try:
-            while not self._stop.is_set():
-                self._freed.clear()
-                free = self.capacity - self.in_flight
-                # Full: wait for a slot here rather than in poll(), which would not wake
-                # when one frees (and sleeps its retry backoff on paused partitions). The
-                # partitions stay resumed meanwhile, so the fetcher keeps records ready;
-                # only a pool that stays full gets them paused.
-                if free <= 0 and self._freed.wait(self.poll_timeout_ms / 1000):
-                    continue
-                self._flow_control(consumer, free > 0)
-                batch = consumer.poll(timeout_ms=self.poll_timeout_ms if free > 0 else 0, max_records=max(free, 1))
-                if consumer.assignment() and not self.ready.is_set():
-                    self._note_replay_window(consumer)
-                    self.ready.set()
-                for partition, records in batch.items():
-                    for record in records:
-                        self._dispatch(partition, record.offset, record.value, record.timestamp)
-                if not batch or time.monotonic() - self._last_commit >= self.commit_interval_ms / 1000:
-                    self._commit(consumer)
-            self._commit(consumer)
-        except Exception:
-            log.exception("activation feed on %s stopped", self.topic)
+            self._loop(consumer)
         finally:
-            consumer.close(autocommit=False)
+            try:
+                consumer.close(autocommit=False)
+            except Exception:
+                log.exception("closing the consumer of %s failed", self.topic)
+
+    def _loop(self, consumer: KafkaConsumer) -> None:
+        while not self._stop.is_set():
+            self._last_tick = time.monotonic()
+            self._freed.clear()
+            free = self.capacity - self.in_flight
+            # Full: wait for a slot here rather than in poll(), which would not wake
+            # when one frees (and sleeps its retry backoff on paused partitions). The
+            # partitions stay resumed meanwhile, so the fetcher keeps records ready;
+            # only a pool that stays full gets them paused.
+            if free <= 0 and self._freed.wait(self.poll_timeout_ms / 1000):
+                continue
+            self._flow_control(consumer, free > 0)
+            batch = consumer.poll(timeout_ms=self.poll_timeout_ms if free > 0 else 0, max_records=max(free, 1))
+            if consumer.assignment() and not self.ready.is_set():
+                self._note_replay_window(consumer)
+                self.ready.set()
+            for partition, records in batch.items():
+                for record in records:
+                    self._dispatch(partition, record.offset, record.value, record.timestamp)
+            if not batch or time.monotonic() - self._last_commit >= self.commit_interval_ms / 1000:
+                self._commit(consumer)
+        self._commit(consumer)
 
     def _flow_control(self, consumer: KafkaConsumer, want_records: bool) -> None:
         # Paused partitions keep the consumer in its group (poll still heartbeats)
@@ -272,20 +337,29 @@ class ActivationFeed:
         # Some Kafka-protocol brokers (Tansu) report end offsets per batch, not per
         # record, so a record written before this run started counts as well.
         written_before_start = timestamp_ms is not None and 0 <= timestamp_ms < self._started_ms + REPLAY_CLOCK_SKEW_MS
-        record = FeedRecord(partition, offset, value, maybe_replayed=offset < end or written_before_start)
         with self._lock:
             progress = self._progress.setdefault(partition, _PartitionProgress())
-            if offset <= progress.highest_seen:
+            if offset <= progress.committed - 1 and offset not in progress.pending:
+                # Below what we committed: the broker lost its log (one without persistence
+                # restarted) and numbers its records from 0 again. A new life of the log.
+                log.warning("%s: offset %d is below the committed %d: the broker's log was recreated; "
+                            "following the new one", partition, offset, progress.committed)
+                progress = self._progress[partition] = _PartitionProgress(progress.generation + 1)
+            elif offset <= progress.highest_seen:
                 # A rebalance rewinds the consumer to the committed offset, so records
                 # this process already has in flight (or finished) come again: skip them.
                 return
             progress.pending.add(offset)
             progress.highest_seen = max(progress.highest_seen, offset)
             self._in_flight += 1
+            generation = progress.generation
+        record = FeedRecord(partition, offset, value, maybe_replayed=offset < end or written_before_start,
+                            generation=generation)
         try:
             self.handler(record)
         except Exception:
-            log.exception("handler failed on %s@%d; skipping it", partition, offset)
+            log.exception("dropping record %s-%d@%d: the handler failed on it", partition.topic,
+                          partition.partition, offset)
             self.done(record)
 
     def _commit(self, consumer: KafkaConsumer) -> None:

@@ -28,7 +28,7 @@ from invoker.messaging import (
     Producer,
     ensure_topic,
 )
-from invoker.reactive import InvokerReactive, StorePolicy
+from invoker.reactive import AckPolicy, InvokerReactive, StorePolicy
 from invoker.store.activations import ActivationStore
 from invoker.store.database import Database
 from invoker.store.entities import EntityStore
@@ -74,6 +74,12 @@ class InvokerSettings:
     http_username: str = "invoker.user"
     http_password: str = "invoker.pass"
     ping_interval_s: float = 1.0
+    ack_policy: AckPolicy = AckPolicy()
+    # How long an activation record is retried before it is given up (None: until written).
+    store_deadline_s: float | None = None
+    # Pings stop once records have failed to be written for this long: the controller
+    # then sends its work elsewhere instead of to an invoker that cannot record it.
+    store_outage_unhealthy_s: float = 5.0
 
 
 class Invoker:
@@ -93,7 +99,11 @@ class Invoker:
         self.pool = ContainerPool(factory, images, settings.pool, gpu)
         self.producer = Producer(settings.kafka)
         self.entity_store = EntityStore(whisks)
-        self.activation_store = ActivationStore(activations)
+        # Set when a thread the invoker cannot live without is gone for good: pings stop,
+        # and the process exits non-zero (cli.main waits on it).
+        self.failed = threading.Event()
+        self.activation_store = ActivationStore(activations, deadline_s=settings.store_deadline_s,
+                                                on_fatal=self._fatal("activation record writer"))
         self.reactive = InvokerReactive(
             instance=settings.instance,
             producer=self.producer,
@@ -104,11 +114,13 @@ class Invoker:
             runnable_kind=images.runnable,
             topic_prefix=settings.kafka.topic_prefix,
             store_policy=settings.store_policy,
+            ack_policy=settings.ack_policy,
         )
         user_memory_mb = settings.instance.user_memory.megabytes
         max_peek = settings.max_peek or max(user_memory_mb // MIN_ACTION_MEMORY_MB, 16)
         self.topic = settings.kafka.topic(f"invoker{settings.instance.instance}")
-        self.feed = ActivationFeed(settings.kafka, self.topic, max_peek, self.reactive.handle)
+        self.feed = ActivationFeed(settings.kafka, self.topic, max_peek, self.reactive.handle,
+                                   on_fatal=self._fatal("activation feed"))
         self.reactive.done = self.feed.done
         self.enabled = True
         self._stop = threading.Event()
@@ -120,8 +132,8 @@ class Invoker:
     def start(self) -> None:
         ensure_topic(self.settings.kafka, self.topic, configs=INVOKER_TOPIC_CONFIG)
         self.pool.start()
-        self._pinger.start()
         self.feed.start()
+        self._pinger.start()  # after the feed: it pings only while the feed consumes
         if self.settings.http_port is not None:
             self._start_http()
         log.info(
@@ -140,7 +152,7 @@ class Invoker:
         self.pool.shutdown()
         if self.gpu is not None:
             self.gpu.stop()
-        self.activation_store.close()
+        self.activation_store.close(timeout=30)  # records still failing stay uncommitted: replayed
         try:
             self.producer.send(self.settings.kafka.topic("health"),
                                serialize(PingMessage(self.settings.instance, False).to_json()))
@@ -150,6 +162,19 @@ class Invoker:
         if self._http is not None:
             self._http.shutdown()
 
+    def _fatal(self, what: str):
+        def fatal(error: BaseException) -> None:
+            log.critical("%s is gone for good (%r): the invoker stops pinging and exits", what, error)
+            self.failed.set()
+        return fatal
+
+    @property
+    def healthy(self) -> bool:
+        """Pinging is a promise to take work: only while the feed consumes and records land."""
+        if self.failed.is_set() or not self.feed.consuming:
+            return False
+        return self.activation_store.outage_s < self.settings.store_outage_unhealthy_s
+
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """Until the feed has its partitions (group join can take seconds)."""
         return self.feed.ready.wait(timeout_s)
@@ -158,8 +183,16 @@ class Invoker:
 
     def _ping_loop(self) -> None:
         topic = self.settings.kafka.topic("health")
+        was_healthy = True
         while not self._stop.is_set():
-            if self.enabled:
+            healthy = self.healthy
+            if healthy != was_healthy and not self._stop.is_set():
+                log.log(logging.INFO if healthy else logging.ERROR, "health pings %s: feed %s, records %s",
+                        "resume" if healthy else "stop", "consuming" if self.feed.consuming else "not consuming",
+                        f"failing for {self.activation_store.outage_s:.0f} s" if self.activation_store.outage_s
+                        else "landing")
+                was_healthy = healthy
+            if self.enabled and healthy:
                 try:
                     self.producer.send(topic, serialize(PingMessage(self.instance_now()).to_json()))
                 except Exception as error:  # the broker may be away; keep pinging

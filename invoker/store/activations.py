@@ -4,6 +4,13 @@ Records go through ``_bulk_docs`` in batches, like the Scala invoker's batcher: 
 thread takes whatever is queued (up to ``batch_size``), writes it in one request and
 resolves each record's future. A record that already exists counts as written: it is
 ours, from before a crash or from a retried request whose answer was lost.
+
+A store outage is ridden out, not dropped (the Scala invoker logs and drops the record
+once its retries are spent): by default a record is retried until it is written, and its
+future — hence its feed record's offset — stays open meanwhile. The invoker thereby stops
+taking work while records cannot be written (feed slots stay held; ``outage_s`` stops
+its pings), and nothing is lost: the Kafka record stays uncommitted, so even a crash
+during the outage replays the activation instead of losing its record.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +32,7 @@ from invoker.store.database import (
     StoreError,
     StoreUnavailable,
 )
+from invoker.supervision import SupervisedThread
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +80,15 @@ class ActivationStore:
     """Batched, retrying writer of activation records, plus the reads crash recovery needs.
 
     Transient failures (``StoreUnavailable``, or a per-document error a retry may fix)
-    are retried with backoff until ``deadline_s`` after the batch's first attempt; then
-    the futures fail with ``StoreUnavailable``. Other errors fail the affected futures
-    at once.
+    are retried with backoff until ``deadline_s`` after the batch's first attempt (``None``:
+    until written); then the futures fail with ``StoreUnavailable``. Other errors fail
+    the affected futures at once. A writer thread that dies is restarted (``on_fatal``
+    when it keeps dying).
     """
 
     def __init__(self, db: Database, batch_size: int = 500, *, concurrency: int = 2,
-                 deadline_s: float = 30.0, backoff_initial_s: float = 0.1,
-                 backoff_max_s: float = 2.0) -> None:
+                 deadline_s: float | None = 30.0, backoff_initial_s: float = 0.1,
+                 backoff_max_s: float = 2.0, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         if batch_size < 1 or concurrency < 1:
             raise ValueError("batch_size and concurrency must be at least 1")
         self.db = db
@@ -95,8 +104,11 @@ class ActivationStore:
         # Records queued or being written, by _id: for exists()/get() they are already
         # recorded, so a message redelivered meanwhile is not run a second time.
         self._unwritten: dict[str, _Pending] = {}
+        # When each write now under way began: a write that has not landed after seconds
+        # (the database client retries inside it) means the store is away.
+        self._writing_since: dict[int, float] = {}
         self._writers = [
-            threading.Thread(target=self._run, name=f"activation-store-{i}", daemon=True)
+            SupervisedThread(f"activation-store-{i}", self._run, on_fatal or (lambda error: None))
             for i in range(concurrency)
         ]
         for writer in self._writers:
@@ -122,6 +134,14 @@ class ActivationStore:
             self._unwritten.setdefault(doc["_id"], pending)
             self._queue.put(pending)
         return future
+
+    @property
+    def outage_s(self) -> float:
+        """How long the oldest write under way has been trying (0 when none is): a healthy
+        write lands in milliseconds, so seconds here mean the store is away."""
+        with self._lock:
+            oldest = min(self._writing_since.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     @property
     def outstanding(self) -> int:
@@ -189,7 +209,17 @@ class ActivationStore:
                 return
 
     def _write(self, batch: list[_Pending]) -> None:
-        deadline = time.monotonic() + self.deadline_s
+        writer = threading.get_ident()
+        with self._lock:
+            self._writing_since[writer] = time.monotonic()
+        try:
+            self._write_until_done(batch)
+        finally:
+            with self._lock:
+                del self._writing_since[writer]
+
+    def _write_until_done(self, batch: list[_Pending]) -> None:
+        deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
         attempt = 0
         todo = batch
         while todo:
@@ -218,11 +248,13 @@ class ActivationStore:
                 self._finish(done, None)
                 problem = StoreUnavailable(f"{len(retry)} records failed: {_first_error(results)}")
             if not retry:
+                if attempt:
+                    log.info("activation store is back: %d records written after %d retries", len(batch), attempt)
                 return
             attempt += 1
             ceiling = min(self.backoff_max_s, self.backoff_initial_s * (2 ** (attempt - 1)))
             delay = ceiling / 2 + self._random.uniform(0, ceiling / 2)
-            if time.monotonic() + delay >= deadline:
+            if deadline is not None and time.monotonic() + delay >= deadline:
                 log.error("giving up on %d activation records after %.0f s: %s",
                           len(retry), self.deadline_s, problem)
                 message = f"activation records not written within {self.deadline_s:.0f} s: {problem}"

@@ -1,0 +1,108 @@
+"""Helpers of the fault tests and of ``bench/faults.py``: actions, a pouchdb-server that keeps
+its data on disk, an ack reader that survives a broker restart, and record counts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+from services import CouchServer
+
+from invoker.messages import CompletionMessage, parse_acknowledgement
+from invoker.store.couchdb import CouchServer as CouchClient
+
+ECHO = "def main(args):\n    return args\n"
+# Notes its start in args["journal"] (when given), so a test knows it is running.
+SLEEPER = """
+import os, time
+def main(args):
+    if "journal" in args:
+        with open(args["journal"], "a") as journal:
+            journal.write(os.environ["__OW_ACTIVATION_ID"] + "\\n")
+    time.sleep(args.get("sleep", 0))
+    return {"slept": args.get("sleep", 0), "n": args.get("n")}
+"""
+
+
+class PersistentCouch(CouchServer):
+    """pouchdb-server on LevelDOWN files in its workdir: a restart keeps the databases."""
+
+    def command(self) -> list[str]:
+        data = Path(self.workdir) / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        return [*(arg for arg in super().command() if arg != "--in-memory"), "--dir", str(data)]
+
+
+def wait_started(journal: Path, count: int, timeout_s: float = 60.0) -> None:
+    """Until ``count`` runs have noted their start in ``journal``."""
+    deadline = time.monotonic() + timeout_s
+    while not journal.exists() or len(journal.read_text().splitlines()) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} runs started"
+        time.sleep(0.05)
+
+
+class AckReader:
+    """Every ack on a completed topic from the start of its log, across a broker restart."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.slot_freeing: dict[str, int] = {}
+        self.first_at: dict[str, float] = {}  # monotonic time of each id's first slot-freeing ack
+        self._stop = threading.Event()
+        self._rewind = threading.Event()
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                       auto_offset_reset="earliest", fetch_max_wait_ms=10,
+                                       reconnect_backoff_max_ms=500)
+        self.topic = topic
+        self._consumer.assign([TopicPartition(topic, 0)])
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        partition = TopicPartition(self.topic, 0)
+        while not self._stop.is_set():
+            if self._rewind.is_set():
+                self._rewind.clear()
+                # Tansu answers a fetch past the end of its new log with nothing, not with an
+                # out-of-range error, so the consumer would never find its way back by itself.
+                self._consumer.seek_to_beginning(partition)
+            for records in self._consumer.poll(timeout_ms=50).values():
+                for record in records:
+                    ack = parse_acknowledgement(record.value)
+                    if isinstance(ack, CompletionMessage):
+                        activation_id = ack.activation_id
+                    elif hasattr(ack, "instance"):
+                        activation_id = ack.response if isinstance(ack.response, str) else ack.response["activationId"]
+                    else:
+                        continue  # a ResultMessage frees no slot
+                    self.first_at.setdefault(activation_id, time.monotonic())
+                    self.slot_freeing[activation_id] = self.slot_freeing.get(activation_id, 0) + 1
+
+    def log_recreated(self) -> None:
+        """The broker came back without its data: read the new log from its start."""
+        self._rewind.set()
+
+    def wait_for(self, ids: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not all(i in self.slot_freeing for i in ids):
+            missing = [i for i in ids if i not in self.slot_freeing]
+            assert time.monotonic() < deadline, f"no slot-freeing ack for {missing}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def records_of(couch_url: str, deployment=None, database: str | None = None) -> dict[str, int]:
+    """Records per activation id in the activations database (the deployment's, or ``database``)."""
+    name = database if database is not None else deployment.activations.name
+    rows = CouchClient(couch_url).database(name).all_docs(include_docs=True)
+    counts: dict[str, int] = {}
+    for row in rows:
+        activation_id = row["doc"]["activationId"]
+        counts[activation_id] = counts.get(activation_id, 0) + 1
+    return counts
