@@ -25,6 +25,7 @@ from invoker.containerpool.container import (
     ContainerSpec,
     ContainerStartError,
 )
+from invoker.containerpool.logs import MAX_LINE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class DockerContainer(Container):
                 pending += text
                 while b"\n" in pending:
                     raw, pending = pending.split(b"\n", 1)
+                    self.logs.append(stream, raw.decode("utf-8", errors="replace"), line_timestamp)
+                while len(pending) > MAX_LINE_BYTES:  # a line never ending stays bounded
+                    raw, pending = pending[:MAX_LINE_BYTES], pending[MAX_LINE_BYTES:]
                     self.logs.append(stream, raw.decode("utf-8", errors="replace"), line_timestamp)
         except (DockerException, OSError) as error:
             log.debug("log stream %s of %s ended: %s", stream, self.id, error)
