@@ -182,7 +182,11 @@ class RuntimeClient:
                 return HttpOutcome(start, now_ms(), timed_out=True)
             except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
                 conn.close()
-                if retry_refused and deadline - time.monotonic() > 0.05 and (alive is None or alive()):
+                if retry_refused and (alive is None or alive()):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0.05:  # still not listening when time is up: a timeout, as in OpenWhisk
+                        time.sleep(max(0.0, remaining))
+                        return HttpOutcome(start, now_ms(), timed_out=True)
                     time.sleep(0.05)
                     continue
                 return HttpOutcome(start, now_ms(), connection_lost=True)
