@@ -51,6 +51,12 @@ def run(pool: ContainerPool, j):
     return j
 
 
+def owners_are_the_live_containers(pool: ContainerPool) -> bool:
+    """Once the pool is idle, memory is held by its containers and by nothing else."""
+    snapshot = pool.snapshot()
+    return snapshot["memory_owners"] == len(snapshot["containers"])
+
+
 # ----------------------------------------------------------------------------- engine outage
 
 
@@ -125,6 +131,7 @@ def test_engine_stopped_and_started_again_cold_starts_fail_and_memory_comes_back
         service.start()
         assert sink.result(run(pool, job(make_action("after", memory=256), sink)), 120)["ok"]
         assert len(sink.results) == 5  # one end per activation
+        wait_until(lambda: owners_are_the_live_containers(pool), what="memory held only by containers")
     finally:
         if service.process is None:
             service.start()  # so that shutdown can remove the containers
@@ -183,6 +190,7 @@ def test_any_cold_start_exception_releases_host_and_gpu_memory(gpu_pool):
     assert pool.gpu_snapshot()["gpus"][0]["committed_mb"] == 0
     # Both reservations are back: the same job fits again.
     assert sink.result(run(pool, job(gpu_action("g", "800 MB", memory=512), sink)))["pid"] > 0
+    wait_until(lambda: owners_are_the_live_containers(pool), what="memory held only by containers")
 
 
 def test_a_job_waiting_for_gpu_memory_does_not_hold_up_cpu_work(gpu_pool, tmp_path):
