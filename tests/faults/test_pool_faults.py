@@ -108,7 +108,7 @@ def own_engine(docker_client, tmp_path):
     service.stop()
 
 
-def test_engine_stopped_and_started_again_cold_starts_fail_and_memory_comes_back(own_engine):
+def test_engine_stopped_mid_run_and_started_again_cold_starts_fail_and_memory_comes_back(own_engine):
     from invoker.containerpool.docker import DockerContainerFactory
 
     service, client = own_engine
@@ -117,7 +117,9 @@ def test_engine_stopped_and_started_again_cold_starts_fail_and_memory_comes_back
     pool.start()
     sink = Recorder()
     try:
-        assert sink.result(run(pool, job(make_action("before", memory=256), sink)))["ok"]
+        # The engine goes away while an activation runs in a container it created.
+        inflight = run(pool, job(make_action("inflight", memory=256), sink, {"sleep": 3}))
+        wait_until(lambda: any(" running " in c for c in pool.snapshot()["containers"]), 120, "the run in flight")
         service.stop()
         # Three cold starts of 256 MB in a 512 MB pool while the engine is gone: each is answered
         # with a whisk error, and none keeps its reservation (a leak would leave the third waiting).
@@ -127,7 +129,8 @@ def test_engine_stopped_and_started_again_cold_starts_fail_and_memory_comes_back
             assert activation.response.status_code == WHISK_ERROR
             assert activation.response.result == {"error": Messages.resource_error}
         assert pool.buffered == 0
-        assert pool.free_memory_mb >= 256  # at most the warm container's 256 MB stays taken
+        assert pool.free_memory_mb >= 256  # at most the in-flight container's 256 MB stays taken
+        sink.wait_for(inflight, 120)  # it ends once, whatever the engine's absence did to it
         service.start()
         assert sink.result(run(pool, job(make_action("after", memory=256), sink)), 120)["ok"]
         assert len(sink.results) == 5  # one end per activation
