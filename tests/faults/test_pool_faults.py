@@ -267,6 +267,18 @@ def test_code_larger_than_the_exec_limit_is_refused():
         pool.shutdown()
 
 
+def test_limit_bounds_are_read_as_openwhisk_configures_them():
+    from invoker.config import load_config
+
+    bounds = load_config([], env={"CONFIG_whisk_memory_max": "512 m", "CONFIG_whisk_timeLimit_max": "10 minutes",
+                                  "CONFIG_whisk_concurrencyLimit_max": "1"}).limit_bounds()
+    limits = action_with_limits("big", memory=1024).limits
+    assert bounds.violation(limits, None) == "requirement failed: memory 1024 MB exceeds allowed threshold of 512 MB"
+    assert bounds.violation(action_with_limits("long", timeout=600_000).limits, None) is None
+    assert bounds.violation(action_with_limits("many", concurrency=2).limits, None) == (
+        "requirement failed: concurrency 2 exceeds allowed threshold of 1")
+
+
 # ----------------------------------------------------------------------------- pause and run
 
 
