@@ -72,18 +72,24 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+DEADLINE_SLACK_S = 0.01
+
+
 class _DeadlineSocket(socket.socket):
     """A socket whose every read and write ends by one wall-clock ``deadline`` (monotonic):
     a response dripped a byte at a time cannot outlive it, as it would a per-read timeout."""
 
     deadline = float("inf")
 
-    def _remaining(self) -> float:
+    def _remaining(self) -> None:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the exchange's deadline has passed")
-        self.settimeout(remaining)
-        return remaining
+        current = self.gettimeout()
+        # settimeout is a system call: re-arm only when the deadline would be overshot by more
+        # than DEADLINE_SLACK_S, so a fast exchange arms it once.
+        if current is None or current > remaining + DEADLINE_SLACK_S:
+            self.settimeout(remaining)
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:  # noqa: D102
         self._remaining()
