@@ -111,6 +111,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
             idle_timeout_s=config.idle_container,
             stem_cells=manifest.stem_cells() if factory.name != "process" else (),
             limits=pool_limits(config.payload_max),
+            bounds=config.limit_bounds(),
             container_prefix=f"wsk{config.unique_name or ''}{config.instance}",
         ),
         store_policy=StorePolicy(config.store_blocking, config.store_non_blocking),

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoker.entities import LimitBounds
 from invoker.gpu.inventory import parse_declared
 from invoker.gpu.layer import GpuStemCell
 from invoker.gpu.request import parse_size_mb
@@ -172,6 +173,26 @@ SETTINGS: tuple[Setting, ...] = (
             "10 minutes", "Idle time before a warm container is removed.", parse_duration_s),
     Setting("payload_max", "--payload-max", ("CONFIG_whisk_activation_payload_max",), "1048576 B",
             "Largest activation result kept whole.", lambda t: ByteSize.parse(t)),
+    # Action limits, checked again before a run (the controller checks them on write): the same
+    # keys as OpenWhisk's whisk.memory, whisk.timeLimit, whisk.logLimit, whisk.concurrencyLimit.
+    Setting("memory_min", "--memory-min", ("CONFIG_whisk_memory_min",), "128 m",
+            "Smallest action memory limit.", lambda t: ByteSize.parse(t)),
+    Setting("memory_max", "--memory-max", ("CONFIG_whisk_memory_max",), None,
+            "Largest action memory limit (unset: what the pool's user memory holds).", lambda t: ByteSize.parse(t)),
+    Setting("time_limit_min", "--time-limit-min", ("CONFIG_whisk_timeLimit_min",), "100 ms",
+            "Shortest action time limit.", parse_duration_s),
+    Setting("time_limit_max", "--time-limit-max", ("CONFIG_whisk_timeLimit_max",), "5 minutes",
+            "Longest action time limit.", parse_duration_s),
+    Setting("log_limit_min", "--log-limit-min", ("CONFIG_whisk_logLimit_min",), "0 m",
+            "Smallest action log limit.", lambda t: ByteSize.parse(t)),
+    Setting("log_limit_max", "--log-limit-max", ("CONFIG_whisk_logLimit_max",), "10 m",
+            "Largest action log limit.", lambda t: ByteSize.parse(t)),
+    Setting("concurrency_min", "--concurrency-min", ("CONFIG_whisk_concurrencyLimit_min",), 1,
+            "Smallest intra-container concurrency limit.", int),
+    Setting("concurrency_max", "--concurrency-max", ("CONFIG_whisk_concurrencyLimit_max",), 500,
+            "Largest intra-container concurrency limit.", int),
+    Setting("exec_size_limit", "--exec-size-limit", ("CONFIG_whisk_execSizeLimit",), "48 m",
+            "Largest action code.", lambda t: ByteSize.parse(t)),
     Setting("store_blocking", "--store-blocking-result-level",
             ("CONFIG_whisk_activation_storeBlockingResultLevel",), "STORE_ALWAYS",
             "Which blocking activations are stored: STORE_ALWAYS, STORE_FAILURES, STORE_FAILURES_NOT_APPLICATION_ERRORS."),
@@ -261,6 +282,19 @@ class InvokerConfig:
         if not self.couchdb_host:
             return None
         return f"{self.couchdb_protocol}://{self.couchdb_host}:{self.couchdb_port}"
+
+    def limit_bounds(self) -> LimitBounds:
+        return LimitBounds(
+            memory_min_mb=self.memory_min.megabytes,
+            memory_max_mb=self.memory_max.megabytes if self.memory_max is not None else None,
+            timeout_min_ms=round(self.time_limit_min * 1000),
+            timeout_max_ms=round(self.time_limit_max * 1000),
+            logs_min_mb=self.log_limit_min.megabytes,
+            logs_max_mb=self.log_limit_max.megabytes,
+            concurrency_min=self.concurrency_min,
+            concurrency_max=self.concurrency_max,
+            exec_size_bytes=self.exec_size_limit.bytes,
+        )
 
     def resolved_api_host(self, env: Mapping[str, str]) -> str:
         if self.api_host:

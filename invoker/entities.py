@@ -62,6 +62,46 @@ class ActionLimits:
 
 
 @dataclass(frozen=True)
+class LimitBounds:
+    """What an action's limits and code may be on this invoker: OpenWhisk's ``whisk.memory``,
+    ``whisk.timeLimit``, ``whisk.logLimit``, ``whisk.concurrencyLimit`` (min, max) and
+    ``whisk.exec-size-limit``. The controller checks them when an action is written; the invoker
+    checks them again before it runs one, so that a document written around the controller
+    (``memory: 0``, a negative memory) can never become an unlimited container or add capacity.
+    ``memory_max_mb`` None: no bound here (an action larger than the pool is refused anyway)."""
+
+    memory_min_mb: int = 128
+    memory_max_mb: int | None = None
+    timeout_min_ms: int = 100
+    timeout_max_ms: int = 300_000
+    logs_min_mb: int = 0
+    logs_max_mb: int = 10
+    concurrency_min: int = 1
+    concurrency_max: int = 500
+    exec_size_bytes: int = 48 * 1024 * 1024
+
+    def violation(self, limits: ActionLimits, code: str | None) -> str | None:
+        """OpenWhisk's refusal text (``MemoryLimit``, ``TimeLimit``, ``LogLimit``,
+        ``ConcurrencyLimit`` requirements; ``Messages.entityTooBig`` for the code), or None."""
+        checks = (
+            ("memory", limits.memory_mb, " MB", self.memory_min_mb, self.memory_max_mb),
+            ("duration", limits.timeout_ms, " milliseconds", self.timeout_min_ms, self.timeout_max_ms),
+            ("log size", limits.logs_mb, " MB", self.logs_min_mb, self.logs_max_mb),
+            ("concurrency", limits.concurrency, "", self.concurrency_min, self.concurrency_max),
+        )
+        for what, value, unit, low, high in checks:
+            if value < low:
+                return f"requirement failed: {what} {value}{unit} below allowed threshold of {low}{unit}"
+            if high is not None and value > high:
+                return f"requirement failed: {what} {value}{unit} exceeds allowed threshold of {high}{unit}"
+        if code is not None:
+            size = len(code) if code.isascii() else len(code.encode("utf-8"))  # isascii is O(1)
+            if size > self.exec_size_bytes:
+                return f"exec larger than allowed: {size} > {self.exec_size_bytes} bytes."
+        return None
+
+
+@dataclass(frozen=True)
 class Parameter:
     key: str
     value: Any

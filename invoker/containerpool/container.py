@@ -60,6 +60,9 @@ class HttpOutcome:
     connection_lost: bool = False
     # The runtime's ``X-OW-Resident`` header as sent; None: it sent none (a stock runtime).
     resident_header: str | None = None
+    # The whole body's length when only its first bytes were read (``max_body``): the declared
+    # Content-Length, else what was read. None: ``body`` is the whole body.
+    length: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,40 +73,89 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+DEADLINE_SLACK_S = 0.01
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every read and write ends by one wall-clock ``deadline`` (monotonic):
+    a response dripped a byte at a time cannot outlive it, as it would a per-read timeout."""
+
+    deadline = float("inf")
+
+    def _remaining(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the exchange's deadline has passed")
+        current = self.gettimeout()
+        # settimeout is a system call: re-arm only when the deadline would be overshot by more
+        # than DEADLINE_SLACK_S, so a fast exchange arms it once.
+        if current is None or current > remaining + DEADLINE_SLACK_S:
+            self.settimeout(remaining)
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:  # noqa: D102
+        self._remaining()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # noqa: D102
+        self._remaining()
+        return super().recv(bufsize, flags)
+
+    def sendall(self, data, flags: int = 0) -> None:  # noqa: D102
+        self._remaining()
+        super().sendall(data, flags)
+
+
+class _DeadlineConnection(http.client.HTTPConnection):
+    """``HTTPConnection`` on a ``_DeadlineSocket``; ``deadline`` is set per exchange."""
+
+    deadline = float("inf")
+
+    def connect(self) -> None:
+        timeout = max(0.001, self.deadline - time.monotonic())
+        raw = socket.create_connection((self.host, self.port), timeout)
+        sock = _DeadlineSocket(fileno=raw.detach())
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+
+
 class RuntimeClient:
     """Keep-alive HTTP/1.1 client for one action runtime, up to ``max_connections``
-    exchanges at once (intra-container concurrency)."""
+    exchanges at once (intra-container concurrency). Each exchange has one wall-clock
+    deadline, and reads at most ``max_body`` + 1 bytes of the response body."""
 
     def __init__(self, host: str, port: int, max_connections: int = 1, secret: str | None = None) -> None:
         self.host = host
         self.port = port
         self.secret = secret  # the container's caller secret (owruntime.guard), sent on every POST
-        self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[_DeadlineConnection] = queue.LifoQueue()
         self._closed = False
         self.max_connections = max_connections
 
-    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
+    def _connection(self, deadline: float) -> _DeadlineConnection:
         try:
             conn = self._idle.get_nowait()
-            conn.timeout = timeout_s
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout_s)
-            return conn
         except queue.Empty:
-            return http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
+            conn = _DeadlineConnection(self.host, self.port)
+        conn.deadline = deadline
+        if isinstance(conn.sock, _DeadlineSocket):
+            conn.sock.deadline = deadline
+        return conn
 
-    def _release(self, conn: http.client.HTTPConnection) -> None:
+    def _release(self, conn: _DeadlineConnection) -> None:
         if self._closed:
             conn.close()
         else:
             self._idle.put(conn)
 
     def post(self, path: str, payload: dict, timeout_s: float, retry_refused: bool = False,
-             alive: Callable[[], bool] | None = None) -> HttpOutcome:
-        """POST JSON. ``retry_refused`` retries every 50 ms, until the timeout is spent, a
-        connection that was refused or closed before any answer, as OpenWhisk does for ``/init``
-        of a starting container (Docker's port proxy accepts and then resets connections until
-        the runtime listens). ``alive`` stops the retries as soon as the container is gone."""
+             alive: Callable[[], bool] | None = None, max_body: int | None = None) -> HttpOutcome:
+        """POST JSON. ``timeout_s`` bounds the whole exchange, connecting to the last body byte.
+        ``max_body``: read at most that many bytes plus one of the body (the connection is then
+        dropped, and ``length`` tells the whole length). ``retry_refused`` retries every 50 ms,
+        until the timeout is spent, a connection that was refused or closed before any answer,
+        as OpenWhisk does for ``/init`` of a starting container (Docker's port proxy accepts and
+        then resets connections until the runtime listens). ``alive`` stops the retries as soon
+        as the container is gone."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         start = now_ms()
         deadline = time.monotonic() + timeout_s
@@ -114,28 +166,37 @@ class RuntimeClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return HttpOutcome(start, now_ms(), timed_out=True)
-            conn = self._connection(remaining)
+            conn = self._connection(deadline)
             try:
                 if conn.sock is None:
                     conn.connect()
-                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    conn.sock.deadline = deadline
                 conn.request("POST", path, body=body, headers=headers)
                 response = conn.getresponse()
-                data = response.read()
+                data = response.read() if max_body is None else response.read(max_body + 1)
                 status = response.status
                 reported = response.getheader(RESIDENT_HEADER)
                 end = now_ms()
-                if response.will_close:
+                length = None
+                if not response.isclosed():  # cut at max_body + 1: the rest is never read
+                    declared = response.getheader("Content-Length", "")
+                    length = int(declared) if declared.isdigit() else len(data)
+                    conn.close()
+                elif response.will_close:
                     conn.close()
                 else:
                     self._release(conn)
-                return HttpOutcome(start, end, status=status, body=data, resident_header=reported)
+                return HttpOutcome(start, end, status=status, body=data, resident_header=reported, length=length)
             except TimeoutError:
                 conn.close()
                 return HttpOutcome(start, now_ms(), timed_out=True)
             except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
                 conn.close()
-                if retry_refused and deadline - time.monotonic() > 0.05 and (alive is None or alive()):
+                if retry_refused and (alive is None or alive()):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0.05:  # still not listening when time is up: a timeout, as in OpenWhisk
+                        time.sleep(max(0.0, remaining))
+                        return HttpOutcome(start, now_ms(), timed_out=True)
                     time.sleep(0.05)
                     continue
                 return HttpOutcome(start, now_ms(), connection_lost=True)
@@ -176,11 +237,12 @@ class Container(ABC):
         self.residency = Residency()  # as last reported by the runtime
         self._resident_header: str | None = None
 
-    def initialize(self, payload: dict, timeout_s: float) -> HttpOutcome:
-        return self.client.post("/init", {"value": payload}, timeout_s, retry_refused=True, alive=self.is_alive)
+    def initialize(self, payload: dict, timeout_s: float, max_body: int | None = None) -> HttpOutcome:
+        return self.client.post("/init", {"value": payload}, timeout_s, retry_refused=True, alive=self.is_alive,
+                                max_body=max_body)
 
-    def run(self, payload: dict, timeout_s: float) -> HttpOutcome:
-        outcome = self.client.post("/run", payload, timeout_s)
+    def run(self, payload: dict, timeout_s: float, max_body: int | None = None) -> HttpOutcome:
+        outcome = self.client.post("/run", payload, timeout_s, max_body=max_body)
         reported = outcome.resident_header
         if reported is not None and reported != self._resident_header:  # parsed only when it changed
             self._resident_header = reported

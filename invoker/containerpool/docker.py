@@ -32,6 +32,7 @@ from invoker.containerpool.container import (
     ContainerSpec,
     ContainerStartError,
 )
+from invoker.containerpool.logs import MAX_LINE_BYTES
 from invoker.containerpool.network import ActionNetworks, NetworkError, engine_is_podman
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class DockerContainer(Container):
                 pending += text
                 while b"\n" in pending:
                     raw, pending = pending.split(b"\n", 1)
+                    self.logs.append(stream, raw.decode("utf-8", errors="replace"), line_timestamp)
+                while len(pending) > MAX_LINE_BYTES:  # a line never ending stays bounded
+                    raw, pending = pending[:MAX_LINE_BYTES], pending[MAX_LINE_BYTES:]
                     self.logs.append(stream, raw.decode("utf-8", errors="replace"), line_timestamp)
         except (DockerException, OSError) as error:
             log.debug("log stream %s of %s ended: %s", stream, self.id, error)

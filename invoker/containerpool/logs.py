@@ -4,6 +4,11 @@ Backends push the lines their container writes into a ``LogBuffer`` (a reader
 thread per stream for processes, the log stream for Docker). After each
 activation the proxy calls ``collect``, which takes the lines up to the sentinel
 on both streams, formats them as OpenWhisk does and applies the log limit.
+
+Memory is bounded in bytes, whatever the action writes: backends cut a line longer than
+``MAX_LINE_BYTES`` into pieces (as Docker's json-file driver does at 16 KiB), and the buffer
+keeps at most its action's log limit plus some headroom; what comes beyond is dropped and the
+activation's logs end with OpenWhisk's truncation line.
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ SENTINEL = "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"
 IDLE_TIMEOUT_S = 2.0
 COLLECTION_ISSUE = "There was an issue while collecting your logs. Data might be missing."
 DEVELOPER_ERROR_NOTE = "The action did not initialize or run as expected. Log data might be missing."
+MAX_LINE_BYTES = 16 * 1024  # longest piece of a line a backend hands over (Docker's split size)
+LINE_OVERHEAD = 48  # bytes counted per line besides its text: under its raw size's JSON framing
+DEFAULT_LIMIT_BYTES = 10 * 1024 * 1024  # OpenWhisk's default log limit, until an action is bound
+
+
+def truncated_note(limit_bytes: int) -> str:
+    """``Messages.truncateLogs``."""
+    return f"Logs were truncated because the total bytes size exceeds the limit of {limit_bytes} bytes."
 
 
 def rfc3339_nano(epoch_ns: int | None = None) -> str:
@@ -56,18 +69,30 @@ def note_line(text: str) -> str:
 
 
 class LogBuffer:
-    """Lines written by one container, consumed activation by activation."""
+    """Lines written by one container, consumed activation by activation, at most
+    ``limit_bytes`` plus headroom of them held (counted as text plus ``LINE_OVERHEAD``)."""
 
-    def __init__(self, max_buffered_lines: int = 100_000) -> None:
+    def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
         self._lines: deque[LogLine] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._max = max_buffered_lines
+        self._held = 0  # bytes counted for the lines in the buffer
+        self._overflowed = False  # lines were dropped since the last collect
+        self.set_limit(limit_bytes)
+
+    def set_limit(self, limit_bytes: int) -> None:
+        """The action's log limit. The buffer holds a little more, so that dropping can only
+        happen once ``collect`` would truncate anyway."""
+        with self._cond:
+            self._budget = max(0, limit_bytes) + 2 * (MAX_LINE_BYTES + LINE_OVERHEAD)
 
     def append(self, stream: str, text: str, timestamp: str | None = None) -> None:
+        cost = len(text) + LINE_OVERHEAD
         with self._cond:
-            if len(self._lines) >= self._max:
-                self._lines.popleft()  # a runaway writer must not exhaust the invoker's memory
+            if self._held + cost > self._budget and text != SENTINEL:
+                self._overflowed = True  # a runaway writer must not grow the invoker's memory
+                return
+            self._held += cost
             self._lines.append(LogLine(timestamp or rfc3339_nano(), stream, text))
             self._cond.notify_all()
 
@@ -80,6 +105,8 @@ class LogBuffer:
     def discard(self) -> None:
         with self._cond:
             self._lines.clear()
+            self._held = 0
+            self._overflowed = False
 
     def _next(self, deadline: float, idle_deadline: float, wait: bool) -> LogLine | None:
         with self._cond:
@@ -90,7 +117,14 @@ class LogBuffer:
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            return self._lines.popleft()
+            line = self._lines.popleft()
+            self._held -= len(line.text) + LINE_OVERHEAD
+            return line
+
+    def _take_overflow(self) -> bool:
+        with self._cond:
+            overflowed, self._overflowed = self._overflowed, False
+            return overflowed
 
     def collect(
         self,
@@ -119,12 +153,10 @@ class LogBuffer:
             size += line.raw_size
             if size > limit_bytes:
                 out.truncated = True
-                out.lines.append(
-                    note_line(
-                        "Logs were truncated because the total bytes size exceeds the limit "
-                        f"of {limit_bytes} bytes."
-                    )
-                )
+                out.lines.append(note_line(truncated_note(limit_bytes)))
                 continue
             out.lines.append(line.formatted())
+        if self._take_overflow() and not out.truncated:  # dropped while buffered
+            out.truncated = True
+            out.lines.append(note_line(truncated_note(limit_bytes)))
         return out

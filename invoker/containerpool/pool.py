@@ -3,9 +3,16 @@
 For each job, in order: a warm container of the same (invocation namespace,
 action) with free concurrency; a prewarmed stem cell of the same kind and
 memory; a new container if the memory fits; the same after evicting idle warm
-containers, least recently used first; otherwise the job waits in a FIFO run
-buffer (head of line, so big actions are not starved). Memory is always the
-action's ``limits.memory``, never what the container really uses.
+containers, least recently used first; otherwise the job waits in the FIFO run
+buffer of the resource it waits for (head of line, so big actions are not starved).
+There is one buffer for host memory and one per GPU, so a job waiting for GPU memory
+never holds up CPU work that fits. Memory is always the action's ``limits.memory``,
+never what the container really uses, kept as keyed reservations (``MemoryLedger``).
+
+Every job has one release point: ``_execute`` holds a ``_Lease`` on what the job took
+(the cold start's reservations, the claimed container) and gives it back in ``finally``,
+whatever was raised; every function handed to the executor goes through ``_submit``,
+which logs a failure instead of losing it.
 
 GPU actions (a ``-gpu`` kind, when the pool has a ``GpuLayer``) are placed on a GPU as
 well: a warm container of the same action, preferring one whose runtime reports a model
@@ -25,15 +32,17 @@ import re
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from invoker.containerpool.container import (
-    ContainerError,
     ContainerFactory,
     ContainerSpec,
     now_ms,
 )
+from invoker.containerpool.memory import MemoryLedger
 from invoker.containerpool.proxy import (
     ContainerProxy,
     Job,
@@ -41,7 +50,7 @@ from invoker.containerpool.proxy import (
     PoolLimits,
     State,
 )
-from invoker.entities import ActivationResponse, WhiskAction, instant_activation
+from invoker.entities import ActivationResponse, LimitBounds, WhiskAction, instant_activation
 from invoker.gpu.layer import GpuLayer, GpuPlacement, GpuStemCell
 from invoker.gpu.ledger import GpuLedger, has_room
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
@@ -64,6 +73,7 @@ class PoolConfig:
     idle_timeout_s: float = 600.0
     stem_cells: tuple[StemCellConfig, ...] = ()
     limits: PoolLimits = field(default_factory=PoolLimits)
+    bounds: LimitBounds = field(default_factory=LimitBounds)
     max_workers: int = 64
     container_prefix: str = "wsk0"
 
@@ -91,13 +101,13 @@ class ContainerPool:
         self.config = config
         self.gpu = gpu
         self._ledger = GpuLedger(gpu.inventory, gpu.settings.reserved_mb, gpu.client_limits()) if gpu else None
-        self._gpu_starting: dict[tuple[str, int, int], int] = {}  # (kind, memory, gpu) -> stem cells starting
         self._lock = threading.Lock()
         self._containers: list[ContainerProxy] = []  # every live container, prewarms included
-        self._starting_prewarm_mb = 0
-        self._starting_counts: dict[tuple[str, int], int] = {}
-        self._reserved_mb = 0  # cold starts being created
-        self._buffer: deque[Job] = deque()
+        # Owners of host memory: live containers, cold-start placeholders, stem cells starting.
+        self._memory = MemoryLedger()
+        # One FIFO run buffer per resource: CPU_BUFFER (host memory) and one per GPU.
+        self._buffers: dict[str, deque[_Waiting]] = {CPU_BUFFER: deque()}
+        self._arrivals = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="activation")
         self._seq = itertools.count()
         self._stop = threading.Event()
@@ -131,7 +141,10 @@ class ContainerPool:
     # ------------------------------------------------------------------ accounting
 
     def _used_mb(self) -> int:
-        return sum(p.memory_mb for p in self._containers) + self._starting_prewarm_mb + self._reserved_mb
+        return self._memory.used_mb
+
+    def _buffered(self) -> int:
+        return sum(len(b) for b in self._buffers.values())
 
     @property
     def free_memory_mb(self) -> int:
@@ -142,8 +155,9 @@ class ContainerPool:
         with self._lock:
             return {
                 "containers": [repr(p) for p in self._containers],
-                "buffered": len(self._buffer),
+                "buffered": self._buffered(),
                 "used_mb": self._used_mb(),
+                "memory_owners": len(self._memory.owners()),
                 "user_memory_mb": self.config.user_memory_mb,
                 "cold_starts": self.cold_starts,
                 "prewarm_starts": self.prewarm_starts,
@@ -153,34 +167,51 @@ class ContainerPool:
     @property
     def buffered(self) -> int:
         with self._lock:
-            return len(self._buffer)
+            return self._buffered()
 
     # ------------------------------------------------------------------ scheduling
 
     def run(self, job: Job) -> None:
-        """Schedule a job; it runs now or waits in the run buffer."""
-        if job.action.limits.memory_mb > self.config.user_memory_mb:
-            # It could never fit: answer instead of blocking the buffer forever.
-            self._fail(job, ActivationResponse.whisk_error(Messages.resource_error))
+        """Schedule a job; it runs now or waits in the run buffer of what it waits for."""
+        refusal = self._refusal(job.action)
+        if refusal is not None:
+            self._fail(job, refusal)
             return
-        if self._is_gpu(job.action):
-            refusal = self._gpu_refusal(job.action)
-            if refusal is not None:
-                self._fail(job, refusal)
-                return
         with self._lock:
-            if self._buffer:
-                self._buffer.append(job)
+            waiting = self._waiting_buffer(job)  # never overtake a job waiting for the same resource
+            placed = self._place(job) if waiting is None else waiting
+            if isinstance(placed, str):
+                self._buffers.setdefault(placed, deque()).append(_Waiting(next(self._arrivals), job))
                 return
-            placed = self._place(job)
-            if placed is None:
-                self._buffer.append(job)
-                return
-        self._executor.submit(self._execute, placed, job)
+        self._submit(self._execute, placed, job)
 
-    def _place(self, job: Job) -> ContainerProxy | None:
+    def _refusal(self, action: WhiskAction) -> ActivationResponse | None:
+        """Why an action can never run here (limits out of bounds, larger than the pool, a bad
+        or too large GPU request), or None. Checked before anything is reserved."""
+        problem = self.config.bounds.violation(action.limits, action.code)
+        if problem is not None:
+            log.warning("refused %s: %s", action.path, problem)
+            return ActivationResponse.whisk_error(problem)
+        if action.limits.memory_mb > self.config.user_memory_mb:
+            # It could never fit: answer instead of blocking the buffer forever.
+            return ActivationResponse.whisk_error(Messages.resource_error)
+        if self._is_gpu(action):
+            return self._gpu_refusal(action)
+        return None
+
+    def _waiting_buffer(self, job: Job) -> str | None:
+        """The buffer a new job must queue in behind others (lock held): the CPU buffer for a
+        CPU job; for a GPU job, its GPU's buffer when any GPU job waits. None: try placing it."""
+        if not self._is_gpu(job.action):
+            return CPU_BUFFER if self._buffers[CPU_BUFFER] else None
+        if not any(b for key, b in self._buffers.items() if key != CPU_BUFFER):
+            return None
+        return _gpu_buffer(self._gpu_target(self._gpu_request(job.action).memory_mb))
+
+    def _place(self, job: Job) -> ContainerProxy | str:
         """Pick a container for the job (lock held). Returns a proxy with ``active``
-        already incremented, or a new placeholder proxy for a cold start, or None."""
+        already incremented, or a new placeholder proxy for a cold start (holding its
+        memory reservation), or the name of the run buffer to wait in."""
         action = job.action
         namespace = job.invocation_namespace
         warm = [
@@ -209,15 +240,16 @@ class ContainerPool:
             stem.bind(action, namespace)
             self._claim(stem, job)
             self.prewarm_starts += 1
-            self._executor.submit(self._replenish_stem_cells)
+            self._submit(self._replenish_stem_cells)
             return stem
         if self._used_mb() + memory > self.config.user_memory_mb:
             self._evict(memory - (self.config.user_memory_mb - self._used_mb()))
         if self._used_mb() + memory > self.config.user_memory_mb:
-            return None
-        self._reserved_mb += memory
+            return CPU_BUFFER
+        placeholder = _ColdStart(action.kind, memory)
+        self._memory.commit(placeholder, memory)
         self.cold_starts += 1
-        return _ColdStart(action.kind, memory)
+        return placeholder
 
     # ------------------------------------------------------------------ GPU placement
 
@@ -261,8 +293,17 @@ class ContainerPool:
         assert self.gpu is not None
         return GpuPlacement(gpu, self.gpu.device(gpu), request.memory_mb, request.sm_on(self.gpu.memory_total_mb(gpu)))
 
-    def _place_gpu(self, job: Job) -> ContainerProxy | None:
-        """Stem cell, else cold start on a GPU that admits the request, else None (lock held)."""
+    def _gpu_target(self, request_mb: int) -> int:
+        """The GPU a waiting GPU job queues for: of those large enough, the one with the most
+        memory free or on its way (lock held)."""
+        assert self._ledger is not None
+        ledger = self._ledger
+        large = [g for g in ledger.devices if ledger.capacity_mb(g) >= request_mb] or list(ledger.devices)
+        return max(large, key=lambda g: (ledger.free_mb(g) + ledger.releasing_mb(g), -g))
+
+    def _place_gpu(self, job: Job) -> ContainerProxy | str:
+        """Stem cell, else cold start on a GPU that admits the request, else the buffer of
+        the GPU it waits for (lock held)."""
         assert self._ledger is not None
         action = job.action
         request = self._gpu_request(action)
@@ -280,27 +321,28 @@ class ContainerPool:
             stem.bind(action, job.invocation_namespace)
             self._claim(stem, job)
             self.prewarm_starts += 1
-            self._executor.submit(self._replenish_stem_cells)
+            self._submit(self._replenish_stem_cells)
             return stem
         candidates = [g for g in ledger.candidates(request.memory_mb, loads) if not self.gpu.paused(g)]
         if not candidates:
-            self._evict_gpu(request.memory_mb, loads)
+            target = self._evict_gpu(request.memory_mb, loads)
             self.gpu_waits += 1
-            return None  # drained once the evicted containers are gone, or when memory frees
+            # Drained once the evicted containers are gone, or when memory frees.
+            return _gpu_buffer(self._gpu_target(request.memory_mb) if target is None else target)
         if self._used_mb() + memory > self.config.user_memory_mb:
             self._evict(memory - (self.config.user_memory_mb - self._used_mb()))
         if self._used_mb() + memory > self.config.user_memory_mb:
-            return None
+            return _gpu_buffer(candidates[0])
         placeholder = _ColdStart(action.kind, memory, self._placement(candidates[0], request))
+        self._memory.commit(placeholder, memory)
         ledger.commit(placeholder, candidates[0], request.memory_mb)
-        self._reserved_mb += memory
         self.cold_starts += 1
         return placeholder
 
-    def _evict_gpu(self, needed_mb: int, loads: dict[int, int]) -> None:
+    def _evict_gpu(self, needed_mb: int, loads: dict[int, int]) -> int | None:
         """Remove idle warm containers (least recently used first, then idle stem cells) on the
         one GPU where that makes room for ``needed_mb`` with the fewest evictions; nothing if
-        no GPU can."""
+        no GPU can. Returns the GPU where room is coming, or None."""
         assert self._ledger is not None
         ledger = self._ledger
         best: tuple[tuple, list[ContainerProxy]] | None = None
@@ -312,7 +354,7 @@ class ContainerPool:
             if slots is not None:
                 slots += ledger.releasing_clients(gpu)
             if has_room(available, slots, needed_mb):
-                return  # room is already on its way: wait for it, evict nothing more
+                return gpu  # room is already on its way: wait for it, evict nothing more
             on_gpu = [p for p in self._containers
                       if p.gpu is not None and p.gpu.gpu == gpu and p.active == 0 and p.state is not State.REMOVING]
             # Idle warm containers, least recently used first; then idle stem cells, so that
@@ -331,11 +373,12 @@ class ContainerPool:
                 if best is None or rank < best[0]:
                     best = (rank, victims)
         if best is None:
-            return
+            return None
         for proxy in best[1]:
             log.info("evicting idle %s from GPU %d to make room", proxy, proxy.gpu.gpu)
             self.gpu_evictions += 1
             self._remove_locked(proxy)
+        return best[1][0].gpu.gpu if best[1] else None
 
     def _claim(self, proxy: ContainerProxy, job: Job) -> None:
         proxy.active += 1
@@ -360,14 +403,17 @@ class ContainerPool:
             self._remove_locked(proxy)
 
     def _remove_locked(self, proxy: ContainerProxy) -> None:
+        """Take a container out of the pool and destroy it; at most once per container."""
         proxy.state = State.REMOVING
-        if proxy in self._containers:
-            self._containers.remove(proxy)
+        if proxy not in self._containers:
+            return  # already removed
+        self._containers.remove(proxy)
+        self._memory.release(proxy)  # host memory is free at once, as in the Scala pool
         if self._ledger is not None and self._ledger.charge(proxy) is not None:
             self._ledger.mark_releasing(proxy)
-            self._executor.submit(self._destroy_gpu_container, proxy)
+            self._submit(self._destroy_gpu_container, proxy)
         else:
-            self._executor.submit(proxy.container.destroy)
+            self._submit(proxy.container.destroy)
 
     def _destroy_gpu_container(self, proxy: ContainerProxy) -> None:
         """Its GPU memory is free only once the container is gone."""
@@ -399,70 +445,82 @@ class ContainerPool:
         )
 
     def _execute(self, placed: ContainerProxy, job: Job) -> None:
-        proxy = placed
+        """Run one placed job. Whatever happens, its lease is settled once, in ``finally``."""
+        lease = _Lease(placeholder=placed) if isinstance(placed, _ColdStart) else _Lease(proxy=placed)
+        reusable = False
         try:
-            if isinstance(placed, _ColdStart):
-                proxy = self._cold_start(job, placed)
-                if proxy is None:
-                    return
-            elif proxy.suspended or not proxy.container.is_alive():
-                proxy = self._revive(proxy, job)
-                if proxy is None:
-                    return
-            activation, reusable = proxy.execute(job, self.config.limits)
+            if lease.placeholder is not None:
+                self._cold_start(job, lease)
+            elif not self._awake(placed):
+                # Paused and could not be resumed, or died while idle: reschedule on another
+                # container, as the Scala invoker does for warm ones.
+                self._settle(lease, reusable=False)
+                self.run(job)
+                return
+            assert lease.proxy is not None
+            _, reusable = lease.proxy.execute(job, self.config.limits)
+        except _StartFailed as error:
+            log.warning("cold start of %s failed: %s", job.action.path, error.__cause__ or error)
+            self._fail(job, ActivationResponse.whisk_error(Messages.resource_error))
         except Exception:  # an invoker bug must not lose the activation
             log.exception("activation %s failed inside the invoker", job.msg.activation_id)
             self._fail(job, ActivationResponse.whisk_error(Messages.abnormal_run))
-            if proxy is not placed or not isinstance(placed, _ColdStart):
-                self._release(proxy, reusable=False)
+            reusable = False
+        finally:
+            self._settle(lease, reusable)
             self._drain()
-            return
-        self._release(proxy, reusable)
-        self._drain()
 
-    def _cold_start(self, job: Job, placed: _ColdStart) -> ContainerProxy | None:
+    def _cold_start(self, job: Job, lease: _Lease) -> None:
+        """Create the job's container; on success the lease holds it (claimed) instead of the
+        placeholder. Any failure raises ``_StartFailed``: the lease still holds the placeholder."""
+        placed = lease.placeholder
+        assert placed is not None
         action = job.action
         try:
             spec = self._spec(action.kind, action.limits.memory_mb, f"{job.invocation_namespace}_{action.name}",
                               placed.placement)
             container = self.factory.create(spec)
-        except (ContainerError, KeyError) as error:
-            log.warning("cold start of %s failed: %s", action.path, error)
-            with self._lock:
-                self._reserved_mb -= action.limits.memory_mb
-                if self._ledger is not None:
-                    self._ledger.release(placed)
-            self._fail(job, ActivationResponse.whisk_error(Messages.resource_error))
-            self._drain()
-            return None
-        proxy = ContainerProxy(container, action.kind, action.limits.memory_mb, prewarmed=False)
-        proxy.bind(action, job.invocation_namespace)
-        proxy.gpu = placed.placement
+        except Exception as error:  # an engine that went away raises what it likes
+            raise _StartFailed(str(error)) from error
+        try:
+            proxy = ContainerProxy(container, action.kind, action.limits.memory_mb, prewarmed=False)
+            proxy.bind(action, job.invocation_namespace)
+            proxy.gpu = placed.placement
+        except Exception as error:
+            self._submit(container.destroy)
+            raise _StartFailed(str(error)) from error
         with self._lock:
-            self._reserved_mb -= action.limits.memory_mb
+            self._memory.move(placed, proxy)
             if self._ledger is not None and placed.placement is not None:
                 self._ledger.move(placed, proxy)
             self._claim(proxy, job)
             self._containers.append(proxy)
-        return proxy
+            lease.placeholder, lease.proxy = None, proxy
 
-    def _revive(self, proxy: ContainerProxy, job: Job) -> ContainerProxy | None:
-        """A warm container picked for a job was paused, or died while idle."""
-        if proxy.container.is_alive():
-            try:
-                with proxy.pause_lock:
-                    if proxy.suspended:
-                        proxy.container.resume()
-                        proxy.suspended = False
-                return proxy
-            except ContainerError as error:
-                log.warning("resume of %s failed: %s", proxy.container.id, error)
-        # Reschedule on another container, as the Scala invoker does for warm ones.
+    def _awake(self, proxy: ContainerProxy) -> bool:
+        """Make a claimed warm container runnable: resume it if it was paused, waiting for a
+        pause under way (``pause_lock``). False when it cannot run."""
+        with proxy.pause_lock:
+            if proxy.suspended:
+                try:
+                    proxy.container.resume()
+                except Exception as error:
+                    log.warning("resume of %s failed: %s", proxy.container.id, error)
+                    return False
+                proxy.suspended = False
+        return proxy.container.is_alive()
+
+    def _settle(self, lease: _Lease, reusable: bool) -> None:
+        """Give back what a job holds, each item at most once."""
         with self._lock:
-            proxy.active -= 1
-            self._remove_locked(proxy)
-        self.run(job)
-        return None
+            placeholder, lease.placeholder = lease.placeholder, None
+            if placeholder is not None:
+                self._memory.release(placeholder)
+                if self._ledger is not None:
+                    self._ledger.release(placeholder)
+            proxy, lease.proxy = lease.proxy, None
+        if proxy is not None:
+            self._release(proxy, reusable)
 
     def _release(self, proxy: ContainerProxy, reusable: bool) -> None:
         with self._lock:
@@ -482,16 +540,22 @@ class ContainerPool:
                 proxy.state = State.READY
 
     def _drain(self) -> None:
-        """Start buffered jobs while they fit, head first."""
+        """Start buffered jobs while they fit: of every buffer's head, the oldest first."""
         while True:
             with self._lock:
-                if not self._buffer:
-                    return
-                placed = self._place(self._buffer[0])
-                if placed is None:
-                    return
-                job = self._buffer.popleft()
-            self._executor.submit(self._execute, placed, job)
+                started = self._start_a_head()
+            if started is None:
+                return
+            self._submit(self._execute, *started)
+
+    def _start_a_head(self) -> tuple[ContainerProxy, Job] | None:
+        heads = sorted(((b[0].arrival, key) for key, b in self._buffers.items() if b))
+        for _, key in heads:
+            buffer = self._buffers[key]
+            placed = self._place(buffer[0].job)
+            if not isinstance(placed, str):
+                return placed, buffer.popleft().job
+        return None
 
     def _on_mps_change(self, up: bool) -> None:
         """The MPS daemon went down: answer the GPU work waiting here (no GPU takes it now);
@@ -513,8 +577,21 @@ class ContainerPool:
         self._executor.submit(self._drain)  # CPU jobs that waited behind them
 
     def _fail(self, job: Job, response: ActivationResponse) -> None:
-        """An activation that never reached a container (start failure, no room)."""
-        job.sink.completed(job, instant_activation(job.msg, response, job.action, now_ms()))
+        """An activation that never reached a container (start failure, no room, refused).
+        Guarded: a sink that raises must not skip the caller's release."""
+        try:
+            job.sink.completed(job, instant_activation(job.msg, response, job.action, now_ms()))
+        except Exception:
+            log.exception("reporting activation %s failed", job.msg.activation_id)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """The one way work reaches the executor: a failure is logged, never lost."""
+        try:
+            future = self._executor.submit(fn, *args)
+        except RuntimeError:  # shut down: the pool is going away
+            log.warning("pool shut down: %s not run", getattr(fn, "__qualname__", fn))
+            return
+        future.add_done_callback(_log_failure)
 
     # ------------------------------------------------------------------ stem cells and idling
 
@@ -527,30 +604,36 @@ class ContainerPool:
             if self._is_gpu_kind(cell.kind):
                 continue  # GPU stem cells are per GPU: GpuSettings.stem_cells
             while not self._stop.is_set():
+                token = _Starting(cell.kind, cell.memory_mb)
                 with self._lock:
                     have = sum(
                         1 for p in self._containers
                         if p.is_prewarm and p.kind == cell.kind and p.memory_mb == cell.memory_mb
-                    )
-                    starting = self._starting_counts.get((cell.kind, cell.memory_mb), 0)
-                    if have + starting >= cell.count or self._used_mb() + cell.memory_mb > self.config.user_memory_mb:
+                    ) + self._starting(token)
+                    if have >= cell.count or self._used_mb() + cell.memory_mb > self.config.user_memory_mb:
                         break
-                    self._starting_counts[(cell.kind, cell.memory_mb)] = starting + 1
-                    self._starting_prewarm_mb += cell.memory_mb
+                    self._memory.commit(token, cell.memory_mb)
+                proxy: ContainerProxy | None = None
                 try:
                     container = self.factory.create(self._spec(cell.kind, cell.memory_mb, f"prewarm_{cell.kind}"))
-                    proxy: ContainerProxy | None = ContainerProxy(container, cell.kind, cell.memory_mb, prewarmed=True)
-                except (ContainerError, KeyError) as error:
+                    proxy = ContainerProxy(container, cell.kind, cell.memory_mb, prewarmed=True)
+                except Exception as error:
                     log.warning("stem cell %s/%d MB failed to start: %s", cell.kind, cell.memory_mb, error)
-                    proxy = None
-                with self._lock:
-                    self._starting_counts[(cell.kind, cell.memory_mb)] -= 1
-                    self._starting_prewarm_mb -= cell.memory_mb
-                    if proxy is not None:
-                        self._containers.append(proxy)
+                finally:
+                    with self._lock:
+                        if proxy is not None:
+                            self._memory.move(token, proxy)
+                            self._containers.append(proxy)
+                        else:
+                            self._memory.release(token)
                 if proxy is None:
                     break
         self._drain()
+
+    def _starting(self, like: _Starting) -> int:
+        """Stem cells like ``like`` being started (lock held): their tokens hold memory."""
+        return sum(1 for key in self._memory.owners() if isinstance(key, _Starting)
+                   and (key.kind, key.memory_mb, key.gpu) == (like.kind, like.memory_mb, like.gpu))
 
     def _is_gpu_kind(self, kind: str) -> bool:
         return self.gpu is not None and is_gpu_kind(kind)
@@ -560,18 +643,16 @@ class ContainerPool:
         key = (cell.kind, cell.memory_mb, gpu)
         placement = self._placement(gpu, GpuRequest(cell.memory_mb))  # an action's default request
         while not self._stop.is_set():
-            token = object()
+            token = _Starting(cell.kind, cell.memory_mb, gpu)
             with self._lock:
                 have = sum(1 for p in self._containers if p.is_prewarm and p.gpu is not None
-                           and (p.kind, p.memory_mb, p.gpu.gpu) == key)
-                starting = self._gpu_starting.get(key, 0)
-                if (have + starting >= cell.count
-                        or self._buffer  # waiting work comes before prewarming (no evict/refill cycles)
+                           and (p.kind, p.memory_mb, p.gpu.gpu) == key) + self._starting(token)
+                if (have >= cell.count
+                        or self._buffered()  # waiting work comes before prewarming (no evict/refill cycles)
                         or self._used_mb() + cell.memory_mb > self.config.user_memory_mb
                         or not self._ledger.admits(gpu, placement.memory_mb)):
                     break
-                self._gpu_starting[key] = starting + 1
-                self._starting_prewarm_mb += cell.memory_mb
+                self._memory.commit(token, cell.memory_mb)
                 self._ledger.commit(token, gpu, placement.memory_mb)
             proxy: ContainerProxy | None = None
             try:
@@ -585,16 +666,17 @@ class ContainerPool:
                     log.info("GPU stem cell %s ready on GPU %d: %s", container.id, gpu, report.get("prewarm"))
                     proxy = ContainerProxy(container, cell.kind, cell.memory_mb, prewarmed=True)
                     proxy.gpu = placement
-            except (ContainerError, KeyError) as error:
+            except Exception as error:
                 log.warning("GPU stem cell %s/%d MB on GPU %d failed to start: %s", cell.kind, cell.memory_mb, gpu, error)
-            with self._lock:
-                self._gpu_starting[key] -= 1
-                self._starting_prewarm_mb -= cell.memory_mb
-                if proxy is not None:
-                    self._ledger.move(token, proxy)
-                    self._containers.append(proxy)
-                else:
-                    self._ledger.release(token)
+            finally:
+                with self._lock:
+                    if proxy is not None:
+                        self._memory.move(token, proxy)
+                        self._ledger.move(token, proxy)
+                        self._containers.append(proxy)
+                    else:
+                        self._memory.release(token)
+                        self._ledger.release(token)
             if proxy is None:
                 break
 
@@ -630,7 +712,7 @@ class ContainerPool:
             stats = {
                 "cold_starts": self.cold_starts, "prewarm_starts": self.prewarm_starts,
                 "warm_starts": self.warm_starts, "gpu_evictions": self.gpu_evictions,
-                "gpu_waits": self.gpu_waits, "gpu_refused": self.gpu_refused, "buffered": len(self._buffer),
+                "gpu_waits": self.gpu_waits, "gpu_refused": self.gpu_refused, "buffered": self._buffered(),
             }
         return {
             "inventory": {"source": inventory.source, "description": inventory.describe()},
@@ -641,41 +723,89 @@ class ContainerPool:
 
     def _janitor_loop(self) -> None:
         while not self._stop.wait(1.0):
-            now = time.monotonic()
-            with self._lock:
-                for proxy in list(self._containers):
-                    if proxy.is_prewarm or proxy.active:
-                        continue
-                    idle = now - proxy.last_used
-                    if idle >= self.config.idle_timeout_s:
-                        self._remove_locked(proxy)
-                    elif idle >= self.config.pause_grace_s and proxy.state is State.READY:
-                        proxy.state = State.PAUSED
-                        self._executor.submit(self._pause, proxy)
-            self._drain()
+            try:
+                self._janitor_pass()
+            except Exception:  # one bad pass must not end idling and draining for good
+                log.exception("pool janitor pass failed")
+
+    def _janitor_pass(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for proxy in list(self._containers):
+                if proxy.is_prewarm or proxy.active:
+                    continue
+                idle = now - proxy.last_used
+                if idle >= self.config.idle_timeout_s:
+                    self._remove_locked(proxy)
+                elif idle >= self.config.pause_grace_s and proxy.state is State.READY:
+                    proxy.state = State.PAUSED
+                    self._submit(self._pause, proxy)
+        self._drain()
 
     def _pause(self, proxy: ContainerProxy) -> None:
         try:
-            with proxy.pause_lock:
+            with proxy.pause_lock:  # a run placed meanwhile waits for it in _awake, then resumes
                 with self._lock:
                     if proxy.state is not State.PAUSED:
                         return  # claimed again before we got here
                 proxy.container.suspend()
                 proxy.suspended = True
-        except ContainerError as error:
+        except Exception as error:
             log.warning("pause of %s failed, removing it: %s", proxy.container.id, error)
             with self._lock:
                 if proxy.active == 0:
                     self._remove_locked(proxy)
 
 
+CPU_BUFFER = "cpu"  # the run buffer of jobs waiting for host memory
+
+
+def _gpu_buffer(gpu: int) -> str:
+    return f"gpu{gpu}"
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    arrival: int  # order of arrival across buffers: the oldest head is tried first
+    job: Job
+
+
+@dataclass(frozen=True, eq=False)
+class _Starting:
+    """The reservation key of one stem cell being started (compared by identity)."""
+
+    kind: str
+    memory_mb: int
+    gpu: int | None = None
+
+
+class _StartFailed(Exception):
+    """A cold start's container could not be created (the cause is chained)."""
+
+
+def _log_failure(future: Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        error = future.exception()
+        log.error("pool task failed: %s", error, exc_info=(type(error), error, error.__traceback__))
+
+
 class _ColdStart(ContainerProxy):
-    """Placeholder returned by ``_place`` for 'create a new container for this job'."""
+    """Placeholder returned by ``_place`` for 'create a new container for this job'; the key of
+    its memory (and GPU) reservations until the container exists."""
 
     def __init__(self, kind: str, memory_mb: int, placement: GpuPlacement | None = None) -> None:  # noqa: D107
         self.kind = kind
         self.memory_mb = memory_mb
         self.placement = placement
+
+
+@dataclass
+class _Lease:
+    """What one job holds until ``_settle``: a cold start's placeholder (its reservations), or
+    the claimed container."""
+
+    placeholder: _ColdStart | None = None
+    proxy: ContainerProxy | None = None
 
 
 def _holds_gpu_model(proxy: ContainerProxy) -> bool:

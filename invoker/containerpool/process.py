@@ -36,6 +36,7 @@ from invoker.containerpool.container import (
     ContainerSpec,
     ContainerStartError,
 )
+from invoker.containerpool.logs import MAX_LINE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class ProcessContainer(Container):
             reader.start()
 
     def _pump(self, stream, name: str) -> None:
-        for raw in iter(stream.readline, b""):
+        for raw in iter(lambda: stream.readline(MAX_LINE_BYTES), b""):  # a line never ending stays bounded
             self.logs.append(name, raw.decode("utf-8", errors="replace").rstrip("\n"))
         stream.close()
         if name == "stdout":

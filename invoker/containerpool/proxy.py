@@ -144,6 +144,7 @@ class ContainerProxy:
         self.namespace = namespace
         self.max_concurrency = max(1, action.limits.concurrency)
         self.container.set_max_concurrency(self.max_concurrency)
+        self.container.logs.set_limit(action.limits.logs_mb * 1024 * 1024)
 
     def has_capacity(self) -> bool:
         return self.active < self.max_concurrency and self.state not in (State.REMOVING,)
@@ -158,7 +159,8 @@ class ContainerProxy:
         init_interval: HttpOutcome | None = None
         with self.init_lock:
             if not self.initialized:
-                init_interval = self.container.initialize(self._init_payload(job), timeout_ms / 1000)
+                init_interval = self.container.initialize(self._init_payload(job), timeout_ms / 1000,
+                                                          max_body=limits.max_payload_bytes)
                 failure = self._init_failure(init_interval, timeout_ms)
                 if failure is None:
                     self.initialized = True
@@ -171,7 +173,7 @@ class ContainerProxy:
             job.sink.completed(job, activation)
             return activation, False
 
-        run = self.container.run(self._run_payload(job), timeout_ms / 1000)
+        run = self.container.run(self._run_payload(job), timeout_ms / 1000, max_body=limits.max_payload_bytes)
         response, reusable = self._run_response(run, timeout_ms, limits)
         start = init_interval.start_ms if init_interval is not None else run.start_ms
         activation = self._activation(job, start, run.end_ms, response, init_interval)
@@ -244,12 +246,13 @@ class ContainerProxy:
             if self._oom_killed():
                 return ActivationResponse.developer_error(Messages.memory_exhausted), False
             return ActivationResponse.developer_error(Messages.abnormal_run), False
+        length = len(outcome.body) if outcome.length is None else outcome.length  # only limit + 1 bytes are read
+        if length > limits.max_payload_bytes:
+            prefix = outcome.body[: limits.truncation_bytes].decode("utf-8", errors="ignore")
+            message = Messages.truncated(length, limits.max_payload_bytes, prefix)
+            return ActivationResponse.application_error(message, length), True
         body = outcome.body.decode("utf-8", errors="replace")
         size = len(body)
-        if len(outcome.body) > limits.max_payload_bytes:
-            prefix = outcome.body[: limits.truncation_bytes].decode("utf-8", errors="ignore")
-            message = Messages.truncated(len(outcome.body), limits.max_payload_bytes, prefix)
-            return ActivationResponse.application_error(message, size), True
         try:
             parsed = json.loads(body)
         except ValueError:
