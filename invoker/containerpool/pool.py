@@ -54,7 +54,14 @@ from invoker.entities import ActivationResponse, LimitBounds, WhiskAction, insta
 from invoker.gpu.layer import GpuLayer, GpuPlacement, GpuStemCell
 from invoker.gpu.ledger import GpuLedger, has_room
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
-from invoker.gpu.request import GpuRequest, GpuRequestError, is_gpu_kind, parse_request
+from invoker.gpu.request import (
+    RESOURCES_ANNOTATION,
+    GpuRequest,
+    GpuRequestError,
+    is_gpu_kind,
+    needs_gpu,
+    parse_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +261,7 @@ class ContainerPool:
     # ------------------------------------------------------------------ GPU placement
 
     def _is_gpu(self, action: WhiskAction) -> bool:
-        return self.gpu is not None and is_gpu_kind(action.kind)
+        return self.gpu is not None and needs_gpu(action.kind, action.annotation(RESOURCES_ANNOTATION))
 
     def _gpu_request(self, action: WhiskAction) -> GpuRequest:
         return parse_request(action.annotation(GPU_ANNOTATION), action.limits.memory_mb)

@@ -98,6 +98,19 @@ def parse_request(annotation: Any, memory_limit_mb: int) -> GpuRequest:
     return GpuRequest(memory_mb=memory, sm_percent=sm)
 
 
+RESOURCES_ANNOTATION = "invoker-resources"
+GPU_TAG = "gpu"
+
+
 def is_gpu_kind(kind: str) -> bool:
-    """GPU actions are those of a GPU kind (``python:3-gpu``), as in the manifest."""
+    """A GPU kind (``python:3-gpu``), as in the manifest."""
     return kind.strip().lower().endswith("-gpu")
+
+
+def needs_gpu(kind: str, invoker_resources: Any) -> bool:
+    """Whether an action is GPU work: a GPU kind, or an ``invoker-resources`` annotation (the
+    FPC scheduler's, a list of strings) naming ``gpu``. The controller patch routes by the same
+    rule (``GpuRouting.requiresGpu``), so what lands on a GPU invoker gets a GPU."""
+    if is_gpu_kind(kind):
+        return True
+    return isinstance(invoker_resources, list) and GPU_TAG in invoker_resources

@@ -9,7 +9,8 @@ import threading
 import time
 
 import pytest
-from gpu_pool_support import GpuWatch, PythonOnly, Recorder, gpu_action, job, wait_until
+from gpu_pool_support import PROBE, GpuWatch, PythonOnly, Recorder, gpu_action, job, wait_until
+from pool_support import make_action
 
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
@@ -133,6 +134,22 @@ def test_cpu_actions_keep_their_behaviour_next_to_the_gpu_layer(gpu_pool):
     result = sink.result(_run(pool, job(gpu_action("cpu", memory=2048, kind="python:3"), sink)))
     assert result["gpu"] is None and result["env"] == {}
     assert pool.gpu_snapshot()["gpus"][0]["containers"] == []
+
+
+def test_an_action_annotated_invoker_resources_gpu_is_gpu_work_whatever_its_kind(gpu_pool):
+    # The controller patch routes it to a GPU invoker (the FPC scheduler's annotation); landing
+    # there, it must get a GPU too, not run as CPU work on a GPU node (seen with the real
+    # controller). Blackbox images have no -gpu kind: the annotation is their only way.
+    pool = gpu_pool("0:1GiB")
+    sink = Recorder()
+    action = make_action("annotated", memory=256, code=PROBE, kind="python:3",
+                         annotations=[{"key": "invoker-resources", "value": ["gpu"]}])
+    result = sink.result(_run(pool, job(action, sink)))
+    assert result["gpu"] == "0"
+    assert len(pool.gpu_snapshot()["gpus"][0]["containers"]) == 1
+    other = make_action("other-resource", memory=256, code=PROBE, kind="python:3",
+                        annotations=[{"key": "invoker-resources", "value": ["ssd"]}])
+    assert sink.result(_run(pool, job(other, sink)))["gpu"] is None
 
 
 def test_time_slicing_is_the_fallback_and_says_why(gpu_pool):
