@@ -10,7 +10,9 @@ measures, per model and over ``--cycles`` sleep/wake cycles (medians):
   beside ``freed_device_bytes`` (``cudaMemGetInfo``: device-wide) and the model's own
   ``model_bytes``; ``freed_fraction`` = freed / model bytes (goal >= 0.90);
 * ``wake_s``         wake-to-first-result: from the wake (copies issued on the side stream) to the
-  first result on the host, the first layers computing while later ones arrive;
+  first result on the host, the first layers computing while later ones arrive; its host-side
+  start, ``wake_issue_s`` (allocating the device tensors from an emptied cache, issuing the
+  copies), says how much of it is ``cudaMalloc``;
 * ``copy_s``, ``copy_GBps`` the wake's copies alone (timed events on the side stream), and
   ``copy_fraction_of_pinned_peak`` against the pinned host-to-device peak measured here;
 * ``wake_goal_s`` = 1.2 x (resident_s + model bytes / pinned peak); ``wake_ok``: wake_s <= it.
@@ -95,13 +97,17 @@ def bench_torch(make, inputs, batch: int, device: str, cycles: int, calls: int, 
         used_after = device_used(dev)
         copier = StreamCopier(torch.device(device), timing=True) if dev.is_cuda else None
 
+        issued: list[float] = []
+
         def wake_and_call(copier=copier):
-            model.wake(copier=copier)
+            t0 = time.perf_counter()
+            model.wake(copier=copier)  # host side: device allocation and issuing the copies
+            issued.append(time.perf_counter() - t0)
             return model(*x)
 
         wake_s, _ = clock.time(wake_and_call)
         row = {"sleep_s": report.seconds, "freed_bytes": report.freed, "measured": report.measured,
-               "host_bytes": report.host_bytes, "wake_s": wake_s}
+               "host_bytes": report.host_bytes, "wake_s": wake_s, "wake_issue_s": issued[0]}
         if used is not None and used_after is not None:
             row["freed_device_bytes"] = used - used_after
         if copier is not None:
@@ -113,7 +119,7 @@ def bench_torch(make, inputs, batch: int, device: str, cycles: int, calls: int, 
     med = statistics.median
     out = {"format": "torch", "batch": batch, "model_bytes": model_bytes, "units": len(model.host.units),
            "resident_s": med(resident), "cycles": rows,
-           **{k: med(r[k] for r in rows) for k in ("sleep_s", "freed_bytes", "wake_s")}}
+           **{k: med(r[k] for r in rows) for k in ("sleep_s", "freed_bytes", "wake_s", "wake_issue_s")}}
     out["freed_fraction"] = out["freed_bytes"] / model_bytes
     if all("freed_device_bytes" in r for r in rows):
         out["freed_device_bytes"] = med(r["freed_device_bytes"] for r in rows)
