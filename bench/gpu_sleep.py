@@ -99,7 +99,7 @@ def bench_torch(make, inputs, batch: int, device: str, cycles: int, calls: int, 
 
         issued: list[float] = []
 
-        def wake_and_call(copier=copier):
+        def wake_and_call(copier=copier, issued=issued):
             t0 = time.perf_counter()
             model.wake(copier=copier)  # host side: device allocation and issuing the copies
             issued.append(time.perf_counter() - t0)
