@@ -40,8 +40,8 @@ def test_smoke_run_measures_every_model_and_records_nothing():
             assert r["resident_s"] > 0 and r["wake_s"] > 0 and r["model_bytes"] > 0, r
             assert len(r["cycles"]) == 1
         torch_row = rows[0]
-        # host-to-host: the dropped copy is exactly the model, and said to be host-to-host
-        assert torch_row["freed_bytes"] == torch_row["model_bytes"] and torch_row["freed_fraction"] == 1.0
+        # host-to-host: the dropped copy is the model (one aligned allocation), said to be host-to-host
+        assert 1.0 <= torch_row["freed_fraction"] < 1.01
         assert "host-to-host" in torch_row["copies"] and "copy_GBps" not in torch_row
 
 

@@ -17,6 +17,7 @@ import torch
 from owruntime.models import ModelCache, load
 from owruntime.models.copier import ThreadCopier
 from owruntime.models.sleep import sleep_cache
+from owruntime.models.torch_loader import ALIGN
 from owruntime.resident import Registry, parse_header
 from torch import nn
 
@@ -47,14 +48,16 @@ def test_torch_model_sleeps_and_wakes_with_the_same_results(zoo, name, tmp_path)
     x = spec.inputs(2)
     before = model(*x)
     nbytes = model.nbytes
+    [storage] = {v.untyped_storage().data_ptr(): v.untyped_storage().nbytes() for v in model._values}.values()
+    assert nbytes <= storage < nbytes + ALIGN * len(model._values)  # the copy is one allocation
     [slept], kept = sleep_cache(cache)
     assert kept == [] and slept.key == name and model.asleep
-    # host-to-host: the dropped copy is exactly what the sleep freed
-    assert slept.report.freed == nbytes == slept.report.host_bytes and slept.report.measured
+    # host-to-host: the dropped copy, alignment included, is exactly what the sleep freed
+    assert slept.report.freed == storage and slept.report.host_bytes == nbytes and slept.report.measured
     assert model.nbytes == 0 and _on_host(model) and model._values == []
     assert registry.models() == []
     [asleep] = registry.asleep()
-    assert (asleep.key, asleep.bytes, asleep.freed) == (name, nbytes, nbytes)
+    assert (asleep.key, asleep.bytes, asleep.freed) == (name, nbytes, storage)
     model.wake()  # what a call does first: the pipelined load, one copy per unit
     assert not model.asleep and isinstance(model._copier, ThreadCopier)
     assert model._hooks and model._first  # the first call waits per unit again

@@ -68,7 +68,8 @@ def test_models_sleep_and_the_next_run_wakes_them(zoo, tmp_path):
     assert {a["key"] for a in answer["asleep"]} == {m.key for m in awake.models} and answer["kept"] == []
     by_key = {m.key: m for m in awake.models}
     torch_entry = next(a for a in answer["asleep"] if a["measured"])  # host-to-host copy: counted exactly
-    assert torch_entry["freed"] == by_key[torch_entry["key"]].bytes > 0
+    nbytes = by_key[torch_entry["key"]].bytes
+    assert nbytes <= torch_entry["freed"] < nbytes + 256 * 64 and nbytes > 0  # its one allocation, aligned
     assert answer["freed"] == {"cpu": sum(a["freed"] for a in answer["asleep"])}
     assert answer["host_bytes"] == sum(a["host_bytes"] for a in answer["asleep"]) > 0
     report = parse_header(slept.headers[HEADER.lower()])

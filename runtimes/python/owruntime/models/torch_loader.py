@@ -6,7 +6,7 @@ filled from a state-dict file (``torch.save(model.state_dict(), path)``, read wi
 without Python hooks, so nothing could wait per module.
 
 Pipelined loading: every module that owns tensors is a *unit*; device memory for all units is
-allocated, all copies are issued at once in unit order on a side stream (one event per unit),
+allocated (one allocation for the model), all copies are issued at once in unit order on a side stream (one event per unit),
 and the first forward runs immediately: each unit's forward pre-hook makes the compute stream
 wait for its own weights' event only. During the first call a ``TorchFunctionMode`` also waits
 for any weight an op touches before its owner ran (modules such as ``nn.MultiheadAttention``
@@ -91,15 +91,39 @@ def pinned_buffer(nbytes: int) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
 
+def _layout(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
+    """Byte offsets of ``tensors`` packed one after the other, each aligned; -> (offsets, total)."""
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.nbytes // ALIGN) * ALIGN
+    return offsets, total
+
+
+def empty_packed(like: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Uninitialised tensors shaped like ``like`` on ``device``, the dense ones in ONE allocation:
+    a load (or a wake-up, after a sleep emptied the cache) pays one ``cudaMalloc``, not one per
+    block the allocator would carve. Each is its own tensor on the shared storage (``set_``,
+    not a view), so each keeps its own version counter. Freed when the last of them goes."""
+    dense = [i for i, t in enumerate(like)
+             if t.layout == torch.strided and not t.is_quantized and t.is_contiguous()]
+    offsets, total = _layout([like[i] for i in dense])
+    storage = torch.empty(total, dtype=torch.uint8, device=device).untyped_storage()
+    out: list[torch.Tensor | None] = [None] * len(like)
+    for i, offset in zip(dense, offsets, strict=True):
+        t = like[i]
+        out[i] = torch.empty(0, dtype=t.dtype, device=device).set_(storage, offset // t.element_size(), t.shape)
+    for i in sorted(set(range(len(like))) - set(dense)):  # sparse, quantized, strided: rare
+        out[i] = torch.empty_like(like[i], device=device)
+    return out
+
+
 def pack(tensors: Sequence[torch.Tensor], allocate: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Copy ``tensors`` (dense) into one byte buffer from ``allocate``; -> (buffer, views of it
     with the tensors' shapes, dtypes and values). One allocation per model: torch's pinned host
     allocator rounds every block up to a power of two (pytorch#95823), so pinning weight by
     weight can take twice the model's size from the container's memory, in hundreds of calls."""
-    offsets, total = [], 0
-    for t in tensors:
-        offsets.append(total)
-        total += -(-t.nbytes // ALIGN) * ALIGN
+    offsets, total = _layout(tensors)
     buffer = allocate(total)
     views = []
     for t, offset in zip(tensors, offsets, strict=True):
@@ -300,7 +324,7 @@ class TorchModel:
             host._install(self._values)
             return
         self._copier = copier or (StreamCopier(dev) if device.is_cuda else ThreadCopier())
-        self._values = [torch.empty_like(t.host, device=dev) for t in host.tensors]
+        self._values = empty_packed([t.host for t in host.tensors], dev)
         # each value's version once its one copy_ has run: a later change is the module's own
         self._loaded_versions = [v._version + 1 for v in self._values]
         for u in self.order[self.cut :] + self.order[: self.cut]:  # device stages first
@@ -409,7 +433,9 @@ class TorchModel:
                        if v._version != self._loaded_versions[i] and v is not self.host.tensors[i].host]
             for i in changed:
                 self.host.tensors[i].host.copy_(self._values[i])
-            dropped = sum(v.nbytes for i, v in enumerate(self._values) if v is not self.host.tensors[i].host)
+            # what goes: the storages of the device copy (one for the packed tensors), padding too
+            dropped = sum({v.untyped_storage().data_ptr(): v.untyped_storage().nbytes()
+                           for i, v in enumerate(self._values) if v is not self.host.tensors[i].host}.values())
             self._drop_device_copy()
             self._asleep = True
             release_framework_cache(self.device)
