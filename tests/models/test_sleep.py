@@ -205,3 +205,20 @@ def test_the_header_lists_asleep_models_apart_from_the_resident_ones():
     assert [m["key"] for m in raw["models"]] == ["a", "b"] and [m["key"] for m in raw["asleep"]] == ["c"]
     registry.unregister("c")
     assert "asleep" not in json.loads(registry.header_value())
+
+
+def test_an_onnx_model_whose_stage_files_are_gone_stays_awake(zoo, tmp_path):
+    import shutil
+
+    spec = zoo["resnet"]
+    cache, registry = _cache()
+    model = load(spec.onnx, device="cpu", mode="pipelined", cache=cache, cache_dir=tmp_path / "splits")
+    x = spec.inputs(1)[0].numpy()
+    before = model(x)[0]
+    model.wait_loaded()
+    shutil.rmtree(model.split.directory)  # what a wake-up would rebuild from
+    slept, [kept] = sleep_cache(cache)
+    assert slept == [] and "its sleep failed: FileNotFoundError" in kept.reason
+    assert not model.asleep and registry.asleep() == [] and len(registry.models()) == 1
+    np.testing.assert_array_equal(model(x)[0], before)  # still awake and whole
+    cache.clear()

@@ -91,8 +91,8 @@ def clock() -> float:
 
 
 def sleep_cache(cache: ModelCache, device: str | None = None) -> tuple[list[Slept], list[Kept]]:
-    """Put every model of ``cache`` (on ``device``, or all) to sleep, one by one; a model in use
-    or one that cannot sleep stays awake, with the reason."""
+    """Put every model of ``cache`` (on ``device``, or all) to sleep, one by one; a model in use,
+    one that cannot sleep or one whose sleep failed stays awake, with the reason."""
     slept: list[Slept] = []
     kept: list[Kept] = []
     for key, dev in cache.keys():
@@ -108,6 +108,8 @@ def sleep_cache(cache: ModelCache, device: str | None = None) -> tuple[list[Slep
             slept.append(Slept(key, dev, model.sleep()))
         except ModelBusyError as e:
             kept.append(Kept(key, dev, str(e)))
+        except Exception as e:  # a stage file gone, a failed copy: it stays awake, and says why
+            kept.append(Kept(key, dev, f"its sleep failed: {type(e).__name__}: {e}"))
     return slept, kept
 
 
