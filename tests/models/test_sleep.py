@@ -222,3 +222,25 @@ def test_an_onnx_model_whose_stage_files_are_gone_stays_awake(zoo, tmp_path):
     assert not model.asleep and registry.asleep() == [] and len(registry.models()) == 1
     np.testing.assert_array_equal(model(x)[0], before)  # still awake and whole
     cache.clear()
+
+
+def test_the_wake_computes_while_later_weights_still_arrive():
+    """After a sleep, through a slow host-to-host link (a stand-in for the host-device one): the
+    first layer runs on its own weights while the last layer's are still in flight."""
+    torch.manual_seed(3)
+    module = nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.Tanh()) for _ in range(6)]).eval()
+    x = torch.randn(4, 256)
+    model = load(module, device="cpu", mode="pipelined", cache=None)
+    expected = model(x)
+    model.sleep()
+    model.wake(copier=ThreadCopier(bandwidth=256 * 257 * 4 / 0.1))  # 0.1 s per layer
+    seen: list[tuple[bool, bool]] = []  # (own weights there, last layer's weights there)
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    for i, lin in enumerate(linears):
+        def probe(_m, _a, i=i):
+            seen.append((model._handles[i].is_set(), model._handles[-1].is_set()))
+        lin.register_forward_pre_hook(probe)  # after the wake's own hook: sees its wait
+    torch.testing.assert_close(model(x), expected)
+    assert all(own for own, _ in seen)
+    assert seen[0] == (True, False), "the first layer should run while the last is in flight"
+    model.close()
