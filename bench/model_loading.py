@@ -7,7 +7,8 @@ each in Torch and in ONNX, and for each batch size, one run measures:
 * ``pipelined_s``  ``owruntime.models`` pipelined load + first call (copy overlapped);
 * ``partitioned_s`` pipelined with the CPU/device cut chosen from measured costs (Torch);
 * ``copy_s``       the copy alone (pinned host -> device, every tensor, nothing else);
-* ``alloc_s``      allocating the device tensors from an emptied cache (``cudaMalloc``), apart:
+* ``alloc_s``      allocating the device tensors from an emptied cache (``cudaMalloc``: one
+  allocation per model, as the loader does), apart:
   the other figures run on torch's cached blocks, so all of them time copies and compute
   alone and add up (a cold start pays ``alloc_s`` + ``pin_s`` on top);
 * ``pin_s``        staging the weights in pinned host memory (one buffer per model);
@@ -47,7 +48,7 @@ import torch
 from owruntime.models import choose_cut, load
 from owruntime.models.copier import StreamCopier
 from owruntime.models.devices import measure_h2d_bandwidth, parse_device
-from owruntime.models.torch_loader import HostModule, TorchModel
+from owruntime.models.torch_loader import HostModule, TorchModel, empty_packed
 from torch import nn
 
 RESULTS = Path(__file__).parent / "results"
@@ -151,7 +152,7 @@ def bench_torch(name, make, inputs, batch, device, repeat, clock, bandwidth) -> 
         dst.clear()
         if dev.is_cuda:
             torch.cuda.empty_cache()
-        s, dst = clock.time(lambda: [torch.empty_like(t.host, device=device) for t in host.tensors])
+        s, dst = clock.time(lambda: empty_packed([t.host for t in host.tensors], torch.device(device)))
         alloc.append(s)
 
     def copy_all() -> None:

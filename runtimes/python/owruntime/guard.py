@@ -1,8 +1,9 @@
 """What the runtime refuses so that one tenant cannot use another's container or lift its own limits.
 
 * **Caller check.** The invoker gives each container a random secret in ``OW_RUNTIME_SECRET``
-  at creation; /init and /run then need it in the ``X-OW-Runtime-Secret`` header (compared in
-  constant time), so a neighbour container that reaches this one's port cannot run or init it.
+  at creation; /init, /run and /sleep then need it in the ``X-OW-Runtime-Secret`` header
+  (compared in constant time), so a neighbour container that reaches this one's port cannot run,
+  init or put it to sleep.
   Without the variable nothing is required (old invokers, tests, hand-run containers).
   The variable is removed from ``os.environ`` at start, so the action does not see it.
 * **Protected environment.** The names the invoker sets at creation (GPU device, MPS limits

@@ -6,6 +6,12 @@ the server reports the registry to the invoker after every ``/run`` (response he
 ``X-OW-Resident``), so the invoker's placement knows which container already holds which
 model on which GPU instead of guessing, and how much GPU memory the container really holds
 next to what it asked for. One registry per runtime process.
+
+A model put to sleep (``POST /sleep``, :mod:`owruntime.sleep`) moves from ``models`` to
+``asleep``: its weights are in host memory, and the entry says how much device memory the
+sleep really gave back. An invoker that knows nothing of sleep reads ``models`` only, so it
+never counts an asleep model as on the GPU. The next call of the model wakes it and moves it
+back.
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ class ResidentModel:
 
 
 @dataclass(frozen=True)
+class AsleepModel:
+    key: str
+    device: str  # where it runs when awake
+    bytes: int  # device memory it takes when awake: what waking it needs
+    host_bytes: int  # host memory that holds it while asleep
+    freed: int  # device memory the sleep gave back, measured (see measured)
+    measured: bool = True  # False: ``freed`` is the model's size, the device could not be asked
+
+
+@dataclass(frozen=True)
 class Residency:
     """One ``X-OW-Resident`` report."""
 
@@ -34,6 +50,7 @@ class Residency:
     # Device memory the runtime's frameworks hold per device ("cuda:0"): torch's caching
     # allocator. Not the CUDA context itself, nor ONNX Runtime's arena, which it cannot see.
     held: dict[str, int] = field(default_factory=dict)
+    asleep: tuple[AsleepModel, ...] = ()  # last: callers that build a Residency positionally
 
 
 def framework_held_bytes() -> dict[str, int]:
@@ -56,28 +73,45 @@ class Registry:
     def __init__(self, held: Callable[[], dict[str, int]] = framework_held_bytes) -> None:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], ResidentModel] = {}
+        self._asleep: dict[tuple[str, str], AsleepModel] = {}
         self._held_now = held
         self._held: dict[str, int] = {}
         self._header = self._render()
 
     def register(self, key: str, device: str, nbytes: int) -> None:
+        """The model is resident (loaded, or woken up)."""
         with self._lock:
+            self._asleep.pop((key, device), None)
             self._models[(key, device)] = ResidentModel(key, device, int(nbytes))
+            self._header = self._render()
+
+    def mark_asleep(self, key: str, device: str, host_bytes: int, freed: int, measured: bool = True) -> None:
+        with self._lock:
+            awake = self._models.pop((key, device), None)
+            nbytes = awake.bytes if awake is not None else 0
+            self._asleep[(key, device)] = AsleepModel(key, device, nbytes, int(host_bytes), int(freed), measured)
             self._header = self._render()
 
     def unregister(self, key: str, device: str | None = None) -> None:
         with self._lock:
-            for k in [k for k in self._models if k[0] == key and device in (None, k[1])]:
-                del self._models[k]
+            for table in (self._models, self._asleep):
+                for k in [k for k in table if k[0] == key and device in (None, k[1])]:
+                    del table[k]
             self._header = self._render()
 
     def models(self) -> list[ResidentModel]:
         with self._lock:
             return list(self._models.values())
 
+    def asleep(self) -> list[AsleepModel]:
+        with self._lock:
+            return list(self._asleep.values())
+
     def header_value(self) -> str:
-        """Compact JSON: ``{"models": [{"key", "device", "bytes"}...], "held": {"cuda:0": n}}``
-        (``held`` only when something is held). Sent with every /run: rendered when the models
+        """Compact JSON: ``{"models": [{"key", "device", "bytes"}...], "asleep": [{"key", "device",
+        "bytes", "host_bytes", "freed"}...], "held": {"cuda:0": n}}`` (``asleep`` only when a model
+        sleeps, with ``"measured": false`` where ``freed`` is an estimate; ``held`` only when
+        something is held). Sent with every /run: rendered when the models
         or the held memory change (the allocator grows in whole segments, so rarely once warm)."""
         held = self._held_now()
         if held != self._held:
@@ -88,9 +122,34 @@ class Registry:
 
     def _render(self) -> str:
         report: dict = {"models": [asdict(m) for m in self._models.values()]}
+        if self._asleep:
+            report["asleep"] = [_asleep_json(m) for m in self._asleep.values()]
         if self._held:
             report["held"] = self._held
         return json.dumps(report, separators=(",", ":"))
+
+
+def _asleep_json(m: AsleepModel) -> dict:
+    report = asdict(m)
+    if m.measured:
+        del report["measured"]  # said only when false: the common case stays short
+    return report
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How a cached model reports its own sleep and wake-up: it does so itself, under its own
+    lock, so a call that wakes it cannot be overtaken by the report of the sleep before."""
+
+    registry: Registry
+    key: str
+    device: str
+
+    def awake(self, nbytes: int) -> None:
+        self.registry.register(self.key, self.device, nbytes)
+
+    def asleep(self, host_bytes: int, freed: int, measured: bool) -> None:
+        self.registry.mark_asleep(self.key, self.device, host_bytes, freed, measured)
 
 
 REGISTRY = Registry()  # the runtime process's one registry; actions reach it through the library
@@ -103,7 +162,10 @@ def parse_header(value: str | None) -> Residency:
     try:
         report = json.loads(value)
         models = tuple(ResidentModel(str(m["key"]), str(m["device"]), int(m["bytes"])) for m in report["models"])
+        asleep = tuple(AsleepModel(str(m["key"]), str(m["device"]), int(m["bytes"]), int(m["host_bytes"]),
+                                   int(m["freed"]), bool(m.get("measured", True)))
+                       for m in report.get("asleep") or ())
         held = {str(device): int(n) for device, n in (report.get("held") or {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return Residency()
-    return Residency(models, held)
+    return Residency(models, held, asleep)

@@ -13,7 +13,11 @@
   (:mod:`owruntime.resident`), so the invoker places work where a model already is.
 * ``GET /ready``: 503 while the warm-up that ``OW_GPU_PREWARM`` asks for runs (GPU stem cells,
   :mod:`owruntime.prewarm`), then 200 with its report. /init and /run wait for the warm-up.
-* With ``OW_RUNTIME_SECRET`` set, /init and /run answer 403 unless the request carries it in
+* ``POST /sleep``: the models the action loaded through :mod:`owruntime.models` give their
+  device memory back and wait in host memory; the next /run wakes them (see
+  :mod:`owruntime.models.sleep`). Runs on the main thread like /init and /run, so never under
+  an activation; answers what was freed, with ``X-OW-Resident``.
+* With ``OW_RUNTIME_SECRET`` set, /init, /run and /sleep answer 403 unless the request carries it in
   ``X-OW-Runtime-Secret`` (:mod:`owruntime.guard`): only the invoker may use the container.
 * SIGTERM/SIGINT: stop accepting, finish the activations in progress, answer 503 to any request
   that arrives meanwhile, remove the action's directory and exit 0. A second signal exits at once.
@@ -160,6 +164,21 @@ class App:
         """/run, with the resident models as they are after it."""
         status, out = self.runtime.run(body)
         return status, out, b"%s: %s\r\n" % (RESIDENT_HEADER.encode(), REGISTRY.header_value().encode())
+
+    def sleep(self, body: bytes) -> tuple[int, bytes, bytes]:
+        """/sleep: the body is empty or a JSON object (no field is defined yet)."""
+        try:
+            request = json.loads(body) if body.strip() else {}
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return 400, error_body("the /sleep body must be empty or a JSON object"), b""
+        from .models import process_cache  # no framework import: the models load them
+        from .models.sleep import sleep_all
+
+        answer = sleep_all(process_cache(), REGISTRY)
+        return 200, json.dumps(answer).encode(), b"%s: %s\r\n" % (
+            RESIDENT_HEADER.encode(), REGISTRY.header_value().encode())
 
     def enter(self) -> None:
         with self._idle:
@@ -327,6 +346,8 @@ class Handler(BaseHTTPRequestHandler):
                 job = app.executor.submit(app.run, body, self, close)
             elif path == "/init":
                 job = app.executor.submit(app.runtime.init, body, self, close)
+            elif path == "/sleep":  # on the main thread, between activations
+                job = app.executor.submit(app.sleep, body, self, close)
             else:
                 self.answer(404, error_body(f"no such route: {path}"), close)
                 return

@@ -3,6 +3,9 @@
 Every resident model is registered in :data:`owruntime.resident.REGISTRY` (what the server
 reports to the invoker) and unregistered when evicted. ``max_bytes`` bounds the device memory
 the cache may hold per device; the least recently used models are evicted to make room.
+A model that can sleep (:mod:`.sleep`) reports its own sleep and wake-up to the registry
+through the :class:`~owruntime.resident.Registration` the cache gives it; asleep it holds no
+device memory, so it does not count against ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from ..resident import REGISTRY, Registry
+from ..resident import REGISTRY, Registration, Registry
 
 
 class Resident(Protocol):
@@ -48,8 +51,15 @@ class ModelCache:
                 victims = self._over_budget(device, keep=(key, device))
             for k, v in victims:
                 self._close(k, v)
+            if hasattr(model, "registration"):  # it reports its own sleep and wake-up
+                model.registration = Registration(self.registry, key, device)
             self.registry.register(key, device, model.nbytes)
             return model
+
+    def peek(self, key: str, device: str) -> Resident | None:
+        """The model for (key, device) if resident (awake or asleep), without touching its age."""
+        with self._lock:
+            return self._models.get((key, device))
 
     def _over_budget(self, device: str, keep: tuple[str, str]) -> list[tuple[tuple[str, str], Resident]]:
         if self.max_bytes is None:
@@ -60,12 +70,14 @@ class ModelCache:
         for k in on_device:  # oldest first
             if total <= self.max_bytes:
                 break
-            if k != keep:
+            if k != keep and self._models[k].nbytes:  # evicting an asleep model frees nothing
                 total -= self._models[k].nbytes
                 victims.append((k, self._models.pop(k)))
         return victims
 
     def _close(self, k: tuple[str, str], model: Resident) -> None:
+        if hasattr(model, "registration"):
+            model.registration = None  # no report of a wake-up after the eviction
         self.registry.unregister(k[0], k[1])
         model.close()
 

@@ -26,3 +26,7 @@ class DeviceUnavailableError(ModelError, RuntimeError):
 
 class ModelSplitError(ModelError):
     """An ONNX graph could not be cut into stages (only raised where a split was demanded)."""
+
+
+class ModelBusyError(ModelError):
+    """A model cannot sleep while a call of it is in progress (it stays awake)."""

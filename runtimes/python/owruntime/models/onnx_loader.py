@@ -6,6 +6,10 @@ thread already runs the stages whose sessions exist. Activations stay where the 
 them (``IOBinding`` with device outputs), so only the model's inputs and outputs cross the
 host link. Partitioned: stages ``< cut`` get CPU sessions for the first call; their device
 sessions are built last and take over once ready.
+
+Sleep (:meth:`OnnxModel.sleep`): the sessions go, and with them their device memory (the CUDA
+provider's arena is per session); a pipelined model keeps its stage models' bytes in host
+memory, a plain one its file. The next call builds the sessions again the pipelined way.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from .devices import Device, onnx_providers
-from .errors import DeviceUnavailableError, ModelError, UnknownModelFormatError
+from .errors import DeviceUnavailableError, ModelBusyError, ModelError, UnknownModelFormatError
 from .onnx_split import Split
 from .partition import CostModel, StageCost
+from .sleep import SleepReport, clock, device_used, release_framework_cache
+
+if TYPE_CHECKING:
+    from ..resident import Registration
 
 log = logging.getLogger("owruntime.models")
 
@@ -38,13 +46,18 @@ def _options(threads: int | None) -> ort.SessionOptions:
     return so
 
 
-def _session(path: Path, threads: int | None, providers: list) -> ort.InferenceSession:
+def _session(path: Path | bytes, threads: int | None, providers: list,
+             name: Path | None = None) -> ort.InferenceSession:
+    """A session from a model file or its bytes (``name``: the file they came from)."""
+    path = path if isinstance(path, bytes) else str(path)
+    if name is None:
+        name = Path(path) if isinstance(path, str) else Path("<bytes>")
     try:
-        session = ort.InferenceSession(str(path), _options(threads), providers=providers)
+        session = ort.InferenceSession(path, _options(threads), providers=providers)
     except Exception as e:
         if "protobuf" in str(e).lower():
-            raise UnknownModelFormatError(f"{str(path)!r} is not a valid ONNX model: {e}") from e
-        raise ModelError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
+            raise UnknownModelFormatError(f"{str(name)!r} is not a valid ONNX model: {e}") from e
+        raise ModelError(f"onnxruntime cannot load {str(name)!r}: {e}") from e
     wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
     if session.get_providers()[0] != wanted:
         # onnxruntime falls back to the CPU, with a log line only, when the CUDA provider's
@@ -78,7 +91,12 @@ class OnnxModel:
         self.mode = mode
         self.providers = onnx_providers(device)
         self._threads = threads
-        self._stop = threading.Event()
+        self._state = threading.Lock()  # asleep or awake, and the calls in progress
+        self._active = 0
+        self._asleep = False
+        self._blobs: list[bytes] | None = None  # the stage models, while asleep and waking
+        self.last_sleep: SleepReport | None = None
+        self.registration: Registration | None = None  # set by the model cache
         if mode == "plain":
             self._plain = _session(path, threads, self.providers)
             self.inputs = [i.name for i in self._plain.get_inputs()]
@@ -92,45 +110,59 @@ class OnnxModel:
         if not 0 <= cut <= n:
             raise ValueError(f"cut must be within 0..{n}")
         self.cut = cut
-        self._device: list[ort.InferenceSession | None] = [None] * n
-        self._cpu: list[ort.InferenceSession | None] = [None] * n
-        self._ready = [threading.Event() for _ in range(n)]
-        self._error: BaseException | None = None
         # what each stage's successors (or the caller) still read: free the rest early
         keep: set[str] = set(split.outputs)
         self._keep: list[set[str]] = [set()] * n
         for k in reversed(range(n)):
             self._keep[k] = set(keep)
             keep |= set(split.stages[k].inputs)
+        self._finalizer: weakref.finalize | None = None
+        self._start_pipeline()
+
+    def _start_pipeline(self) -> None:
+        """Build the stages' sessions on a builder thread, device stages first."""
+        n = len(self.split.stages)
+        self._device: list[ort.InferenceSession | None] = [None] * n
+        self._cpu: list[ort.InferenceSession | None] = [None] * n
+        self._ready = [threading.Event() for _ in range(n)]
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
         order = list(range(self.cut, n)) + list(range(self.cut))
         self._builder = threading.Thread(
             target=self._build, args=(order,), name="owruntime-onnx-stages", daemon=True
         )
         self._builder.start()
+        if self._finalizer is not None:
+            self._finalizer.detach()
         # a builder still inside onnxruntime at interpreter exit would abort the process
-        weakref.finalize(self, _stop_builder, self._stop, self._builder)
+        self._finalizer = weakref.finalize(self, _stop_builder, self._stop, self._builder)
+
+    def _source(self, k: int) -> Path | bytes:
+        """Stage ``k``'s model: its bytes kept over a sleep, else its file."""
+        blobs = self._blobs
+        return blobs[k] if blobs is not None else self.split.stage_path(k)
 
     def _build(self, order: list[int]) -> None:
         for k in order:
             if self._stop.is_set():
                 return
             try:
-                self._device[k] = _session(self.split.stage_path(k), self._threads, self.providers)
+                self._device[k] = _session(self._source(k), self._threads, self.providers,
+                                           self.split.stage_path(k))
             except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
                 self._error = e
             self._ready[k].set()
             if self._error is not None:
                 return
+        self._blobs = None  # every session built: a wake-up's bytes are no longer needed
 
     def _session(self, k: int) -> tuple[ort.InferenceSession, bool]:
         if (s := self._device[k]) is not None:
             return s, self.device.is_cuda
         if k < self.cut:
             if self._cpu[k] is None:
-                self._cpu[k] = ort.InferenceSession(
-                    str(self.split.stage_path(k)), _options(self._threads),
-                    providers=["CPUExecutionProvider"],
-                )
+                self._cpu[k] = _session(self._source(k), self._threads, ["CPUExecutionProvider"],
+                                        self.split.stage_path(k))
             return self._cpu[k], False
         self._ready[k].wait()
         if self._error is not None:
@@ -147,6 +179,17 @@ class OnnxModel:
         return {k: np.ascontiguousarray(v) for k, v in feeds.items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        with self._state:
+            if self._asleep:
+                self._wake()
+            self._active += 1
+        try:
+            return self._call(args, kwargs)
+        finally:
+            with self._state:
+                self._active -= 1
+
+    def _call(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
         feeds = self._feeds(args, kwargs)
         if self.mode == "plain":
             return self._plain.run(self.outputs, feeds)
@@ -180,12 +223,70 @@ class OnnxModel:
 
     @property
     def nbytes(self) -> int:
+        """The weights' size on the device (0 while asleep)."""
+        return 0 if self._asleep else self._size()
+
+    def _size(self) -> int:
         if self.mode == "plain":
             return self.path.stat().st_size  # initializers dominate the file
         return sum(s.nbytes for s in self.split.stages)
 
-    def wait_loaded(self) -> None:
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
+
+    def sleep(self) -> SleepReport:
+        """Release the sessions (and their device memory), keep what rebuilds them: the stage
+        models' bytes (pipelined) or the file (plain). The next call wakes the model.
+        Raises :class:`ModelBusyError` while a call is in progress."""
+        with self._state:
+            if self._asleep and self.last_sleep is not None:
+                return self.last_sleep
+            if self._active:
+                raise ModelBusyError(f"{self._active} call(s) of the model in progress")
+            start = clock()
+            used = device_used(self.device)
+            size = self._size()
+            if self.mode == "pipelined":
+                # read before anything is released: a missing stage file leaves the model awake
+                blobs = self._blobs or [self.split.stage_path(k).read_bytes()
+                                        for k in range(len(self.split.stages))]
+                _stop_builder(self._stop, self._builder)
+                self._blobs = blobs
+                self._device = [None] * len(self._device)
+                self._cpu = [None] * len(self._cpu)
+            else:
+                self._plain = None
+            self._asleep = True
+            release_framework_cache(self.device)
+            after = device_used(self.device)
+            measured = used is not None and after is not None
+            # on the CPU, or a GPU process without torch to ask: the initializers' size
+            freed = max(0, used - after) if measured else size
+            host = sum(len(b) for b in self._blobs) if self._blobs is not None else 0
+            report = SleepReport(freed, host, measured, clock() - start)
+            self.last_sleep = report
+            if self.registration is not None:
+                self.registration.asleep(report.host_bytes, report.freed, report.measured)
+            return report
+
+    def wake(self) -> None:
+        """Start building a sleeping model's sessions now; a call wakes it by itself."""
+        with self._state:
+            if self._asleep:
+                self._wake()
+
+    def _wake(self) -> None:
         if self.mode == "pipelined":
+            self._start_pipeline()  # stage by stage: the first stages run while later ones build
+        else:
+            self._plain = _session(self.path, self._threads, self.providers)
+        self._asleep = False
+        if self.registration is not None:
+            self.registration.awake(self.nbytes)
+
+    def wait_loaded(self) -> None:
+        if self.mode == "pipelined" and not self._asleep:
             for e in self._ready:
                 e.wait()
             if self._error is not None:
@@ -193,6 +294,7 @@ class OnnxModel:
 
     def measure(self, *args: Any, batch_size: int, bandwidth: float) -> CostModel:
         """Per-stage CPU and device compute times for these inputs (median of 3 runs each)."""
+        self.wake()
         self.wait_loaded()
         env: dict[str, Any] = self._feeds(args, {})
         stages: list[StageCost] = []
@@ -221,5 +323,6 @@ class OnnxModel:
             _stop_builder(self._stop, self._builder)
             self._device = [None] * len(self._device)
             self._cpu = [None] * len(self._cpu)
+            self._blobs = None
         else:
             self._plain = None

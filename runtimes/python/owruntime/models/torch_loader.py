@@ -6,12 +6,15 @@ filled from a state-dict file (``torch.save(model.state_dict(), path)``, read wi
 without Python hooks, so nothing could wait per module.
 
 Pipelined loading: every module that owns tensors is a *unit*; device memory for all units is
-allocated, all copies are issued at once in unit order on a side stream (one event per unit),
+allocated (one allocation for the model), all copies are issued at once in unit order on a side stream (one event per unit),
 and the first forward runs immediately: each unit's forward pre-hook makes the compute stream
 wait for its own weights' event only. During the first call a ``TorchFunctionMode`` also waits
 for any weight an op touches before its owner ran (modules such as ``nn.MultiheadAttention``
 read their children's weights directly) and, when partitioned, moves CPU activations to the
 device at the CPU/device boundary. After the first call hooks and mode are gone.
+
+Sleep (:meth:`TorchModel.sleep`): the device copy goes, the weights stay in the pinned host
+buffer they were loaded from, and the next call loads them again the same pipelined way.
 
 Limits of the first call: a module that reads weights outside any torch op (``.data_ptr()``,
 custom CUDA code) is not waited for, and in a partitioned first call an in-place op whose
@@ -27,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,8 +39,12 @@ from torch.utils._pytree import tree_map
 
 from .copier import Copier, StreamCopier, ThreadCopier
 from .devices import Device, check_torch_device
-from .errors import ModelError, ModelNotFoundError, UnknownModelFormatError
+from .errors import ModelBusyError, ModelError, ModelNotFoundError, UnknownModelFormatError
 from .partition import CostModel, StageCost
+from .sleep import SleepReport, allocator_reserved, clock, release_framework_cache
+
+if TYPE_CHECKING:
+    from ..resident import Registration
 
 log = logging.getLogger("owruntime.models")
 
@@ -84,15 +91,39 @@ def pinned_buffer(nbytes: int) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
 
 
+def _layout(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
+    """Byte offsets of ``tensors`` packed one after the other, each aligned; -> (offsets, total)."""
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.nbytes // ALIGN) * ALIGN
+    return offsets, total
+
+
+def empty_packed(like: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Uninitialised tensors shaped like ``like`` on ``device``, the dense ones in ONE allocation:
+    a load (or a wake-up, after a sleep emptied the cache) pays one ``cudaMalloc``, not one per
+    block the allocator would carve. Each is its own tensor on the shared storage (``set_``,
+    not a view), so each keeps its own version counter. Freed when the last of them goes."""
+    dense = [i for i, t in enumerate(like)
+             if t.layout == torch.strided and not t.is_quantized and t.is_contiguous()]
+    offsets, total = _layout([like[i] for i in dense])
+    storage = torch.empty(total, dtype=torch.uint8, device=device).untyped_storage()
+    out: list[torch.Tensor | None] = [None] * len(like)
+    for i, offset in zip(dense, offsets, strict=True):
+        t = like[i]
+        out[i] = torch.empty(0, dtype=t.dtype, device=device).set_(storage, offset // t.element_size(), t.shape)
+    for i in sorted(set(range(len(like))) - set(dense)):  # sparse, quantized, strided: rare
+        out[i] = torch.empty_like(like[i], device=device)
+    return out
+
+
 def pack(tensors: Sequence[torch.Tensor], allocate: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Copy ``tensors`` (dense) into one byte buffer from ``allocate``; -> (buffer, views of it
     with the tensors' shapes, dtypes and values). One allocation per model: torch's pinned host
     allocator rounds every block up to a power of two (pytorch#95823), so pinning weight by
     weight can take twice the model's size from the container's memory, in hundreds of calls."""
-    offsets, total = [], 0
-    for t in tensors:
-        offsets.append(total)
-        total += -(-t.nbytes // ALIGN) * ALIGN
+    offsets, total = _layout(tensors)
     buffer = allocate(total)
     views = []
     for t, offset in zip(tensors, offsets, strict=True):
@@ -232,7 +263,12 @@ def _flat(args: tuple, kwargs: dict) -> list[torch.Tensor]:
 
 
 class TorchModel:
-    """A module loaded on a device; call it like the module. ``close()`` frees the device copy."""
+    """A module loaded on a device; call it like the module. ``close()`` frees the device copy.
+
+    ``sleep()`` drops the device copy too but keeps the model: the weights stay in the host
+    buffer they were loaded from (buffers the module changed are copied back first), and the
+    next call loads them again, pipelined, before computing as they arrive.
+    """
 
     def __init__(
         self,
@@ -249,33 +285,48 @@ class TorchModel:
             raise ModelError("this module is already loaded; close() the loaded model first")
         if mode not in ("plain", "pipelined"):
             raise ValueError(f"mode must be 'plain' or 'pipelined', not {mode!r}")
-        host.loaded = self
-        self.host = host
-        self.device = device
-        self.mode = mode
-        self._lock = threading.Lock()
-        self._hooks: list[Any] = []
-        self._handles: list[Any] = [None] * len(host.units)
-        self._waited: set[int] = set()
-        self._pending: dict[int, int] = {}  # id(device tensor object) -> unit, first call only
         self.order = list(order) if order is not None else list(range(len(host.units)))
         if sorted(self.order) != list(range(len(host.units))):
             raise ValueError("order must be a permutation of the unit indices")
         self.cut = cut if mode == "pipelined" else 0
         if not 0 <= self.cut <= len(host.units):
             raise ValueError(f"cut must be within 0..{len(host.units)}")
+        host.loaded = self
+        self.host = host
+        self.device = device
         self.cpu_units = set(self.order[: self.cut])
+        self._lock = threading.Lock()  # the first call after a load
+        self._state = threading.Lock()  # asleep or awake, and the calls in progress
+        self._active = 0
+        self._asleep = False
+        self.last_sleep: SleepReport | None = None
+        self.registration: Registration | None = None  # set by the model cache
+        self._start(mode, copier)
+
+    def _start(self, mode: str, copier: Copier | None = None) -> None:
+        """Load the host weights onto the device: all at once (plain), or issue every copy and
+        let the first call wait per unit (pipelined)."""
+        host, device = self.host, self.device
+        self.mode = mode
+        self._hooks: list[Any] = []
+        self._handles: list[Any] = [None] * len(host.units)
+        self._waited: set[int] = set()
+        self._pending: dict[int, int] = {}  # id(device tensor object) -> unit, first call only
         self._first = mode == "pipelined"
         self._load_error: BaseException | None = None
+        self._copier: Copier | None = None
         dev = torch.device(device.name)
         if mode == "plain":
             self._values = [
                 t.host if not device.is_cuda else t.host.to(dev) for t in host.tensors
             ]
+            self._loaded_versions = [v._version for v in self._values]
             host._install(self._values)
             return
         self._copier = copier or (StreamCopier(dev) if device.is_cuda else ThreadCopier())
-        self._values = [torch.empty_like(t.host, device=dev) for t in host.tensors]
+        self._values = empty_packed([t.host for t in host.tensors], dev)
+        # each value's version once its one copy_ has run: a later change is the module's own
+        self._loaded_versions = [v._version + 1 for v in self._values]
         for u in self.order[self.cut :] + self.order[: self.cut]:  # device stages first
             unit = host.units[u]
             self._handles[u] = self._copier.submit(
@@ -311,22 +362,110 @@ class TorchModel:
 
     @property
     def nbytes(self) -> int:
+        """Device memory the weights take now (0 while asleep)."""
         return sum(v.nbytes for v in self._values)
+
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
 
     def _to(self, tree: Any, device: str) -> Any:
         return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._load_error is not None:
-            raise ModelError("copying the weights to the device failed; load the model again") \
-                from self._load_error
-        if self._first:
-            with self._lock:
-                if self._first:
-                    return self._first_call(args, kwargs)
-        args, kwargs = self._to((args, kwargs), self.device.name)
-        with torch.inference_mode():
-            return self.host.module(*args, **kwargs)
+        with self._state:
+            if self._asleep:
+                self._wake()
+            self._active += 1
+        try:
+            if self._load_error is not None:
+                raise ModelError("copying the weights to the device failed; load the model again") \
+                    from self._load_error
+            if self._first:
+                with self._lock:
+                    if self._first:
+                        return self._first_call(args, kwargs)
+            args, kwargs = self._to((args, kwargs), self.device.name)
+            with torch.inference_mode():
+                return self.host.module(*args, **kwargs)
+        finally:
+            with self._state:
+                self._active -= 1
+
+    def wake(self, copier: Copier | None = None) -> None:
+        """Start loading a sleeping model now (copies issued, back at once); the next call
+        computes as the weights arrive. A call wakes the model by itself: this only starts
+        earlier. ``copier``: a benchmark's timed copier."""
+        with self._state:
+            if self._asleep:
+                self._wake(copier)
+
+    def _wake(self, copier: Copier | None = None) -> None:
+        # Pipelined on a GPU whatever the first load was: the first layers compute while the
+        # later ones arrive. On the CPU a plain model's weights are the host weights themselves.
+        mode = "pipelined" if self.device.is_cuda or self.mode == "pipelined" else "plain"
+        try:
+            self._start(mode, copier)
+        except BaseException:  # out of device memory, say: stay asleep, whole
+            self._drop_device_copy()
+            raise
+        self._asleep = False
+        if self.registration is not None:
+            self.registration.awake(self.nbytes)
+
+    def sleep(self) -> SleepReport:
+        """Free the device copy, keep the weights in host memory; the next call wakes the model.
+
+        Buffers (and weights) the module changed in place since the load are copied back to
+        the host first (each tensor's version counter says which), so a wake-up restores
+        them. Raises :class:`ModelBusyError` while a call is in progress; asleep already:
+        the report of that sleep."""
+        with self._state:
+            if self._asleep and self.last_sleep is not None:
+                return self.last_sleep
+            if self._active:
+                raise ModelBusyError(f"{self._active} call(s) of the model in progress")
+            start = clock()
+            reserved = allocator_reserved(self.device)
+            if self.mode == "pipelined" and self._load_error is None:
+                self.wait_loaded()  # never free a block a copy still writes
+            changed = [i for i, v in enumerate(self._values)
+                       if v._version != self._loaded_versions[i] and v is not self.host.tensors[i].host]
+            for i in changed:
+                self.host.tensors[i].host.copy_(self._values[i])
+            # what goes: the storages of the device copy (one for the packed tensors), padding too
+            dropped = sum({v.untyped_storage().data_ptr(): v.untyped_storage().nbytes()
+                           for i, v in enumerate(self._values) if v is not self.host.tensors[i].host}.values())
+            self._drop_device_copy()
+            self._asleep = True
+            release_framework_cache(self.device)
+            after = allocator_reserved(self.device)
+            if self.device.is_cuda:
+                measured = reserved is not None and after is not None
+                freed = max(0, reserved - after) if measured else dropped
+            else:  # host-to-host "device" copies: what was dropped is what was freed
+                measured, freed = True, dropped
+            report = SleepReport(freed, self.host.nbytes, measured, clock() - start)
+            self.last_sleep = report
+            if self.registration is not None:
+                self.registration.asleep(report.host_bytes, report.freed, report.measured)
+            log.debug("asleep: %d bytes freed (%d changed tensors written back), %.3f s",
+                      freed, len(changed), report.seconds)
+            return report
+
+    def _drop_device_copy(self) -> None:
+        """The module back on the host weights, no device copy, no hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._pending.clear()
+        self._first = False
+        self.host._install([t.host for t in self.host.tensors])
+        self._values = []
+        self._handles = [None] * len(self.host.units)
+        if isinstance(getattr(self, "_copier", None), ThreadCopier):
+            self._copier.close()
+        self._copier = None
 
     def _first_call(self, args: tuple, kwargs: dict) -> Any:
         mixed = bool(self.cpu_units) and self.device.is_cuda
@@ -359,7 +498,7 @@ class TorchModel:
 
     def wait_loaded(self) -> None:
         """Block until every weight is on the device (the first call does this itself)."""
-        if self.mode == "pipelined":
+        if self.mode == "pipelined" and self._copier is not None:
             for u in self.order:
                 self._copier.wait_host(self._handles[u])
 
@@ -369,7 +508,7 @@ class TorchModel:
         Runs the model once on the CPU (host weights) and once on the device; call it on a
         loaded model after its first call. Bytes per unit come from the staged weights.
         """
-        if self._first:
+        if self._first or self._asleep:
             self(*args)
         sync = (lambda: torch.cuda.synchronize(self.device.name)) if self.device.is_cuda else (lambda: None)
         dargs = self._to(args, self.device.name)
@@ -394,13 +533,7 @@ class TorchModel:
             if self.mode == "pipelined" and self._load_error is None:
                 self.wait_loaded()
         finally:
-            for h in self._hooks:
-                h.remove()
-            self._hooks.clear()
-            self.host._install([t.host for t in self.host.tensors])
-            self._values = []
-            if isinstance(getattr(self, "_copier", None), ThreadCopier):
-                self._copier.close()
+            self._drop_device_copy()
             self.host.loaded = None
             if self.device.is_cuda and release:
                 torch.cuda.empty_cache()
