@@ -30,14 +30,15 @@ SCALE="${GPU_SESSION_LIMIT_SCALE:-1}"
 # The steps of `all`: name and time limit in seconds, in order of value (sum 540 s).
 STEPS=(
   "info 30"
-  "coldstart 110"   # stem-cell vs naive cold start, Torch (MPS server start-up apart)
-  "loading 110"     # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
-  "mps 95"          # MPS vs time-slicing, N = 1 and 4
+  "coldstart 100"   # stem-cell vs naive cold start, Torch (MPS server start-up apart)
+  "loading 100"     # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
+  "mps 85"          # MPS vs time-slicing, N = 1 and 4
   "tests 100"       # pytest -m gpu: placement, loader, runtime, tenant isolation
-  "classifier 50"   # the pretrained EfficientNet-Lite0 example: cold, stem-cell, warm (Torch)
+  "sleep 45"        # GPU sleep: resident vs wake-to-first-result, bytes freed, copy vs pinned peak
+  "classifier 45"   # the pretrained EfficientNet-Lite0 example: cold, stem-cell, warm (Torch)
   # ---- further checks: append them here, as "name limit" with a step_<name> function further
   # ---- down; keep the sum of the limits within BUDGET_S.
-  "loading-onnx 45" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
+  "loading-onnx 35" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
 )
 
 prepare() {
@@ -120,6 +121,14 @@ step_tests() {
   "$PY" -m pytest -m gpu -p no:cacheprovider -ra -q "${collect[@]}" tests/gpu tests/models tests/isolation
 }
 
+step_sleep() {
+  if [[ -n "$smoke" ]]; then
+    echo "sleep: its smoke run is tests/bench/test_gpu_sleep_bench.py"
+  else
+    "$PY" bench/gpu_sleep.py --cycles 5 --calls 20
+  fi
+}
+
 step_classifier() {
   if [[ -n "$smoke" ]]; then
     echo "classifier: its smoke run is tests/bench/test_image_classifier_bench.py"
@@ -188,7 +197,7 @@ run_all() {
 case "$step" in
   prepare) prepare ;;
   all) run_all ;;
-  info | coldstart | loading | mps | tests | classifier | loading-onnx)
+  info | coldstart | loading | mps | tests | sleep | classifier | loading-onnx)
     [[ -n "${GPU_SESSION_SETUP_DONE:-}" ]] || setup
     "step_$step"
     ;;
