@@ -568,20 +568,22 @@ class ContainerPool:
         """The MPS daemon went down: answer the GPU work waiting here (no GPU takes it now);
         it came back: start what waits."""
         if up:
-            self._executor.submit(self._drain)
+            self._submit(self._drain)
             return
         assert self.gpu is not None
         if self.gpu.admitting():  # other GPUs (time-sliced) still take it
             return
+        refused: list[Job] = []
         with self._lock:
-            refused = [j for j in self._buffer if self._is_gpu(j.action)]
-            for job in refused:
-                self._buffer.remove(job)
+            for key, buffer in self._buffers.items():  # GPU work waits in a GPU's buffer or for host memory
+                kept = deque(w for w in buffer if not self._is_gpu(w.job.action))
+                refused += [w.job for w in buffer if self._is_gpu(w.job.action)]
+                self._buffers[key] = kept
         for job in refused:
             self._fail(job, ActivationResponse.whisk_error(MSG_MPS_DOWN))
         if refused:
             log.error("answered %d waiting GPU activations: the MPS daemon is down", len(refused))
-        self._executor.submit(self._drain)  # CPU jobs that waited behind them
+        self._submit(self._drain)  # CPU jobs that waited behind them
 
     def _fail(self, job: Job, response: ActivationResponse) -> None:
         """An activation that never reached a container (start failure, no room, refused).
