@@ -1,8 +1,12 @@
 """Helpers of the fault tests and of ``bench/faults.py``: actions, a pouchdb-server that keeps
-its data on disk, an ack reader that survives a broker restart, and record counts."""
+its data on disk, a podman API service of one's own to kill and restart, an ack reader that
+survives a broker restart, and record counts."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -34,6 +38,41 @@ class PersistentCouch(CouchServer):
         data = Path(self.workdir) / "data"
         data.mkdir(parents=True, exist_ok=True)
         return [*(arg for arg in super().command() if arg != "--in-memory"), "--dir", str(data)]
+
+
+class OwnPodmanService:
+    """A podman Docker-API service on a socket of one's own (under ``directory``), to kill and
+    restart without touching the shared one. Containers outlive it (conmon keeps them, as
+    they outlive a restarted dockerd): what goes away is the API."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.socket = directory / "podman.sock"
+        self.log = directory / "service.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 30.0) -> OwnPodmanService:
+        self.socket.unlink(missing_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(["podman", "system", "service", "--time=0", self.url],
+                                            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the podman service did not start (log {self.log})")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """SIGKILL the service (its whole process group): the API is gone at once."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
 
 
 def wait_started(journal: Path, count: int, timeout_s: float = 60.0) -> None:
