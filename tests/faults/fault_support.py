@@ -19,16 +19,21 @@ from invoker.messages import CompletionMessage, parse_acknowledgement
 from invoker.store.couchdb import CouchServer as CouchClient
 
 ECHO = "def main(args):\n    return args\n"
-# Notes its start in args["journal"] (when given), so a test knows it is running.
+# Notes its start in args["journal"] (when given), so a test knows it is running; in a
+# container, which sees no host file, it prints a RUN_MARK line with a nonce of its own instead
+# (when args["mark"]): one per run, in the container's log and in the activation's record.
+RUN_MARK = "owgpu-run"
 SLEEPER = """
-import os, time
+import os, time, uuid
 def main(args):
     if "journal" in args:
         with open(args["journal"], "a") as journal:
             journal.write(os.environ["__OW_ACTIVATION_ID"] + "\\n")
+    if args.get("mark"):
+        print("RUN_MARK", os.environ["__OW_ACTIVATION_ID"], uuid.uuid4().hex, flush=True)
     time.sleep(args.get("sleep", 0))
     return {"slept": args.get("sleep", 0), "n": args.get("n")}
-"""
+""".replace("RUN_MARK", RUN_MARK)
 
 
 class PersistentCouch(CouchServer):
@@ -89,6 +94,7 @@ class AckReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.slot_freeing: dict[str, int] = {}
         self.first_at: dict[str, float] = {}  # monotonic time of each id's first slot-freeing ack
+        self.system_errors: set[str] = set()  # ids with a slot-freeing ack that says isSystemError
         self._stop = threading.Event()
         self._rewind = threading.Event()
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -117,6 +123,8 @@ class AckReader:
                     else:
                         continue  # a ResultMessage frees no slot
                     self.first_at.setdefault(activation_id, time.monotonic())
+                    if ack.is_system_error:
+                        self.system_errors.add(activation_id)
                     self.slot_freeing[activation_id] = self.slot_freeing.get(activation_id, 0) + 1
 
     def log_recreated(self) -> None:
@@ -136,12 +144,15 @@ class AckReader:
         self._consumer.close()
 
 
+def activation_records(couch_url: str, deployment=None, database: str | None = None) -> list[dict]:
+    """Every record in the activations database (the deployment's, or ``database``)."""
+    name = database if database is not None else deployment.activations.name
+    return [row["doc"] for row in CouchClient(couch_url).database(name).all_docs(include_docs=True)]
+
+
 def records_of(couch_url: str, deployment=None, database: str | None = None) -> dict[str, int]:
     """Records per activation id in the activations database (the deployment's, or ``database``)."""
-    name = database if database is not None else deployment.activations.name
-    rows = CouchClient(couch_url).database(name).all_docs(include_docs=True)
     counts: dict[str, int] = {}
-    for row in rows:
-        activation_id = row["doc"]["activationId"]
-        counts[activation_id] = counts.get(activation_id, 0) + 1
+    for doc in activation_records(couch_url, deployment, database):
+        counts[doc["activationId"]] = counts.get(doc["activationId"], 0) + 1
     return counts
