@@ -56,7 +56,7 @@ class EngineUnreachable(ContainerError):
 class Sweeper:
     """Removes containers, and each one's network of its own, for good. What the engine cannot
     be asked to remove now (its API is away) is retried in the background every ``retry_s``
-    and before the next container is created, until the engine answers."""
+    and before a GPU container is created, until the engine answers."""
 
     def __init__(self, networks: ActionNetworks | None, retry_s: float = 2.0) -> None:
         self.networks = networks
@@ -256,7 +256,10 @@ class DockerContainerFactory(ContainerFactory):
         self.sweeper = Sweeper(self.networks)
 
     def create(self, spec: ContainerSpec) -> Container:
-        self.sweeper.sweep()  # what an outage left goes before anything new is started
+        if spec.gpu is not None:
+            # GPU memory is free only once the container is gone (host memory the pool counts
+            # free at once, as the Scala pool does): what an outage left goes first.
+            self.sweeper.sweep()
         secret = secrets.token_urlsafe(32)
         handle, network = None, None
         try:
