@@ -181,8 +181,9 @@ class Soak:
         assert self.engine is not None
         return contextlib.closing(docker.DockerClient(base_url=self.engine.url, timeout=60))
 
-    def _own_containers(self, client) -> list:
-        return client.containers.list(all=True, filters={"label": f"org.openwhisk.invoker={self.owner}"})
+    def _own_containers(self, client) -> list[str]:
+        # The low-level list: it inspects nothing, so a container removed meanwhile is no error.
+        return [c["Id"] for c in client.api.containers(all=True, filters={"label": f"org.openwhisk.invoker={self.owner}"})]
 
     def engine_containers(self) -> int:
         """Containers of the soak's invoker on the engine, running or not."""
@@ -198,7 +199,7 @@ class Soak:
                 texts = []
                 for container in self._own_containers(client):
                     try:
-                        texts.append(container.logs(stdout=True, stderr=False).decode("utf-8", "replace"))
+                        texts.append(client.api.logs(container, stdout=True, stderr=False).decode("utf-8", "replace"))
                     except Exception:  # noqa: BLE001 - removed meanwhile: its runs are in their records
                         continue
         for text in texts:
@@ -270,7 +271,7 @@ class Soak:
         """What a failed run may leave on podman's shared storage (a clean stop leaves nothing)."""
         with self._engine_client() as client:
             for container in self._own_containers(client):
-                container.remove(force=True)
+                client.api.remove_container(container, force=True)
             for network in client.networks.list():
                 if network.name.startswith(f"{self.owner}_"):
                     network.remove()

@@ -117,8 +117,9 @@ def engine_containers(client, prefix: str) -> dict[str, str]:
     """Id → name of the containers the engine holds for the pool with ``prefix``, running or not."""
     from invoker.containerpool.docker import LABEL_INVOKER
 
-    listed = client.containers.list(all=True, filters={"label": f"{LABEL_INVOKER}={prefix}"})
-    return {c.id[:12]: c.name for c in listed}
+    # The low-level list: it inspects nothing, so a container removed meanwhile is no error.
+    listed = client.api.containers(all=True, filters={"label": f"{LABEL_INVOKER}={prefix}"})
+    return {c["Id"][:12]: c["Names"][0].lstrip("/") for c in listed}
 
 
 def engine_networks(client, prefix: str) -> set[str]:
