@@ -106,6 +106,8 @@ class Soak:
         self.engine = OwnPodmanService(workdir / "podman").start() if "docker" in args.backends else None
         self.backend = "process"
         self.marks: dict[str, set[str]] = {}  # activation id → nonce of each run seen (Docker backend)
+        self.before_outage: set[str] = set()  # the invoker's containers when the engine went away
+        self.engine_back_at: float | None = None
         self.broker = EmbeddedKafka(log_path=workdir / "broker.log").start()
         self.couch = PersistentCouch(workdir=workdir / "pouchdb").start()
         self.kafka = KafkaSettings(self.broker.bootstrap_servers, session_timeout_ms=6000,
@@ -185,10 +187,10 @@ class Soak:
         # The low-level list: it inspects nothing, so a container removed meanwhile is no error.
         return [c["Id"] for c in client.api.containers(all=True, filters={"label": f"org.openwhisk.invoker={self.owner}"})]
 
-    def engine_containers(self) -> int:
-        """Containers of the soak's invoker on the engine, running or not."""
+    def engine_containers(self) -> set[str]:
+        """Ids of the soak's invoker's containers on the engine, running or not."""
         with self._engine_client() as client:
-            return len(self._own_containers(client))
+            return set(self._own_containers(client))
 
     def read_marks(self, texts: list[str] | None = None) -> None:
         """Note the run marks in ``texts``, or else in the logs of the invoker's containers."""
@@ -305,6 +307,7 @@ def fault_store(soak: Soak, ids: list[str]) -> list[str]:
 def fault_engine(soak: Soak, ids: list[str]) -> list[str]:
     assert soak.engine is not None, "the engine fault needs the docker backend"
     soak.read_marks()  # the runs so far, in containers the outage will make the pool discard
+    soak.before_outage = soak.engine_containers()
     soak.engine.stop()
     until = time.monotonic() + soak.args.engine_outage
     # Work that arrives while the API is gone: the warm containers can no longer be followed
@@ -316,6 +319,7 @@ def fault_engine(soak: Soak, ids: list[str]) -> list[str]:
     say(f"engine outage: {soak.answered(during)} of {len(during)} published during it answered, "
         f"{sum(1 for i in during if i in soak.acks.system_errors)} with a system error")
     soak.engine.start()
+    soak.engine_back_at = time.monotonic()
     return during
 
 
@@ -374,6 +378,16 @@ def run_wave(soak: Soak, name: str, count: int, fault: Callable[[Soak, list[str]
         records_of(soak.couch.url, database="activations")), 300, interval_s=0.5)  # one read per check
     time.sleep(1.0)
     return row
+
+
+def leftovers_removed(soak: Soak, timeout_s: float = 180.0) -> dict:
+    """Until the containers from before the engine outage are gone from the engine."""
+    assert soak.engine_back_at is not None
+    deadline = time.monotonic() + timeout_s
+    while (left := soak.before_outage & soak.engine_containers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return {"before_outage": len(soak.before_outage), "still_there": len(left),
+            "all_removed_s_after_engine_back": None if left else round(time.monotonic() - soak.engine_back_at, 1)}
 
 
 def tally(soak: Soak, rows: list[Row]) -> None:
@@ -446,9 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                 soak.switch_backend("docker" if name == "engine" else "process")
                 rows.append(run_wave(soak, name, per_wave, FAULTS[name]))
                 if name == "engine":
-                    # What the pool discarded during the outage is gone from the engine too.
-                    engine_after = soak.engine_containers()
                     soak.read_marks()
+                    engine_after = leftovers_removed(soak)
             tally(soak, rows)
         except BaseException:
             print(f"invoker log tail:\n{soak.invoker_log.read_text()[-4000:]}", file=sys.stderr)
@@ -463,10 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         "broker_outage_s": args.broker_outage,
         "store_outage_s": args.store_outage,
         "engine_outage_s": args.engine_outage if "engine" in names else None,
-        # Containers of the invoker on the engine once the engine wave is answered: at most the
-        # pool's capacity (user memory / action memory), whatever the outage discarded.
-        "engine_containers_after_wave": engine_after,
-        "pool_capacity": USER_MEMORY_MB // ACTION_MEMORY_MB,
+        # The containers of the invoker when the engine went away (the pool discards them: it
+        # cannot follow them any more): how many, and when the last left the engine.
+        "engine_outage_containers": engine_after,
         "seconds": round(time.monotonic() - started, 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
