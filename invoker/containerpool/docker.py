@@ -11,8 +11,9 @@ for ``/tmp`` (where the runtime extracts the action) and ``/action`` (its home),
 rotated by size, a network that reaches no other action container (``network.py``), and
 a random secret per container that the project's runtime asks of every /init and /run.
 
-Engine outage (issue 12): when the API goes away, containers keep running (conmon, or
-containerd-shim under Docker) but their log streams end, so the pool discards them. A
+Engine outage (issue 12): when the API goes away, containers may keep running (podman's
+conmon keeps them; Docker does with live-restore) but their log streams end, so the pool
+discards them. A
 container the engine cannot be asked to remove is kept on a list and removed, with its
 network, as soon as the engine answers again (``Sweeper``): the outage leaves nothing running.
 """
