@@ -13,9 +13,9 @@ a random secret per container that the project's runtime asks of every /init and
 
 Engine outage (issue 12): when the API goes away, containers may keep running (podman's
 conmon keeps them; Docker does with live-restore) but their log streams end, so the pool
-discards them. A
-container the engine cannot be asked to remove is kept on a list and removed, with its
-network, as soon as the engine answers again (``Sweeper``): the outage leaves nothing running.
+discards them. A container the engine cannot be asked to remove is kept on a list and
+removed, with its network, as soon as the engine answers again (``Sweeper``): the outage
+leaves nothing running.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ class Sweeper:
                          handle.name if handle is not None else f"network {network}")
             except EngineUnreachable:
                 failed.append((handle, network))
+            except Exception:  # the engine answered, with an error: nothing more to retry
+                log.exception("removing %s failed", handle.name if handle is not None else f"network {network}")
         if failed:
             with self._lock:
                 self._pending[:0] = failed
@@ -105,17 +107,12 @@ class Sweeper:
         self._stop.set()
 
     def _retry_loop(self) -> None:
-        try:
-            while not self._stop.wait(self.retry_s):
-                self.sweep()
-                with self._lock:
-                    if not self._pending:
-                        self._thread = None
-                        return
-        except Exception:  # never silently: what is left stays pending for the next create
-            log.exception("the container sweeper failed")
+        while not self._stop.wait(self.retry_s):
+            self.sweep()  # raises nothing: each removal's failure is logged there
             with self._lock:
-                self._thread = None
+                if not self._pending:
+                    self._thread = None
+                    return
 
     def _remove(self, handle: Any | None, network: str | None) -> None:
         try:
