@@ -264,10 +264,12 @@ class Soak:
         self.couch.stop()
         self.broker.stop()
         if self.engine is not None:
-            if self.engine.process is None:
-                self.engine.start()
-            self.remove_leftovers()
-            self.engine.stop()
+            try:
+                if self.engine.process is None:
+                    self.engine.start()
+                self.remove_leftovers()
+            finally:
+                self.engine.stop()
 
     def remove_leftovers(self) -> None:
         """What a failed run may leave on podman's shared storage (a clean stop leaves nothing)."""
