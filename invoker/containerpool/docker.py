@@ -10,6 +10,12 @@ Tenant isolation (issue 15): no capabilities, a read-only image with size-limite
 for ``/tmp`` (where the runtime extracts the action) and ``/action`` (its home), logs
 rotated by size, a network that reaches no other action container (``network.py``), and
 a random secret per container that the project's runtime asks of every /init and /run.
+
+Engine outage (issue 12): when the API goes away, containers may keep running (podman's
+conmon keeps them; Docker does with live-restore) but their log streams end, so the pool
+discards them. A container the engine cannot be asked to remove is kept on a list and
+removed, with its network, as soon as the engine answers again (``Sweeper``): the outage
+leaves nothing running.
 """
 
 from __future__ import annotations
@@ -44,12 +50,99 @@ LABEL_KIND = "org.openwhisk.kind"
 IMAGE_RECHECK_S = 30.0
 
 
+class EngineUnreachable(ContainerError):
+    """The engine's API did not answer (socket gone, connection refused or cut)."""
+
+
+class Sweeper:
+    """Removes containers, and each one's network of its own, for good. What the engine cannot
+    be asked to remove now (its API is away) is retried in the background every ``retry_s``
+    and before a GPU container is created, until the engine answers."""
+
+    def __init__(self, networks: ActionNetworks | None, retry_s: float = 2.0) -> None:
+        self.networks = networks
+        self.retry_s = retry_s
+        self._pending: list[tuple[Any, str | None]] = []  # (container handle or None, network)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def remove(self, handle: Any | None, network: str | None) -> None:
+        """Remove ``handle`` (if any), then ``network``; later, if the engine is unreachable."""
+        try:
+            self._remove(handle, network)
+        except EngineUnreachable as error:
+            log.warning("cannot remove %s now, will retry once the engine is back: %s",
+                        handle.name if handle is not None else f"network {network}", error)
+            with self._lock:
+                self._pending.append((handle, network))
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(target=self._retry_loop, daemon=True, name="docker-sweeper")
+                    self._thread.start()
+
+    def sweep(self) -> None:
+        """Retry every pending removal once; what still cannot be done stays pending."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        failed = []
+        for handle, network in batch:
+            try:
+                self._remove(handle, network)
+                log.info("removed %s, left behind by an engine outage",
+                         handle.name if handle is not None else f"network {network}")
+            except EngineUnreachable:
+                failed.append((handle, network))
+            except Exception:  # the engine answered, with an error: nothing more to retry
+                log.exception("removing %s failed", handle.name if handle is not None else f"network {network}")
+        if failed:
+            with self._lock:
+                self._pending[:0] = failed
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(self.retry_s):
+            self.sweep()  # raises nothing: each removal's failure is logged there
+            with self._lock:
+                if not self._pending:
+                    self._thread = None
+                    return
+
+    def _remove(self, handle: Any | None, network: str | None) -> None:
+        try:
+            if handle is not None:
+                try:
+                    # kill first: a forced remove alone waits out podman's stop sequence (2-4 s here).
+                    handle.kill()
+                except (APIError, NotFound):
+                    pass  # already stopped, or gone
+                try:
+                    handle.remove(force=True)
+                except NotFound:
+                    pass
+                except APIError as error:
+                    log.warning("removing container %s failed: %s", handle.id[:12], error)
+            if self.networks is not None and network is not None:
+                self.networks.detach(network)
+        except APIError:
+            raise  # the engine answered: handled above, never "unreachable"
+        except (DockerException, OSError) as error:  # requests' ConnectionError is an OSError
+            raise EngineUnreachable(str(error)) from error
+
+
 class DockerContainer(Container):
-    def __init__(self, handle: Any, spec: ContainerSpec, host: str, port: int, secret: str | None = None,
-                 networks: ActionNetworks | None = None, network: str | None = None) -> None:
+    def __init__(self, handle: Any, spec: ContainerSpec, host: str, port: int, secret: str | None,
+                 sweeper: Sweeper, network: str | None = None) -> None:
         super().__init__(handle.id[:12], spec, host, port, secret)
         self.handle = handle
-        self._networks, self._network = networks, network  # a network of its own goes with it
+        self._sweeper = sweeper
+        self._network = network  # a network of its own goes with it
         self._gone = threading.Event()
         self._followers = [
             threading.Thread(target=self._follow, args=(name,), daemon=True, name=f"logs-{self.id}-{name}")
@@ -111,22 +204,11 @@ class DockerContainer(Container):
     def destroy(self) -> None:
         self.client.close()
         try:
-            # kill first: a forced remove alone waits out podman's stop sequence (2-4 s here).
-            self.handle.kill()
-        except (APIError, NotFound):
-            pass  # already stopped, or gone
-        try:
-            self.handle.remove(force=True)
-        except NotFound:
-            pass
-        except APIError as error:
-            log.warning("removing container %s failed: %s", self.id, error)
+            network, self._network = self._network, None
+            self._sweeper.remove(self.handle, network)
         finally:
-            if self._networks is not None and self._network is not None:
-                self._networks.detach(self._network)
-                self._network = None
-        self._gone.set()
-        self.logs.close()
+            self._gone.set()
+            self.logs.close()
 
 
 class DockerContainerFactory(ContainerFactory):
@@ -169,8 +251,13 @@ class DockerContainerFactory(ContainerFactory):
         # An operator-chosen network is used as it is; otherwise one that isolates containers.
         self.networks = None if network else ActionNetworks(
             self.client, name_prefix, "per-container" if self.podman else "no-icc")
+        self.sweeper = Sweeper(self.networks)
 
     def create(self, spec: ContainerSpec) -> Container:
+        if spec.gpu is not None:
+            # GPU memory is free only once the container is gone (host memory the pool counts
+            # free at once, as the Scala pool does): what an outage left goes first.
+            self.sweeper.sweep()
         secret = secrets.token_urlsafe(32)
         handle, network = None, None
         try:
@@ -184,23 +271,17 @@ class DockerContainerFactory(ContainerFactory):
         except NetworkError as error:
             raise ContainerStartError(str(error)) from error
         except ImageNotFound as error:
-            self._forget_network(network)
+            self.sweeper.remove(None, network)
             raise ContainerStartError(f"image {spec.image} is not on this node: {error}") from error
-        except (APIError, DockerException, KeyError, TypeError) as error:
-            if handle is not None:  # created but not started: leave nothing behind
-                self._remove(handle)
-            self._forget_network(network)
+        except (DockerException, OSError, KeyError, TypeError) as error:  # OSError: the engine went away
+            self.sweeper.remove(handle, network)  # created but not started: leave nothing behind
             raise ContainerStartError(f"docker run {spec.image} failed: {error}") from error
-        return DockerContainer(handle, spec, host, port, secret, self.networks, network)
+        return DockerContainer(handle, spec, host, port, secret, self.sweeper, network)
 
     def tmpfs_size_mb(self, memory_mb: int) -> int:
         """Size of each tmpfs of a container with ``memory_mb``. tmpfs pages count against the
         container's memory limit: at half of it, a full tmpfs is ENOSPC, not an OOM kill."""
         return max(1, min(self.tmpfs_mb, memory_mb // 2))
-
-    def _forget_network(self, network: str | None) -> None:
-        if self.networks is not None and network is not None:
-            self.networks.detach(network)
 
     def container_config(self, spec: ContainerSpec, secret: str | None = None,
                          network: str | None = None) -> dict[str, Any]:
@@ -260,13 +341,6 @@ class DockerContainerFactory(ContainerFactory):
             kwargs["ipc_mode"] = "host"
         return kwargs
 
-    @staticmethod
-    def _remove(handle: Any) -> None:
-        try:
-            handle.remove(force=True)
-        except (APIError, NotFound) as error:
-            log.warning("removing container %s failed: %s", handle.id[:12], error)
-
     def has_image(self, image: str) -> bool:
         """Whether ``image`` is on this node. Images are not pulled: runtime images are built
         or loaded by the deployment (ansible/), as OpenWhisk's do. A missing image is looked
@@ -315,5 +389,7 @@ class DockerContainerFactory(ContainerFactory):
             self.networks.cleanup()
 
     def close(self) -> None:
+        self.sweeper.close()
+        self.sweeper.sweep()
         self.cleanup()
         self.client.close()

@@ -1,8 +1,12 @@
 """Helpers of the fault tests and of ``bench/faults.py``: actions, a pouchdb-server that keeps
-its data on disk, an ack reader that survives a broker restart, and record counts."""
+its data on disk, a podman API service of one's own to kill and restart, an ack reader that
+survives a broker restart, and record counts."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -15,16 +19,21 @@ from invoker.messages import CompletionMessage, parse_acknowledgement
 from invoker.store.couchdb import CouchServer as CouchClient
 
 ECHO = "def main(args):\n    return args\n"
-# Notes its start in args["journal"] (when given), so a test knows it is running.
+# Notes its start in args["journal"] (when given), so a test knows it is running; in a
+# container, which sees no host file, it prints a RUN_MARK line with a nonce of its own instead
+# (when args["mark"]): one per run, in the container's log and in the activation's record.
+RUN_MARK = "owgpu-run"
 SLEEPER = """
-import os, time
+import os, time, uuid
 def main(args):
     if "journal" in args:
         with open(args["journal"], "a") as journal:
             journal.write(os.environ["__OW_ACTIVATION_ID"] + "\\n")
+    if args.get("mark"):
+        print("RUN_MARK", os.environ["__OW_ACTIVATION_ID"], uuid.uuid4().hex, flush=True)
     time.sleep(args.get("sleep", 0))
     return {"slept": args.get("sleep", 0), "n": args.get("n")}
-"""
+""".replace("RUN_MARK", RUN_MARK)
 
 
 class PersistentCouch(CouchServer):
@@ -34,6 +43,41 @@ class PersistentCouch(CouchServer):
         data = Path(self.workdir) / "data"
         data.mkdir(parents=True, exist_ok=True)
         return [*(arg for arg in super().command() if arg != "--in-memory"), "--dir", str(data)]
+
+
+class OwnPodmanService:
+    """A podman Docker-API service on a socket of one's own (under ``directory``), to kill and
+    restart without touching the shared one. Containers outlive it (conmon keeps them, as
+    they outlive a restarted dockerd): what goes away is the API."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.socket = directory / "podman.sock"
+        self.log = directory / "service.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 30.0) -> OwnPodmanService:
+        self.socket.unlink(missing_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(["podman", "system", "service", "--time=0", self.url],
+                                            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the podman service did not start (log {self.log})")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """SIGKILL the service (its whole process group): the API is gone at once."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
 
 
 def wait_started(journal: Path, count: int, timeout_s: float = 60.0) -> None:
@@ -50,6 +94,7 @@ class AckReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.slot_freeing: dict[str, int] = {}
         self.first_at: dict[str, float] = {}  # monotonic time of each id's first slot-freeing ack
+        self.system_errors: set[str] = set()  # ids with a slot-freeing ack that says isSystemError
         self._stop = threading.Event()
         self._rewind = threading.Event()
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -78,6 +123,8 @@ class AckReader:
                     else:
                         continue  # a ResultMessage frees no slot
                     self.first_at.setdefault(activation_id, time.monotonic())
+                    if ack.is_system_error:
+                        self.system_errors.add(activation_id)
                     self.slot_freeing[activation_id] = self.slot_freeing.get(activation_id, 0) + 1
 
     def log_recreated(self) -> None:
@@ -97,12 +144,15 @@ class AckReader:
         self._consumer.close()
 
 
+def activation_records(couch_url: str, deployment=None, database: str | None = None) -> list[dict]:
+    """Every record in the activations database (the deployment's, or ``database``)."""
+    name = database if database is not None else deployment.activations.name
+    return [row["doc"] for row in CouchClient(couch_url).database(name).all_docs(include_docs=True)]
+
+
 def records_of(couch_url: str, deployment=None, database: str | None = None) -> dict[str, int]:
     """Records per activation id in the activations database (the deployment's, or ``database``)."""
-    name = database if database is not None else deployment.activations.name
-    rows = CouchClient(couch_url).database(name).all_docs(include_docs=True)
     counts: dict[str, int] = {}
-    for row in rows:
-        activation_id = row["doc"]["activationId"]
-        counts[activation_id] = counts.get(activation_id, 0) + 1
+    for doc in activation_records(couch_url, deployment, database):
+        counts[doc["activationId"]] = counts.get(doc["activationId"], 0) + 1
     return counts

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
+from fault_support import OwnPodmanService
 from pool_support import PythonOnly, Recorder, job, make_action
 from services import RUNTIME_IMAGE
 
@@ -67,33 +66,6 @@ class RuntimeImage(ImageResolver):
         return RUNTIME_IMAGE
 
 
-class OwnPodmanService:
-    """A podman Docker-API service on a socket of the test's own, to kill and restart.
-    Containers outlive it (conmon keeps them), as they outlive a restarted dockerd."""
-
-    def __init__(self, directory: Path) -> None:
-        self.socket = directory / "podman.sock"
-        self.log = directory / "service.log"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-    def start(self) -> None:
-        self.socket.unlink(missing_ok=True)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(["podman", "system", "service", "--time=0", self.url],
-                                            stdout=log, stderr=log, start_new_session=True)
-        wait_until(self.socket.exists, 30, "the podman service socket")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self.process = None
-
-
 @pytest.fixture
 def own_engine(docker_client, tmp_path):
     import docker
@@ -138,6 +110,59 @@ def test_engine_stopped_mid_run_and_started_again_cold_starts_fail_and_memory_co
     finally:
         if service.process is None:
             service.start()  # so that shutdown can remove the containers
+        pool.shutdown()
+
+
+def engine_containers(client, prefix: str) -> dict[str, str]:
+    """Id → name of the containers the engine holds for the pool with ``prefix``, running or not."""
+    from invoker.containerpool.docker import LABEL_INVOKER
+
+    # The low-level list: it inspects nothing, so a container removed meanwhile is no error.
+    listed = client.api.containers(all=True, filters={"label": f"{LABEL_INVOKER}={prefix}"})
+    return {c["Id"][:12]: c["Names"][0].lstrip("/") for c in listed}
+
+
+def engine_networks(client, prefix: str) -> set[str]:
+    return {n.name for n in client.networks.list() if n.name.startswith(f"{prefix}_")}
+
+
+def pool_containers(pool: ContainerPool) -> set[str]:
+    return {entry.split()[1] for entry in pool.snapshot()["containers"]}  # "<ContainerProxy ID ..."
+
+
+def test_containers_discarded_while_the_engine_is_away_are_removed_once_it_is_back(own_engine):
+    """With the API gone, the pool can no longer follow its warm containers (their log streams
+    end) and discards them, but the engine keeps them running (conmon): each must still be
+    removed, with its network, once the engine answers again, not left running until the
+    invoker restarts."""
+    from invoker.containerpool.docker import DockerContainerFactory
+
+    service, client = own_engine
+    factory = DockerContainerFactory(f"pf{uuid.uuid4().hex[:6]}", client=client)
+    pool = ContainerPool(factory, RuntimeImage(), PoolConfig(user_memory_mb=512, container_prefix=factory.name_prefix))
+    pool.start()
+    sink = Recorder()
+    try:
+        action = make_action("warm", memory=256)
+        assert sink.result(run(pool, job(action, sink)), 120)["ok"]
+        before = engine_containers(client, factory.name_prefix)
+        assert len(before) == 1
+        service.stop()
+        # The warm container cannot be followed any more: discarded, and the cold start
+        # meant to replace it fails.
+        down = sink.wait_for(run(pool, job(action, sink)), 120)
+        assert down.response.status_code == WHISK_ERROR
+        service.start()
+        assert sink.result(run(pool, job(action, sink)), 120)["ok"]
+        wait_until(lambda: set(engine_containers(client, factory.name_prefix)) == pool_containers(pool), 30,
+                   "the engine to hold only the pool's containers")
+        assert not set(before) & set(engine_containers(client, factory.name_prefix))
+        # A container's network of its own (podman) goes with it.
+        live = set(engine_containers(client, factory.name_prefix).values())
+        assert engine_networks(client, factory.name_prefix) <= live
+    finally:
+        if service.process is None:
+            service.start()
         pool.shutdown()
 
 
