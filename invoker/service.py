@@ -96,12 +96,12 @@ class Invoker:
         self.manifest = manifest
         self.gpu = gpu
         images = ManifestImages(manifest, factory)
-        self.pool = ContainerPool(factory, images, settings.pool, gpu)
-        self.producer = Producer(settings.kafka)
-        self.entity_store = EntityStore(whisks)
         # Set when a thread the invoker cannot live without is gone for good: pings stop,
         # and the process exits non-zero (cli.main waits on it).
         self.failed = threading.Event()
+        self.pool = ContainerPool(factory, images, settings.pool, gpu, on_fatal=self._fatal("container pool janitor"))
+        self.producer = Producer(settings.kafka)
+        self.entity_store = EntityStore(whisks)
         self.activation_store = ActivationStore(activations, deadline_s=settings.store_deadline_s,
                                                 on_fatal=self._fatal("activation record writer"))
         self.reactive = InvokerReactive(

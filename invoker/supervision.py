@@ -1,8 +1,8 @@
 """Nothing fails silently: submitted work whose failure is logged, and threads the invoker
 cannot live without, restarted when they die or reported as fatal.
 
-Generic on purpose: the feed, the activation-record writers and (once adopted) the
-container pool's janitor use the same two helpers.
+Generic on purpose: the feed, the activation-record writers and the container pool (its
+janitor, and every task it submits) use the same two helpers.
 """
 
 from __future__ import annotations

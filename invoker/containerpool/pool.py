@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,7 @@ from invoker.gpu.request import (
     needs_gpu,
     parse_request,
 )
+from invoker.supervision import SupervisedThread, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ MSG_MPS_DOWN = ("GPU sharing (MPS) is down on this invoker: it admits no GPU act
 
 class ContainerPool:
     def __init__(self, factory: ContainerFactory, images: ImageResolver, config: PoolConfig,
-                 gpu: GpuLayer | None = None) -> None:
+                 gpu: GpuLayer | None = None,
+                 on_fatal: Callable[[BaseException], None] = lambda error: None) -> None:
         self.factory = factory
         self.images = images
         self.config = config
@@ -118,7 +120,8 @@ class ContainerPool:
         self._executor = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="activation")
         self._seq = itertools.count()
         self._stop = threading.Event()
-        self._janitor = threading.Thread(target=self._janitor_loop, name="pool-janitor", daemon=True)
+        # Idling, pausing and draining stop if the janitor does: restarted, or fatal (no pings).
+        self._janitor = SupervisedThread("pool-janitor", self._janitor_loop, on_fatal, stop=self._stop)
         if gpu is not None:
             gpu.listeners.append(self._on_mps_change)
         self.cold_starts = 0
@@ -600,7 +603,7 @@ class ContainerPool:
         except RuntimeError:  # shut down: the pool is going away
             log.warning("pool shut down: %s not run", getattr(fn, "__qualname__", fn))
             return
-        future.add_done_callback(_log_failure)
+        log_failure(future, f"pool task {getattr(fn, '__qualname__', fn)}")
 
     # ------------------------------------------------------------------ stem cells and idling
 
@@ -790,12 +793,6 @@ class _Starting:
 
 class _StartFailed(Exception):
     """A cold start's container could not be created (the cause is chained)."""
-
-
-def _log_failure(future: Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        error = future.exception()
-        log.error("pool task failed: %s", error, exc_info=(type(error), error, error.__traceback__))
 
 
 class _ColdStart(ContainerProxy):

@@ -66,3 +66,34 @@ def test_a_store_failure_in_the_duplicate_check_still_ends_the_record(fault_depl
         assert time.monotonic() < deadline, "the duplicate's feed slot was never given back"
         time.sleep(0.1)
     assert len(controller.acks(msg.activation_id).slot_freeing) == 1
+
+
+def test_a_dead_pool_janitor_is_restarted_and_idling_goes_on():
+    # Idling, pausing and draining all hang on the janitor: a thread that dies must come back.
+    from pool_support import PythonOnly
+
+    from invoker.containerpool.pool import ContainerPool, PoolConfig
+    from invoker.containerpool.process import ProcessContainerFactory
+
+    fatal: list[BaseException] = []
+    pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "janitortest"}), PythonOnly(),
+                         PoolConfig(user_memory_mb=512), on_fatal=fatal.append)
+    passes: list[float] = []
+    real_pass = pool._janitor_pass
+
+    def dies_once() -> None:
+        passes.append(time.monotonic())
+        if len(passes) == 1:
+            raise KeyboardInterrupt("the janitor thread dies (not a failed pass)")
+        real_pass()
+
+    pool._janitor_pass = dies_once
+    pool.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(passes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(passes) >= 3, "the janitor did not come back after its thread died"
+        assert fatal == []
+    finally:
+        pool.shutdown()
