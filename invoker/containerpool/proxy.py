@@ -95,7 +95,11 @@ class Job:
 
 
 class ActivationSink(Protocol):
-    """Where the proxy reports an activation (implemented by the reactive layer)."""
+    """Where the proxy reports an activation (implemented by the reactive layer).
+
+    Its methods never raise into the pool and never block on the broker: sends are chained on
+    futures, and ``completed`` is idempotent (a second call is logged and ignored), so the pool
+    may report a fallback after a failure without acking twice."""
 
     def result_ready(self, job: Job, activation: WhiskActivation) -> None:
         """The run ended; logs are not collected yet (the blocking ``ResultMessage``)."""
