@@ -68,6 +68,19 @@ def descendants_cpu_s() -> dict[str, float]:
     return totals
 
 
+def threads_cpu_s() -> dict[int, float]:
+    """CPU seconds of each thread of this process, by thread id (``/proc/self/task``)."""
+    cpu = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        rest = raw[raw.rindex(")") + 2:].split()
+        cpu[int(task.name)] = (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
+    return cpu
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -138,6 +151,8 @@ def main() -> None:
     parser.add_argument("--user-memory", default="2048 m")
     parser.add_argument("--max-peek", default=None, help="activations taken from Kafka at once (invoker default)")
     parser.add_argument("--action-ms", type=float, default=0.0, help="the action sleeps this long (0: a no-op)")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="an unmeasured burst of this many first, so the pool is warm up to its size")
     parser.add_argument("--out", default="invoker_overhead.json", help="file name under bench/results/")
     args = parser.parse_args()
 
@@ -152,6 +167,10 @@ def main() -> None:
         kafka = KafkaSettings(broker.bootstrap_servers, session_timeout_ms=6000, heartbeat_interval_ms=1000,
                               max_poll_interval_ms=5000, fetch_max_wait_ms=5)
         controller = EmbeddedController(kafka)
+        # Threads that exist before the invoker does are the bench's: its main thread and the
+        # embedded controller's readers and Kafka clients (the real controller runs elsewhere).
+        bench_threads = {thread.native_id for thread in threading.enumerate()}
+        bench_threads |= set(threads_cpu_s())
         invoker = build_invoker(config, broker.bootstrap_servers, env={}, whisks=whisks, activations=activations)
         invoker.start()
         assert invoker.wait_ready(60), "invoker never joined its topic"
@@ -190,14 +209,24 @@ def main() -> None:
         # Throughput: a burst of blocking no-ops, all published at once. The floor's
         # clients go first: idle, they would still poll the broker from this process.
         floor.close()
+        if args.prefill:
+            prefill = [controller.message(fqn, rev, {}) for _ in range(args.prefill)]
+            controller.publish_many(0, prefill)
+            for msg in prefill:
+                controller.wait_for(msg.activation_id, timeout_s=300)
         messages = [controller.message(fqn, rev, {}) for _ in range(args.burst)]
         start, cpu_start, others_start = time.perf_counter(), time.process_time(), descendants_cpu_s()
+        threads_start = threads_cpu_s()
         controller.publish_many(0, messages)
         for msg in messages:
             controller.wait_for(msg.activation_id, timeout_s=300)
         burst_s = time.perf_counter() - start
         burst_cpu_s = time.process_time() - cpu_start
         others_end = descendants_cpu_s()
+        threads_end = threads_cpu_s()
+        per_thread = {tid: cpu - threads_start.get(tid, 0.0) for tid, cpu in threads_end.items()}
+        bench_side_s = sum(cpu for tid, cpu in per_thread.items() if tid in bench_threads)
+        invoker_s = sum(cpu for tid, cpu in per_thread.items() if tid not in bench_threads)
         others_ms = {name: round((cpu - others_start.get(name, 0.0)) * 1000 / args.burst, 3)
                      for name, cpu in sorted(others_end.items())}
         pool = invoker.pool.snapshot()
@@ -221,8 +250,12 @@ def main() -> None:
                   "process_cpu_ms_per_activation": burst_cpu_s * 1000 / args.burst,
                   # The same for the processes it started, by name (clock-tick resolution;
                   # runtimes that exited during the burst are missed).
-                  "children_cpu_ms_per_activation": others_ms},
-        "action_ms": args.action_ms,
+                  "children_cpu_ms_per_activation": others_ms,
+                  # The process's CPU split by thread (clock-tick resolution): the invoker's own
+                  # threads, and the bench's (main thread, embedded controller's clients).
+                  "invoker_threads_cpu_ms_per_activation": invoker_s * 1000 / args.burst,
+                  "bench_threads_cpu_ms_per_activation": bench_side_s * 1000 / args.burst},
+        "action_ms": args.action_ms, "prefill": args.prefill,
         "load_average": os.getloadavg(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
