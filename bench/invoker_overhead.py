@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import threading
 import time
@@ -227,6 +228,15 @@ def main() -> None:
         per_thread = {tid: cpu - threads_start.get(tid, 0.0) for tid, cpu in threads_end.items()}
         bench_side_s = sum(cpu for tid, cpu in per_thread.items() if tid in bench_threads)
         invoker_s = sum(cpu for tid, cpu in per_thread.items() if tid not in bench_threads)
+        names = {thread.native_id: thread.name for thread in threading.enumerate()}
+        by_name: dict[str, float] = {}
+        for tid, cpu in per_thread.items():
+            # pool threads by their pool ("activation_3" -> "activation"); the bench's marked
+            name = re.sub(r"_\d+$", "", names.get(tid, "(unnamed)"))
+            name = f"bench: {name}" if tid in bench_threads else name
+            by_name[name] = by_name.get(name, 0.0) + cpu
+        threads_ms = {name: round(cpu * 1000 / args.burst, 3)
+                      for name, cpu in sorted(by_name.items(), key=lambda item: -item[1]) if cpu > 0}
         others_ms = {name: round((cpu - others_start.get(name, 0.0)) * 1000 / args.burst, 3)
                      for name, cpu in sorted(others_end.items())}
         pool = invoker.pool.snapshot()
@@ -254,7 +264,8 @@ def main() -> None:
                   # The process's CPU split by thread (clock-tick resolution): the invoker's own
                   # threads, and the bench's (main thread, embedded controller's clients).
                   "invoker_threads_cpu_ms_per_activation": invoker_s * 1000 / args.burst,
-                  "bench_threads_cpu_ms_per_activation": bench_side_s * 1000 / args.burst},
+                  "bench_threads_cpu_ms_per_activation": bench_side_s * 1000 / args.burst,
+                  "threads_cpu_ms_per_activation": threads_ms},
         "action_ms": args.action_ms, "prefill": args.prefill,
         "load_average": os.getloadavg(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
