@@ -530,13 +530,10 @@ class ContainerPool:
             self._release(proxy, reusable)
 
     def _release(self, proxy: ContainerProxy, reusable: bool) -> None:
-        # Asked before taking the lock: a process backend answers with a waitpid, which gives
-        # up the GIL, and a lock held across that stalls every job that settles or starts.
-        reusable = reusable and proxy.container.is_alive()
         with self._lock:
             proxy.active = max(0, proxy.active - 1)
             proxy.last_used = time.monotonic()
-            if not reusable:
+            if not reusable or not proxy.container.is_alive():
                 if proxy.active == 0:
                     self._remove_locked(proxy)
                 else:
