@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import threading
 import time
@@ -37,7 +38,48 @@ from invoker.store.embedded import EmbeddedServer
 from invoker.store.entities import EntityStore
 
 NOOP = "def main(args):\n    return {}\n"
+SLEEPER = "import time\n\ndef main(args):\n    time.sleep({s})\n    return {{}}\n"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 RESULTS = Path(__file__).parent / "results"
+
+
+def descendants_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of each process below this one, by command name: where
+    the rest of an activation's CPU goes (broker, store, runtimes)."""
+    parents: dict[int, int] = {}
+    stats: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, rest = raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+        parents[int(entry.name)] = int(rest[1])
+        stats[int(entry.name)] = (name, (int(rest[11]) + int(rest[12])) / CLOCK_TICKS)
+    below, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    totals: dict[str, float] = {}
+    for pid in below:
+        name, cpu = stats[pid]
+        totals[name] = totals.get(name, 0.0) + cpu
+    return totals
+
+
+def threads_cpu_s() -> dict[int, float]:
+    """CPU seconds of each thread of this process, by thread id (``/proc/self/task``)."""
+    cpu = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        rest = raw[raw.rindex(")") + 2:].split()
+        cpu[int(task.name)] = (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
+    return cpu
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -109,6 +151,10 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--user-memory", default="2048 m")
     parser.add_argument("--max-peek", default=None, help="activations taken from Kafka at once (invoker default)")
+    parser.add_argument("--action-ms", type=float, default=0.0, help="the action sleeps this long (0: a no-op)")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="an unmeasured burst of this many first, so the pool is warm up to its size")
+    parser.add_argument("--out", default="invoker_overhead.json", help="file name under bench/results/")
     args = parser.parse_args()
 
     with EmbeddedKafka() as broker:
@@ -122,13 +168,18 @@ def main() -> None:
         kafka = KafkaSettings(broker.bootstrap_servers, session_timeout_ms=6000, heartbeat_interval_ms=1000,
                               max_poll_interval_ms=5000, fetch_max_wait_ms=5)
         controller = EmbeddedController(kafka)
+        # Threads that exist before the invoker does are the bench's: its main thread and the
+        # embedded controller's readers and Kafka clients (the real controller runs elsewhere).
+        bench_threads = {thread.native_id for thread in threading.enumerate()}
+        bench_threads |= set(threads_cpu_s())
         invoker = build_invoker(config, broker.bootstrap_servers, env={}, whisks=whisks, activations=activations)
         invoker.start()
         assert invoker.wait_ready(60), "invoker never joined its topic"
         doc = action_document("guest", "noop", "python:3", None, False)
         doc["limits"]["memory"] = 128
         doc["limits"]["logs"] = 0  # a pure no-op: one Combined ack, no log collection
-        rev = EntityStore(whisks).put_action(doc, NOOP, False)
+        code = SLEEPER.format(s=args.action_ms / 1000) if args.action_ms else NOOP
+        rev = EntityStore(whisks).put_action(doc, code, False)
         fqn = FullyQualifiedEntityName("guest", "noop", "0.0.1")
         floor = KafkaRelayFloor(broker.bootstrap_servers)
 
@@ -159,13 +210,35 @@ def main() -> None:
         # Throughput: a burst of blocking no-ops, all published at once. The floor's
         # clients go first: idle, they would still poll the broker from this process.
         floor.close()
+        if args.prefill:
+            prefill = [controller.message(fqn, rev, {}) for _ in range(args.prefill)]
+            controller.publish_many(0, prefill)
+            for msg in prefill:
+                controller.wait_for(msg.activation_id, timeout_s=300)
         messages = [controller.message(fqn, rev, {}) for _ in range(args.burst)]
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start, cpu_start, others_start = time.perf_counter(), time.process_time(), descendants_cpu_s()
+        threads_start = threads_cpu_s()
         controller.publish_many(0, messages)
         for msg in messages:
             controller.wait_for(msg.activation_id, timeout_s=300)
         burst_s = time.perf_counter() - start
         burst_cpu_s = time.process_time() - cpu_start
+        others_end = descendants_cpu_s()
+        threads_end = threads_cpu_s()
+        per_thread = {tid: cpu - threads_start.get(tid, 0.0) for tid, cpu in threads_end.items()}
+        bench_side_s = sum(cpu for tid, cpu in per_thread.items() if tid in bench_threads)
+        invoker_s = sum(cpu for tid, cpu in per_thread.items() if tid not in bench_threads)
+        names = {thread.native_id: thread.name for thread in threading.enumerate()}
+        by_name: dict[str, float] = {}
+        for tid, cpu in per_thread.items():
+            # pool threads by their pool ("activation_3" -> "activation"); the bench's marked
+            name = re.sub(r"_\d+$", "", names.get(tid, "(unnamed)"))
+            name = f"bench: {name}" if tid in bench_threads else name
+            by_name[name] = by_name.get(name, 0.0) + cpu
+        threads_ms = {name: round(cpu * 1000 / args.burst, 3)
+                      for name, cpu in sorted(by_name.items(), key=lambda item: -item[1]) if cpu > 0}
+        others_ms = {name: round((cpu - others_start.get(name, 0.0)) * 1000 / args.burst, 3)
+                     for name, cpu in sorted(others_end.items())}
         pool = invoker.pool.snapshot()
         controller.close()
         invoker.stop()
@@ -184,11 +257,21 @@ def main() -> None:
                   "containers_at_end": len(pool["containers"]),
                   # CPU of this process (invoker, broker client threads, the embedded controller)
                   # per activation: less noisy than the rate on a shared machine.
-                  "process_cpu_ms_per_activation": burst_cpu_s * 1000 / args.burst},
+                  "process_cpu_ms_per_activation": burst_cpu_s * 1000 / args.burst,
+                  # The same for the processes it started, by name (clock-tick resolution;
+                  # runtimes that exited during the burst are missed).
+                  "children_cpu_ms_per_activation": others_ms,
+                  # The process's CPU split by thread (clock-tick resolution): the invoker's own
+                  # threads, and the bench's (main thread, embedded controller's clients).
+                  "invoker_threads_cpu_ms_per_activation": invoker_s * 1000 / args.burst,
+                  "bench_threads_cpu_ms_per_activation": bench_side_s * 1000 / args.burst,
+                  "threads_cpu_ms_per_activation": threads_ms},
+        "action_ms": args.action_ms, "prefill": args.prefill,
+        "load_average": os.getloadavg(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "invoker_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

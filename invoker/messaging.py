@@ -29,6 +29,35 @@ __all__ = ["ActivationFeed", "BrokerUnavailable", "FeedRecord", "KafkaSettings",
 
 log = logging.getLogger(__name__)
 
+# CRC-32C of b"123456789", the algorithm's published check value.
+_CRC32C_CHECK = 0xE3069283
+
+
+def use_c_crc32c() -> bool:
+    """Have kafka-python compute record-batch CRCs in C. It checks a CRC-32C over every batch
+    it writes or reads, in pure Python unless the ``crc32c`` package is installed, which is
+    LGPL (not for an Apache project): that was a sixth of the invoker's CPU in a warm burst
+    (bench/results/invoker_overhead_profile.md). ``google-crc32c`` (Apache-2.0) computes
+    the same sum in C. True when the C sum is in use; without it nothing changes."""
+    try:
+        import google_crc32c
+        from kafka.record import default_records
+    except ImportError:
+        return False
+    if google_crc32c.implementation != "c" or not callable(getattr(default_records, "calc_crc32c", None)):
+        return False
+
+    def calc_crc32c(data) -> int:
+        return google_crc32c.value(bytes(data))  # it takes read-only buffers only
+
+    if calc_crc32c(memoryview(bytearray(b"123456789"))) != _CRC32C_CHECK:
+        return False
+    default_records.calc_crc32c = calc_crc32c
+    return True
+
+
+use_c_crc32c()  # before any client exists; one sum for the whole process, like kafka-python's own choice
+
 # Payload max (1 MiB) plus OpenWhisk's serdes overhead: the max.message.bytes of
 # the invoker and completed topics, and the producer's max.request.size.
 MAX_MESSAGE_BYTES = 1024 * 1024 + 6068
