@@ -69,9 +69,10 @@ class Recorder:
 
 
 def make_action(name: str, memory: int = 256, concurrency: int = 1, code: str = SLEEPY, rev: str = "1-a",
-                kind: str = "python:3", annotations: list[dict] | None = None) -> WhiskAction:
+                kind: str = "python:3", annotations: list[dict] | None = None, **limits: int) -> WhiskAction:
+    """An action document as the store holds it; ``limits``: more of them (timeout, logs)."""
     doc = action_document("guest", name, kind, None, False)
-    doc["limits"].update(memory=memory, concurrency=concurrency)
+    doc["limits"].update(memory=memory, concurrency=concurrency, **limits)
     doc["_rev"] = rev
     if annotations is not None:
         doc["annotations"] = annotations

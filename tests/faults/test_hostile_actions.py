@@ -10,11 +10,11 @@ import time
 import tracemalloc
 
 import pytest
-from pool_support import PythonOnly, Recorder, job
+from pool_support import PythonOnly, Recorder, job, make_action
 
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.entities import APPLICATION_ERROR, DEVELOPER_ERROR, WhiskAction, action_document
+from invoker.entities import APPLICATION_ERROR, DEVELOPER_ERROR
 
 MB = 1024 * 1024
 
@@ -49,13 +49,6 @@ def main(args):
 """
 
 
-def action(name: str, code: str, **limits) -> WhiskAction:
-    doc = action_document("guest", name, "python:3")
-    doc["limits"].update(limits)
-    doc["_rev"] = "1-a"
-    return WhiskAction.from_document(doc, code)
-
-
 @pytest.fixture
 def pool():
     made = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "hostile"}), PythonOnly(),
@@ -76,7 +69,7 @@ def traced_peak(fn):
 
 def test_a_huge_result_is_read_only_up_to_the_limit(pool):
     sink = Recorder()
-    j = job(action("huge", HUGE_RESULT), sink)
+    j = job(make_action("huge", code=HUGE_RESULT), sink)
     activation, peak = traced_peak(lambda: (pool.run(j), sink.wait_for(j, 120))[1])
     assert activation.response.status_code == APPLICATION_ERROR
     error = activation.response.result["error"]
@@ -88,7 +81,7 @@ def test_a_huge_result_is_read_only_up_to_the_limit(pool):
 
 def test_a_dripping_response_ends_at_the_time_limit(pool):
     sink = Recorder()
-    j = job(action("drip", DRIP, timeout=2000), sink)
+    j = job(make_action("drip", code=DRIP, timeout=2000), sink)
     started = time.monotonic()
     pool.run(j)
     activation = sink.wait_for(j, 60)  # a per-read timeout would read for 200 s
@@ -100,7 +93,7 @@ def test_a_dripping_response_ends_at_the_time_limit(pool):
 
 def test_a_log_line_that_never_ends_is_capped_in_bytes(pool):
     sink = Recorder()
-    j = job(action("endless", ENDLESS_LINE, logs=1), sink)
+    j = job(make_action("endless", code=ENDLESS_LINE, logs=1), sink)
     activation, peak = traced_peak(lambda: (pool.run(j), sink.wait_for(j, 120))[1])
     assert activation.response.status_code == 0
     assert activation.logs[-1].endswith(

@@ -23,7 +23,7 @@ from services import RUNTIME_IMAGE
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.containerpool.proxy import Messages
-from invoker.entities import WHISK_ERROR, WhiskAction, action_document
+from invoker.entities import WHISK_ERROR, WhiskAction
 from invoker.gpu.inventory import parse_declared
 from invoker.gpu.layer import GpuLayer, GpuSettings
 
@@ -239,13 +239,6 @@ def test_a_job_waiting_for_gpu_memory_does_not_hold_up_cpu_work(gpu_pool, tmp_pa
 # ----------------------------------------------------------------------------- validation
 
 
-def action_with_limits(name: str, code: str = GATED, **limits) -> WhiskAction:
-    doc = action_document("guest", name, "python:3")
-    doc["limits"].update(limits)
-    doc["_rev"] = "1-a"
-    return WhiskAction.from_document(doc, code)
-
-
 @pytest.fixture
 def cpu_pool():
     pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "poolfaults"}), PythonOnly(),
@@ -266,7 +259,7 @@ def cpu_pool():
 ])
 def test_limits_out_of_bounds_are_refused_with_openwhisk_text(cpu_pool, limits, error):
     sink = Recorder()
-    refused = sink.wait_for(run(cpu_pool, job(action_with_limits("bad", **limits), sink)))
+    refused = sink.wait_for(run(cpu_pool, job(make_action("bad", code=GATED, **limits), sink)))
     assert refused.response.status_code == WHISK_ERROR
     assert refused.response.result == {"error": error}
     assert cpu_pool.cold_starts == 0  # no container, and memory untouched (a negative one inflated it)
@@ -283,7 +276,7 @@ def test_code_larger_than_the_exec_limit_is_refused():
     try:
         sink = Recorder()
         code = GATED  # longer than 64 bytes
-        refused = sink.wait_for(run(pool, job(action_with_limits("big", code=code), sink)))
+        refused = sink.wait_for(run(pool, job(make_action("big", code=code), sink)))
         assert refused.response.status_code == WHISK_ERROR
         size = len(code.encode())
         assert refused.response.result == {"error": f"exec larger than allowed: {size} > 64 bytes."}
@@ -297,10 +290,10 @@ def test_limit_bounds_are_read_as_openwhisk_configures_them():
 
     bounds = load_config([], env={"CONFIG_whisk_memory_max": "512 m", "CONFIG_whisk_timeLimit_max": "10 minutes",
                                   "CONFIG_whisk_concurrencyLimit_max": "1"}).limit_bounds()
-    limits = action_with_limits("big", memory=1024).limits
+    limits = make_action("big", code=GATED, memory=1024).limits
     assert bounds.violation(limits, None) == "requirement failed: memory 1024 MB exceeds allowed threshold of 512 MB"
-    assert bounds.violation(action_with_limits("long", timeout=600_000).limits, None) is None
-    assert bounds.violation(action_with_limits("many", concurrency=2).limits, None) == (
+    assert bounds.violation(make_action("long", code=GATED, timeout=600_000).limits, None) is None
+    assert bounds.violation(make_action("many", code=GATED, concurrency=2).limits, None) == (
         "requirement failed: concurrency 2 exceeds allowed threshold of 1")
 
 
@@ -339,7 +332,7 @@ def test_a_run_placed_while_the_container_is_being_paused_resumes_it():
     pool.start()
     try:
         sink = Recorder()
-        action = action_with_limits("paused", timeout=5000)
+        action = make_action("paused", code=GATED, timeout=5000)
         first = sink.result(run(pool, job(action, sink)))
         assert factory.pausing.wait(30), "the janitor never paused the idle container"
         second = run(pool, job(action, sink))  # warm placement on the container being paused
