@@ -30,13 +30,13 @@ import itertools
 import logging
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool.container import (
     ContainerFactory,
     ContainerSpec,
@@ -104,8 +104,12 @@ MSG_MPS_DOWN = ("GPU sharing (MPS) is down on this invoker: it admits no GPU act
 class ContainerPool:
     def __init__(self, factory: ContainerFactory, images: ImageResolver, config: PoolConfig,
                  gpu: GpuLayer | None = None,
-                 on_fatal: Callable[[BaseException], None] = lambda error: None) -> None:
+                 on_fatal: Callable[[BaseException], None] = lambda error: None,
+                 clock: Clock = SYSTEM_CLOCK, executor: Executor | None = None) -> None:
+        # ``clock`` and ``executor`` are seams for the cluster simulator (sim/): simulated time,
+        # and jobs run as green threads on it. By default: the machine's clock, own threads.
         self.factory = factory
+        self.clock = clock
         self.images = images
         self.config = config
         self.gpu = gpu
@@ -117,7 +121,8 @@ class ContainerPool:
         # One FIFO run buffer per resource: CPU_BUFFER (host memory) and one per GPU.
         self._buffers: dict[str, deque[_Waiting]] = {CPU_BUFFER: deque()}
         self._arrivals = itertools.count()
-        self._executor = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="activation")
+        self._executor = executor if executor is not None else ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="activation")
         self._seq = itertools.count()
         self._stop = threading.Event()
         # Idling, pausing and draining stop if the janitor does: restarted, or fatal (no pings).
@@ -133,9 +138,11 @@ class ContainerPool:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    def start(self, janitor: bool = True) -> None:
+        """``janitor=False``: no janitor thread; the caller calls ``tick`` (the simulator)."""
         self.factory.cleanup()
-        self._janitor.start()
+        if janitor:
+            self._janitor.start()
         self._replenish_stem_cells()
 
     def shutdown(self) -> None:
@@ -393,7 +400,7 @@ class ContainerPool:
     def _claim(self, proxy: ContainerProxy, job: Job) -> None:
         proxy.active += 1
         proxy.state = State.RUNNING
-        proxy.last_used = time.monotonic()
+        proxy.last_used = self.clock.monotonic()
 
     def _evict(self, needed_mb: int) -> None:
         idle = sorted(
@@ -493,7 +500,8 @@ class ContainerPool:
         except Exception as error:  # an engine that went away raises what it likes
             raise _StartFailed(str(error)) from error
         try:
-            proxy = ContainerProxy(container, action.kind, action.limits.memory_mb, prewarmed=False)
+            proxy = ContainerProxy(container, action.kind, action.limits.memory_mb, prewarmed=False,
+                                   clock=self.clock)
             proxy.bind(action, job.invocation_namespace)
             proxy.gpu = placed.placement
         except Exception as error:
@@ -535,7 +543,7 @@ class ContainerPool:
     def _release(self, proxy: ContainerProxy, reusable: bool) -> None:
         with self._lock:
             proxy.active = max(0, proxy.active - 1)
-            proxy.last_used = time.monotonic()
+            proxy.last_used = self.clock.monotonic()
             if not reusable or not proxy.container.is_alive():
                 if proxy.active == 0:
                     self._remove_locked(proxy)
@@ -628,7 +636,7 @@ class ContainerPool:
                 proxy: ContainerProxy | None = None
                 try:
                     container = self.factory.create(self._spec(cell.kind, cell.memory_mb, f"prewarm_{cell.kind}"))
-                    proxy = ContainerProxy(container, cell.kind, cell.memory_mb, prewarmed=True)
+                    proxy = ContainerProxy(container, cell.kind, cell.memory_mb, prewarmed=True, clock=self.clock)
                 except Exception as error:
                     log.warning("stem cell %s/%d MB failed to start: %s", cell.kind, cell.memory_mb, error)
                 finally:
@@ -676,7 +684,7 @@ class ContainerPool:
                     container.destroy()
                 else:
                     log.info("GPU stem cell %s ready on GPU %d: %s", container.id, gpu, report.get("prewarm"))
-                    proxy = ContainerProxy(container, cell.kind, cell.memory_mb, prewarmed=True)
+                    proxy = ContainerProxy(container, cell.kind, cell.memory_mb, prewarmed=True, clock=self.clock)
                     proxy.gpu = placement
             except Exception as error:
                 log.warning("GPU stem cell %s/%d MB on GPU %d failed to start: %s", cell.kind, cell.memory_mb, gpu, error)
@@ -740,8 +748,13 @@ class ContainerPool:
             except Exception:  # one bad pass must not end idling and draining for good
                 log.exception("pool janitor pass failed")
 
+    def tick(self) -> None:
+        """One janitor pass (idle containers paused or removed, buffers drained): the janitor
+        thread calls it every second; the simulator calls it on simulated time."""
+        self._janitor_pass()
+
     def _janitor_pass(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._lock:
             for proxy in list(self._containers):
                 if proxy.is_prewarm or proxy.active:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import enum
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from owruntime.guard import split_env
 
+from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool.container import Container, HttpOutcome, now_ms
 from invoker.containerpool.logs import (
     COLLECTION_ISSUE,
@@ -117,8 +117,10 @@ class PoolLimits:
 class ContainerProxy:
     """A container plus the pool's bookkeeping about it."""
 
-    def __init__(self, container: Container, kind: str, memory_mb: int, prewarmed: bool) -> None:
+    def __init__(self, container: Container, kind: str, memory_mb: int, prewarmed: bool,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.container = container
+        self.clock = clock
         self.kind = kind
         self.memory_mb = memory_mb
         self.state = State.STARTED if prewarmed else State.STARTING
@@ -127,8 +129,8 @@ class ContainerProxy:
         self.initialized = False
         self.active = 0
         self.max_concurrency = 1
-        self.last_used = time.monotonic()
-        self.created = time.monotonic()
+        self.last_used = clock.monotonic()
+        self.created = clock.monotonic()
         self.init_lock = threading.Lock()
         self.pause_lock = threading.Lock()
         self.suspended = False  # the backend really paused it (state PAUSED may precede this)
@@ -275,13 +277,13 @@ class ContainerProxy:
 
     def _oom_killed(self) -> bool:
         # Docker reports OOMKilled a moment after the connection drops: poll up to 2 s.
-        deadline = time.monotonic() + 2.0
+        deadline = self.clock.monotonic() + 2.0
         while True:
             if self.container.was_oom_killed():
                 return True
-            if self.container.is_alive() or time.monotonic() > deadline:
+            if self.container.is_alive() or self.clock.monotonic() > deadline:
                 return False
-            time.sleep(0.1)
+            self.clock.sleep(0.1)
 
     def _activation(
         self,

@@ -1,0 +1,165 @@
+"""Controller policies: which invoker an activation is sent to.
+
+``Classic`` is OpenWhisk's ``ShardingContainerPoolBalancer`` as the controller patch runs it
+for GPU work (``controller_patch/scala/GpuRouting.scala``, ``openwhisk-gpu-routing.patch``):
+home invoker = ``generateHash(namespace, action) % n``, step size = one of the pairwise coprime
+numbers below ``n`` picked by the same hash; walk from home by that step acquiring the action's
+memory in the invoker's slots (``NestedSemaphore``, concurrency 1: plain memory); after n + 1
+steps, a random healthy invoker, forced. ``LeastLoaded`` sends to the invoker with the smallest
+share of its slots in use. ``Locality`` prefers, in the classic walk order, an invoker whose last
+ping advertised the action's model, then walks as ``Classic`` does.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sim.advertise import Board, action_digest
+
+
+def java_string_hash(text: str) -> int:
+    """``java.lang.String.hashCode`` (32-bit, signed) of an ASCII/BMP string."""
+    h = 0
+    for ch in text:
+        h = (31 * h + ord(ch)) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def generate_hash(namespace: str, fqn: str) -> int:
+    """``ShardingContainerPoolBalancer.generateHash``: ``(ns.hashCode ^ fqn.hashCode).abs``
+    (Scala's ``Int.abs`` leaves ``Int.MinValue`` negative; ``start`` takes ``math.abs`` again)."""
+    x = java_string_hash(namespace) ^ java_string_hash(fqn)
+    return x if x == -(1 << 31) else abs(x)
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def pairwise_coprime_numbers_until(x: int) -> list[int]:
+    primes: list[int] = []
+    for cur in range(1, x + 1):
+        if _gcd(cur, x) == 1 and all(_gcd(i, cur) == 1 for i in primes):
+            primes.append(cur)
+    return primes
+
+
+def _abs_mod(h: int, n: int) -> int:
+    """``math.abs(h % n)`` with the JVM's truncating ``%``."""
+    return abs(h) % n
+
+
+@dataclass
+class Slots:
+    """Each invoker's memory slots as this controller sees them (one controller: all its user memory)."""
+
+    capacity_mb: list[int]
+    free_mb: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.free_mb:
+            self.free_mb = list(self.capacity_mb)
+
+    def try_acquire(self, invoker: int, mb: int) -> bool:
+        if self.free_mb[invoker] >= mb:
+            self.free_mb[invoker] -= mb
+            return True
+        return False
+
+    def force_acquire(self, invoker: int, mb: int) -> None:
+        self.free_mb[invoker] -= mb
+
+    def release(self, invoker: int, mb: int) -> None:
+        self.free_mb[invoker] += mb
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
+        """The invoker to send to (its slots already acquired) and whether it was forced (overload)."""
+
+
+class Classic:
+    name = "classic"
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.step_sizes = pairwise_coprime_numbers_until(n)
+        self.rng = random.Random(seed)
+        self._starts: dict[str, tuple[int, int]] = {}
+
+    def start(self, namespace: str, fqn: str) -> tuple[int, int]:
+        """``GpuRouting.start``: (home invoker, step size)."""
+        found = self._starts.get(fqn)
+        if found is None:
+            h = generate_hash(namespace, fqn)
+            found = (_abs_mod(h, self.n), self.step_sizes[_abs_mod(h, len(self.step_sizes))])
+            self._starts[fqn] = found
+        return found
+
+    def walk(self, namespace: str, fqn: str) -> list[int]:
+        """The invokers ``schedule`` tries, in order (n + 2 probes, as its ``stepsDone`` runs to n + 1)."""
+        index, step = self.start(namespace, fqn)
+        order = []
+        for _ in range(self.n + 2):
+            order.append(index)
+            index = (index + step) % self.n
+        return order
+
+    def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
+        index, step = self.start(namespace, fqn)
+        for _ in range(self.n + 2):
+            if slots.try_acquire(index, memory_mb):
+                return index, False
+            index = (index + step) % self.n
+        chosen = self.rng.randrange(self.n)  # all healthy in the simulation
+        slots.force_acquire(chosen, memory_mb)
+        return chosen, True
+
+
+class LeastLoaded:
+    name = "least-loaded"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
+        best = min(range(self.n), key=lambda i: (1 - slots.free_mb[i] / slots.capacity_mb[i], i))
+        if slots.try_acquire(best, memory_mb):
+            return best, False
+        slots.force_acquire(best, memory_mb)
+        return best, True
+
+
+class Locality:
+    """Model-locality aware: invokers advertise (in their pings) the actions whose models they
+    hold, a bounded set; the controller prefers the first invoker in the classic walk order that
+    advertised the action and has room in its slots, else walks as ``Classic``."""
+
+    name = "locality"
+
+    def __init__(self, n: int, seed: int, board: Board) -> None:
+        self.classic = Classic(n, seed)
+        self.board = board  # every invoker's advertisement as of its last ping
+        self.local_hits = 0
+
+    def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
+        holders = self.board.holders.get(action_digest(fqn))
+        if holders:
+            n = self.classic.n
+            home, step = self.classic.start(namespace, fqn)
+            inverse = pow(step, -1, n) if n > 1 else 0
+            # position of invoker i in the walk: k with home + k * step = i (mod n)
+            for invoker in sorted(holders, key=lambda i: ((i - home) * inverse) % n if n > 1 else 0):
+                if slots.try_acquire(invoker, memory_mb):
+                    self.local_hits += 1
+                    return invoker, False
+        return self.classic.choose(namespace, fqn, memory_mb, slots)
+
+
+POLICIES = ("classic", "least-loaded", "locality")
