@@ -33,7 +33,7 @@ def held_digests(pool: ContainerPool, limit: int = LIMIT) -> frozenset[str]:
     holding.sort(key=lambda p: p.last_used, reverse=True)
     out: list[str] = []
     for proxy in holding:
-        digest = action_digest(proxy.action.fully_qualified_name)
+        digest = action_digest(proxy.action.path)  # namespace/name, as the controller hashes it
         if digest not in out:
             out.append(digest)
             if len(out) == limit:

@@ -25,7 +25,12 @@ from invoker.entities import WhiskAction, WhiskActivation, action_document
 from invoker.gpu.inventory import GpuDevice, Inventory
 from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
 from invoker.gpu.mps import SharingStatus
-from invoker.messages import ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, TransactionId
+from invoker.messages import (
+    ActivationMessage,
+    ControllerInstanceId,
+    FullyQualifiedEntityName,
+    TransactionId,
+)
 from sim.advertise import PING_INTERVAL_S, Board, held_digests
 from sim.container import SimContainerFactory, SimMpsDaemon
 from sim.costs import MB, CostTable
@@ -42,7 +47,7 @@ SAMPLE_INTERVAL_S = 10.0  # GPU memory utilisation is sampled this often
 class ClusterConfig:
     gpus: int
     gpus_per_node: int = 4
-    host_memory_per_gpu_mb: int = 160 * 1024  # user memory of a node, per GPU: host RAM never binds first
+    host_memory_per_gpu_mb: int = 80 * 1024  # user memory per GPU = its GPU memory: the controller's slots count GPU memory
     stem_cells: tuple[tuple[int, int], ...] = ((1024, 1), (2048, 1))  # (memory MB, count) per GPU
     pause_grace_s: float = 10.0  # PoolConfig defaults, OpenWhisk's
     idle_timeout_s: float = 600.0
@@ -147,7 +152,7 @@ class Cluster:
         self._identity = new_identity(NAMESPACE)
         self._actions: dict[str, WhiskAction] = {}
         self._rng = random.Random(config.seed)
-        self._arrivals: Iterator[float] = iter(())
+        self._arrivals: Iterator[float | tuple[float, Function]] = iter(())
         self._arrivals_done = False
         self._gpu_capacity_mb = sum(inv.pool._ledger.capacity_mb(g) for inv in self.invokers
                                     for g in range(inv.gpus))
@@ -191,8 +196,8 @@ class Cluster:
         self.stats.sample_gpu(committed / self._gpu_capacity_mb, resident / self._gpu_capacity_mb, live)
         self.kernel.after(SAMPLE_INTERVAL_S, self._sample)
 
-    def _arrive(self, now: float) -> None:
-        fn = self.population.pick(self._rng)
+    def _arrive(self, now: float, fn: Function | None) -> None:
+        fn = fn or self.population.pick(self._rng)
         action = self._action(fn)
         invoker, forced = self.policy.choose(NAMESPACE, fn.fqn, fn.memory_mb, self.slots)
         self.stats.arrivals += 1
@@ -208,11 +213,12 @@ class Cluster:
         self._next_arrival()
 
     def _next_arrival(self) -> None:
-        t = next(self._arrivals, None)
-        if t is None:
+        item = next(self._arrivals, None)
+        if item is None:
             self._arrivals_done = True
-        else:
-            self.kernel.at(t, self._arrive, t)
+            return
+        t, fn = item if isinstance(item, tuple) else (item, None)
+        self.kernel.at(t, self._arrive, t, fn)
 
     # ------------------------------------------------------------------ ActivationSink
 
@@ -239,10 +245,11 @@ class Cluster:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, arrivals: Iterator[float], warm_up_s: float = 60.0) -> RunResult:
+    def run(self, arrivals: Iterator[float | tuple[float, Function]], warm_up_s: float = 60.0) -> RunResult:
         """Start the pools (their stem cells warm up for ``warm_up_s`` before the first arrival),
-        feed the arrivals (shifted by ``warm_up_s``) and run until every call has completed."""
-        self._arrivals = (t + warm_up_s for t in arrivals)
+        feed the arrivals (shifted by ``warm_up_s``; a time, the function drawn by popularity, or
+        a (time, function) pair) and run until every call has completed."""
+        self._arrivals = ((a[0] + warm_up_s, a[1]) if isinstance(a, tuple) else a + warm_up_s for a in arrivals)
         started = time.perf_counter()
         self._start(0.0)
         self._next_arrival()

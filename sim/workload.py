@@ -93,6 +93,11 @@ class Population:
         return self.functions[min(bisect.bisect_left(self.cumulative, rng.random()), len(self.functions) - 1)]
 
 
+def make_function(name: str, model_bytes: int, passes: int, costs: CostTable) -> Function:
+    memory = size_class(costs.gpu_request_mb(model_bytes))
+    return Function(name, model_bytes, passes, memory, costs.warm_latency_s(model_bytes, passes))
+
+
 def make_population(n: int, costs: CostTable, trace: Trace, seed: int, zipf_s: float = 1.0,
                     min_model_mb: float = 5.0, max_model_mb: float = 6144.0,
                     generative_from_mb: float = 1024.0, max_passes: int = 64) -> Population:
@@ -106,9 +111,7 @@ def make_population(n: int, costs: CostTable, trace: Trace, seed: int, zipf_s: f
         passes = 1
         if model_bytes >= generative_from_mb * MB:
             passes = max(1, min(max_passes, rng.choice(trace.generated_tokens)))
-        memory = size_class(costs.gpu_request_mb(model_bytes))
-        functions.append(Function(f"fn{i:05d}", model_bytes, passes, memory,
-                                  costs.warm_latency_s(model_bytes, passes)))
+        functions.append(make_function(f"fn{i:05d}", model_bytes, passes, costs))
     ranks = list(range(1, n + 1))
     rng.shuffle(ranks)  # popularity independent of size
     weights = [1.0 / r**zipf_s for r in ranks]

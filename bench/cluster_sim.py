@@ -1,0 +1,121 @@
+"""The three controller policies side by side on a simulated GPU cluster running the real pool.
+
+    python bench/cluster_sim.py --gpus 10 100 1000 [--rate-per-gpu 0.5] [--duration 3600]
+        [--ladder 10] [--out bench/results/cluster_sim.json]
+
+For each cluster size N: offered load = N x ``--rate-per-gpu`` calls/s from the Azure LLM
+trace (sim/workload.py), 2,000 functions (Zipf 1.0, models 5 MB - 6 GB), each policy run on the
+same arrivals. ``--ladder N``: the same offered load as size N run on 0.5N, N, 2N, 4N GPUs, for
+"GPUs needed". The cost table is written beside the results. Needs the trace
+(``../shared/traces`` or ``$SIM_TRACE_DIR``) and ``greenlet`` (extra ``sim``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "runtimes" / "python")]
+
+from sim.cluster import Cluster, ClusterConfig  # noqa: E402
+from sim.costs import CostTable  # noqa: E402
+from sim.policies import POLICIES  # noqa: E402
+from sim.workload import arrival_times, load_trace, make_population  # noqa: E402
+
+LADDER = (0.5, 1, 2, 4)
+
+
+def run_one(gpus: int, policy: str, rate: float, duration: float | None, args: argparse.Namespace,
+            costs: CostTable, population, trace) -> dict:
+    config = ClusterConfig(gpus=gpus, gpus_per_node=args.gpus_per_node, slo_factor=args.slo_factor, seed=args.seed)
+    cluster = Cluster(config, policy, population, costs)
+    result = cluster.run(arrival_times(trace, rate, seed=args.seed + 1, duration_s=duration))
+    out = result.summary()
+    out["offered_per_s"] = rate
+    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(json.dumps({k: out[k] for k in ("policy", "gpus", "completed", "p50_ms", "p99_ms", "cold_start_share",
+                                          "slo_attainment", "gpu_memory_committed", "wall_seconds",
+                                          "events_per_second", "max_rss_mb")}), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, nargs="*", default=[10, 100])
+    parser.add_argument("--policies", nargs="*", default=list(POLICIES))
+    parser.add_argument("--rate-per-gpu", type=float, default=0.5)
+    parser.add_argument("--duration", type=float, default=None, help="seconds of trace (default: all of it)")
+    parser.add_argument("--duration-for", type=str, nargs="*", default=[],
+                        help="per-size durations, e.g. 1000=600: a shorter slice for the largest cluster")
+    parser.add_argument("--ladder", type=int, nargs="*", default=[], help="sizes whose load is run at 0.5-4x the GPUs")
+    parser.add_argument("--functions", type=int, default=2000)
+    parser.add_argument("--gpus-per-node", type=int, default=4)
+    parser.add_argument("--slo-factor", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cluster_sim.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the pools log every eviction at INFO
+
+    costs = CostTable()
+    trace = load_trace()
+    population = make_population(args.functions, costs, trace, seed=args.seed)
+    durations = {int(k): float(v) for k, v in (item.split("=") for item in args.duration_for)}
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results = {str(k): v for k, v in previous.get("results", {}).items()}
+    ladders = dict(previous.get("gpus_needed", {}))
+    for gpus in args.gpus:
+        duration = durations.get(gpus, args.duration)
+        results[str(gpus)] = {policy: run_one(gpus, policy, gpus * args.rate_per_gpu, duration, args, costs,
+                                              population, trace) for policy in args.policies}
+    for nominal in args.ladder:
+        rate = nominal * args.rate_per_gpu
+        duration = durations.get(nominal, args.duration)
+        rungs = {}
+        for factor in LADDER:
+            size = max(1, round(nominal * factor))
+            rungs[str(size)] = {p: run_one(size, p, rate, duration, args, costs, population, trace)["slo_attainment"]
+                                for p in args.policies}
+        ladders[str(nominal)] = {"offered_per_s": rate, "slo_attainment_by_gpus": rungs,
+                                 "gpus_needed": _needed(rungs, args.policies)}
+    report = {
+        "benchmark": "cluster_sim",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "workload": {"trace": "Azure LLM inference 2023 (code + conv superposed), CC-BY 4.0",
+                     "functions": args.functions, "zipf_s": 1.0, "model_mb": [5, 6144],
+                     "rate_per_gpu": args.rate_per_gpu, "durations_s": {str(g): durations.get(g, args.duration)
+                                                                        for g in args.gpus},
+                     "slo": f"latency <= {args.slo_factor} x the function's warm latency",
+                     "gpus_per_node": args.gpus_per_node, "seed": args.seed},
+        "gpus_needed_rule": ("smallest rung of 0.5N, N, 2N, 4N GPUs (same offered load) whose SLO attainment is "
+                             "within 1 % of the 4N rung's: the 4N rung's misses are compulsory (first calls, "
+                             "calls after the 10-minute keep-alive), no GPU count removes them"),
+        "cost_table": costs.rows(),
+        "results": results,
+        "gpus_needed": ladders,
+    }
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _needed(rungs: dict[str, dict[str, float]], policies: list[str]) -> dict[str, int | None]:
+    sizes = sorted(rungs, key=int)
+    out: dict[str, int | None] = {}
+    for policy in policies:
+        ceiling = rungs[sizes[-1]][policy]
+        out[policy] = next((int(s) for s in sizes if rungs[s][policy] >= 0.99 * ceiling), None)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
