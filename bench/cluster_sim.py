@@ -35,11 +35,14 @@ LADDER = (0.5, 1, 2, 4)
 
 def run_one(gpus: int, policy: str, rate: float, duration: float | None, args: argparse.Namespace,
             costs: CostTable, population, trace) -> dict:
-    config = ClusterConfig(gpus=gpus, gpus_per_node=args.gpus_per_node, slo_factor=args.slo_factor, seed=args.seed)
+    config = ClusterConfig(gpus=gpus, gpus_per_node=args.gpus_per_node, slo_factor=args.slo_factor, seed=args.seed,
+                           host_memory_per_gpu_mb=args.slots_per_gpu_mb)
     cluster = Cluster(config, policy, population, costs)
     result = cluster.run(arrival_times(trace, rate, seed=args.seed + 1, duration_s=duration))
     out = result.summary()
     out["offered_per_s"] = rate
+    out["duration_s"] = duration
+    out["slots_per_gpu_mb"] = args.slots_per_gpu_mb
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(json.dumps({k: out[k] for k in ("policy", "gpus", "completed", "p50_ms", "p99_ms", "cold_start_share",
                                           "slo_attainment", "gpu_memory_committed", "wall_seconds",
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="per-size durations, e.g. 1000=600: a shorter slice for the largest cluster")
     parser.add_argument("--ladder", type=int, nargs="*", default=[], help="sizes whose load is run at 0.5-4x the GPUs")
     parser.add_argument("--functions", type=int, default=2000)
+    parser.add_argument("--slots-per-gpu-mb", type=int, default=ClusterConfig.host_memory_per_gpu_mb,
+                        help="invoker user memory per GPU: the controller's slots (default: the GPU's memory)")
+    parser.add_argument("--label", default="", help="suffix of the result keys (another scenario, same sizes)")
     parser.add_argument("--gpus-per-node", type=int, default=4)
     parser.add_argument("--slo-factor", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ladders = dict(previous.get("gpus_needed", {}))
     for gpus in args.gpus:
         duration = durations.get(gpus, args.duration)
-        results[str(gpus)] = {policy: run_one(gpus, policy, gpus * args.rate_per_gpu, duration, args, costs,
+        results[f"{gpus}{args.label}"] = {policy: run_one(gpus, policy, gpus * args.rate_per_gpu, duration, args, costs,
                                               population, trace) for policy in args.policies}
     for nominal in args.ladder:
         rate = nominal * args.rate_per_gpu
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             size = max(1, round(nominal * factor))
             rungs[str(size)] = {p: run_one(size, p, rate, duration, args, costs, population, trace)["slo_attainment"]
                                 for p in args.policies}
-        ladders[str(nominal)] = {"offered_per_s": rate, "slo_attainment_by_gpus": rungs,
+        ladders[f"{nominal}{args.label}"] = {"offered_per_s": rate, "slo_attainment_by_gpus": rungs,
                                  "gpus_needed": _needed(rungs, args.policies)}
     report = {
         "benchmark": "cluster_sim",

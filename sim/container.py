@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import greenlet
-from owruntime.resident import Residency, ResidentModel
+from owruntime.resident import AsleepModel, Residency, ResidentModel
 
 from invoker.containerpool.container import Container, ContainerFactory, ContainerSpec, HttpOutcome
 from invoker.containerpool.logs import LogBuffer
@@ -57,6 +57,7 @@ class SimContainer(Container):
         self._warmed = False  # framework imported, CUDA context created
         self._loaded = False  # the model is on the GPU
         self._resume_due = False
+        self._asleep = False  # the model waits in pinned host memory (GPU sleep)
         self.function: Function | None = None
         self.gpu = int(spec.gpu) if spec.gpu is not None else None
         self.sm_percent = int(spec.env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100"))
@@ -94,6 +95,8 @@ class SimContainer(Container):
             self._resume_due = False
         if not self._loaded:
             before += costs.cold_load_s(fn.model_bytes)
+        elif self._asleep:
+            before += costs.wake_from_host_s(fn.model_bytes)
         self._sleep(before)
         forward = costs.forward_s(fn.model_bytes, fn.passes)
         if self.gpu is None:
@@ -102,10 +105,29 @@ class SimContainer(Container):
             shares = self._factory.shares
             self._sleep_sharing(shares, forward * shares.slowdown(self.gpu, self.sm_percent))
             shares.busy_s[self.gpu] = shares.busy_s.get(self.gpu, 0.0) + forward
-        if not self._loaded:
-            self._loaded = True
+        if not self._loaded or self._asleep:
+            self._loaded, self._asleep = True, False
             self.residency = Residency((ResidentModel(fn.fqn, "cuda:0", fn.model_bytes),))
         return self._outcome(start)
+
+    def sleep(self, timeout_s: float):
+        """GPU sleep (``Container.sleep``, ``POST /sleep``, on branch ``sleep``): the model's
+        weights go to pinned host memory and its GPU memory comes back; the next run pays
+        ``CostTable.wake_from_host_s``. Returns that branch's ``SleepReport``."""
+        from invoker.containerpool.container import SleepReport  # present once GPU sleep is merged
+
+        fn = self.function
+        if fn is None or not self._loaded or self._asleep:
+            return SleepReport(True)
+        seconds = self._factory.costs.wake_from_host_s(fn.model_bytes)  # the copy out, as long as the copy back
+        self._sleep(seconds)
+        self._asleep = True
+        self.residency = Residency((), {}, (AsleepModel(fn.fqn, "cuda:0", fn.model_bytes, fn.model_bytes,
+                                                         fn.model_bytes),))
+        entry = {"key": fn.fqn, "device": "cuda:0", "freed": fn.model_bytes, "host_bytes": fn.model_bytes,
+                 "measured": True, "seconds": seconds}
+        return SleepReport(True, asleep=(entry,), freed={"cuda:0": fn.model_bytes}, host_bytes=fn.model_bytes,
+                           seconds=seconds)
 
     def _sleep_sharing(self, shares: GpuShares, seconds: float) -> None:
         gpu = self.gpu

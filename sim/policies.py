@@ -6,7 +6,7 @@ home invoker = ``generateHash(namespace, action) % n``, step size = one of the p
 numbers below ``n`` picked by the same hash; walk from home by that step acquiring the action's
 memory in the invoker's slots (``NestedSemaphore``, concurrency 1: plain memory); after n + 1
 steps, a random healthy invoker, forced. ``LeastLoaded`` sends to the invoker with the smallest
-share of its slots in use. ``Locality`` prefers, in the classic walk order, an invoker whose last
+share of its slots in use, ties round robin. ``Locality`` prefers, in the classic walk order, an invoker whose last
 ping advertised the action's model, then walks as ``Classic`` does.
 """
 
@@ -127,9 +127,13 @@ class LeastLoaded:
 
     def __init__(self, n: int) -> None:
         self.n = n
+        self._next = 0  # ties go round robin: at low load all invokers tie, and index order would pick one
 
     def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
-        best = min(range(self.n), key=lambda i: (1 - slots.free_mb[i] / slots.capacity_mb[i], i))
+        n, start = self.n, self._next
+        self._next = (start + 1) % n
+        free, capacity = slots.free_mb, slots.capacity_mb
+        best = min(range(n), key=lambda i: (1 - free[i] / capacity[i], (i - start) % n))
         if slots.try_acquire(best, memory_mb):
             return best, False
         slots.force_acquire(best, memory_mb)
