@@ -103,13 +103,14 @@ class RunResult:
     pool_counts: dict[str, int] = field(default_factory=dict)
     local_hits: int | None = None
     errors: list[str] = field(default_factory=list)
+    unfinished: int = 0  # calls still waiting ``drain_limit_s`` after the last arrival
 
     def summary(self) -> dict:
         s = self.stats
         done = max(1, s.completed)
         return {
             "policy": self.policy, "gpus": self.gpus, "nodes": self.nodes,
-            "arrivals": s.arrivals, "completed": s.completed, "duplicates": s.duplicates, "failed": s.failed,
+            "arrivals": s.arrivals, "completed": s.completed, "unfinished": self.unfinished, "duplicates": s.duplicates, "failed": s.failed,
             "p50_ms": round(s.latency.percentile(50) * 1000, 2),
             "p99_ms": round(s.latency.percentile(99) * 1000, 2),
             "mean_ms": round(s.latency.total_s / done * 1000, 2),
@@ -154,6 +155,7 @@ class Cluster:
         self._rng = random.Random(config.seed)
         self._arrivals: Iterator[float | tuple[float, Function]] = iter(())
         self._arrivals_done = False
+        self._last_arrival = 0.0
         self._gpu_capacity_mb = sum(inv.pool._ledger.capacity_mb(g) for inv in self.invokers
                                     for g in range(inv.gpus))
 
@@ -218,6 +220,7 @@ class Cluster:
             self._arrivals_done = True
             return
         t, fn = item if isinstance(item, tuple) else (item, None)
+        self._last_arrival = t
         self.kernel.at(t, self._arrive, t, fn)
 
     # ------------------------------------------------------------------ ActivationSink
@@ -245,15 +248,19 @@ class Cluster:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, arrivals: Iterator[float | tuple[float, Function]], warm_up_s: float = 60.0) -> RunResult:
+    def run(self, arrivals: Iterator[float | tuple[float, Function]], warm_up_s: float = 60.0,
+            drain_limit_s: float = 3600.0) -> RunResult:
         """Start the pools (their stem cells warm up for ``warm_up_s`` before the first arrival),
         feed the arrivals (shifted by ``warm_up_s``; a time, the function drawn by popularity, or
-        a (time, function) pair) and run until every call has completed."""
+        a (time, function) pair) and run until every call has completed, or ``drain_limit_s``
+        after the last arrival: what is still waiting then is reported as ``unfinished``."""
         self._arrivals = ((a[0] + warm_up_s, a[1]) if isinstance(a, tuple) else a + warm_up_s for a in arrivals)
         started = time.perf_counter()
         self._start(0.0)
         self._next_arrival()
-        self.kernel.run(stop=lambda: self._arrivals_done and not self._inflight)
+        kernel = self.kernel
+        self.kernel.run(stop=lambda: self._arrivals_done and (
+            not self._inflight or kernel.now > self._last_arrival + drain_limit_s))
         wall = time.perf_counter() - started
         counts: dict[str, int] = {"cold_starts": 0, "prewarm_starts": 0, "warm_starts": 0,
                                   "gpu_evictions": 0, "gpu_waits": 0, "containers_created": 0}
@@ -270,7 +277,7 @@ class Cluster:
             sim_seconds=self.kernel.now, wall_seconds=wall, events=self.kernel.events,
             green_threads=self.executor.started, pool_counts=counts,
             local_hits=getattr(self.policy, "local_hits", None),
-            errors=[repr(e) for e in self.kernel.errors])
+            errors=[repr(e) for e in self.kernel.errors], unfinished=len(self._inflight))
 
 
 def _make_policy(name: str, n: int, seed: int, board: Board) -> Policy:
