@@ -43,6 +43,7 @@ def run_one(gpus: int, policy: str, rate: float, duration: float | None, args: a
     out["offered_per_s"] = rate
     out["duration_s"] = duration
     out["slots_per_gpu_mb"] = args.slots_per_gpu_mb
+    # The process's peak so far: runs are sequential in one process, so a run after a larger one shows that one's.
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(json.dumps({k: out[k] for k in ("policy", "gpus", "completed", "p50_ms", "p99_ms", "cold_start_share",
                                           "slo_attainment", "gpu_memory_committed", "wall_seconds",
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                      "gpus_per_node": args.gpus_per_node, "seed": args.seed},
         "gpus_needed_rule": ("smallest rung of 0.5N, N, 2N, 4N GPUs (same offered load) whose SLO attainment is "
                              "within 1 % of the 4N rung's: the 4N rung's misses are compulsory (first calls, "
-                             "calls after the 10-minute keep-alive), no GPU count removes them"),
+                             "calls after the 10-minute keep-alive), no GPU count removes them; null: only the "
+                             "4N rung itself qualifies, attainment still rising (more than 2N needed)"),
         "cost_table": costs.rows(),
         "results": results,
         "gpus_needed": ladders,
@@ -119,7 +121,9 @@ def _needed(rungs: dict[str, dict[str, float]], policies: list[str]) -> dict[str
     out: dict[str, int | None] = {}
     for policy in policies:
         ceiling = rungs[sizes[-1]][policy]
-        out[policy] = next((int(s) for s in sizes if rungs[s][policy] >= 0.99 * ceiling), None)
+        found = next(int(s) for s in sizes if rungs[s][policy] >= 0.99 * ceiling)
+        # Only the top rung: attainment still rising, the ladder did not find the plateau.
+        out[policy] = None if found == int(sizes[-1]) else found
     return out
 
 

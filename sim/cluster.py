@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.proxy import Job
-from invoker.embedded.controller import new_identity
 from invoker.entities import WhiskAction, WhiskActivation, action_document
 from invoker.gpu.inventory import GpuDevice, Inventory
 from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
@@ -150,7 +149,9 @@ class Cluster:
         self.one_way_s = costs.dispatch_round_trip.value / 2
         self._inflight: dict[str, tuple[float, Function, int]] = {}
         self._ids = itertools.count()
-        self._identity = new_identity(NAMESPACE)
+        self._identity = Identity(subject=f"{NAMESPACE}-subject", namespace_name=NAMESPACE,
+                                  namespace_uuid="00000000-0000-4000-8000-000000000000",
+                                  authkey={"api_key": "sim"}, rights=("ACTIVATE",))
         self._actions: dict[str, WhiskAction] = {}
         self._rng = random.Random(config.seed)
         self._arrivals: Iterator[float | tuple[float, Function]] = iter(())

@@ -48,7 +48,8 @@ class CostTable:
     pinned_h2d_bandwidth: Figure = Figure(
         50e9, "B/s", "gpu-facts.md §1: ~50-55 GB/s practical pinned H2D ceiling per H100/H200 (PCIe 5.0 x16)")
     gpu_memory_mb: Figure = Figure(
-        81559, "MB", "gpu-facts.md §1 names H100/H200 as the lent GPUs; 80 GB H100 (NVML total 81,559 MiB)")
+        81559, "MB", "assumption: an 80 GB H100, the GPU gpu-facts.md §1 sizes the host link for; 81,559 MiB is "
+        "what NVML reports for one (not measured here)")
     mps_server_memory_mb: Figure = Figure(
         418, "MB", "gpu-facts.md §2: the MPS server process holds ~418 MiB per GPU (nvidia-docker #868)")
     mps_clients: Figure = Figure(

@@ -33,7 +33,8 @@ def markdown(report: dict) -> str:
             sizes = sorted(rungs, key=int)
             for policy, needed in ladder["gpus_needed"].items():
                 met = " / ".join(f"{_pct(rungs[s][policy])} ({s})" for s in sizes)
-                rows.append(f"| {nominal} GPUs ({ladder['offered_per_s']:g}/s) | {policy} | {met} | {needed} |")
+                shown = needed if needed is not None else f"> {sizes[-2]} (still rising at {sizes[-1]})"
+                rows.append(f"| {nominal} GPUs ({ladder['offered_per_s']:g}/s) | {policy} | {met} | {shown} |")
         out += "\n\n" + "\n".join(rows)
     costs = ["| cost | value | source |", "|---|---|---|"]
     for row in report["cost_table"]:
