@@ -28,6 +28,7 @@ from invoker.messages import (
     ActivationMessage,
     ControllerInstanceId,
     FullyQualifiedEntityName,
+    Identity,
     TransactionId,
 )
 from sim.advertise import PING_INTERVAL_S, Board, held_digests
