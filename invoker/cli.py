@@ -122,6 +122,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
         http_password=config.invoker_password,
         ack_policy=AckPolicy(deadline_s=config.ack_deadline),
         store_deadline_s=config.store_deadline,
+        held_tags=config.gpu_held_tags,
     )
     return Invoker(settings, factory, manifest, whisks, activations, gpu=gpu)
 

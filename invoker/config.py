@@ -49,6 +49,13 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ConfigError(f"must be at least 0, not {value}")
+    return value
+
+
 def parse_positive_duration_s(text: str) -> float:
     value = parse_duration_s(text)
     if value <= 0:
@@ -254,6 +261,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,
             "Prewarmed GPU containers per GPU: kind:memory:count[,...] (e.g. python:3-gpu:2048MB:1). "
             "Unset: the stemCells of GPU kinds in the runtimes manifest, counted per GPU.", parse_gpu_stem_cells),
+    Setting("gpu_held_tags", "--gpu-held-tags", ("INVOKER_GPU_HELD_TAGS",), 32,
+            "GPU invokers: most held:<digest> tags in health pings, one per action whose model a warm GPU "
+            "container holds (most recently used first), for a controller that prefers holders "
+            "(whisk.loadbalancer.gpu-routing.prefer-holders); 0: none.", parse_non_negative_int),
     Setting("gpu_prewarm", "--gpu-prewarm", ("INVOKER_GPU_PREWARM",), "torch,onnxruntime",
             "What a GPU stem cell imports and initialises (CUDA context) before it counts as ready.", parse_list),
 )

@@ -51,6 +51,7 @@ from invoker.containerpool.proxy import (
     State,
 )
 from invoker.entities import ActivationResponse, LimitBounds, WhiskAction, instant_activation
+from invoker.gpu import locality
 from invoker.gpu.layer import GpuLayer, GpuPlacement, GpuStemCell
 from invoker.gpu.ledger import GpuLedger, has_room
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
@@ -691,6 +692,13 @@ class ContainerPool:
                         self._ledger.release(token)
             if proxy is None:
                 break
+
+    def held_models(self, limit: int = locality.MAX_HELD) -> tuple[str, ...]:
+        """Digests of the actions whose models this pool's GPU containers hold, most recently
+        used first, at most ``limit`` (``invoker.gpu.locality``; pinged as ``held:`` tags)."""
+        with self._lock:
+            holdings = [locality.holding_of(p) for p in self._containers if locality.holds_model(p)]
+        return locality.held_digests(holdings, limit)
 
     def gpu_snapshot(self) -> dict:
         """Per-GPU state for ``/gpus`` and the metrics."""
