@@ -125,7 +125,7 @@ def render(snapshot: dict) -> str:
         families["asleep_bytes"].add(gpu.get("asleep_bytes"), **labels)
         families["sleep_host"].add(gpu.get("sleep_host_bytes"), **labels)
         for c in gpu["containers"]:
-            if c["stem_cell"]:
+            if c.get("stem_cell") or "id" not in c:
                 continue
             who = {"gpu": gpu["index"], "container": c["id"], "action": c["action"] or ""}
             families["container_charge"].add(c.get("charge_mb", 0) * MB, **who)
