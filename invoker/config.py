@@ -267,6 +267,18 @@ SETTINGS: tuple[Setting, ...] = (
             "(whisk.loadbalancer.gpu-routing.prefer-holders); 0: none.", parse_non_negative_int),
     Setting("gpu_prewarm", "--gpu-prewarm", ("INVOKER_GPU_PREWARM",), "torch,onnxruntime",
             "What a GPU stem cell imports and initialises (CUDA context) before it counts as ready.", parse_list),
+    Setting("gpu_sleep_on_pressure", "--gpu-sleep-on-pressure", ("INVOKER_GPU_SLEEP_ON_PRESSURE",), "true",
+            "GPU sleep: to make room on a GPU, put idle warm GPU containers holding models to sleep (their "
+            "models' GPU memory back, the models kept in host memory) before destroying any.", parse_bool),
+    Setting("gpu_sleep_after", "--gpu-sleep-after", ("INVOKER_GPU_SLEEP_AFTER",), "0 s",
+            "GPU sleep: idle this long, a GPU container holding models sleeps even without pressure "
+            "(0: only under pressure); shorter than --idle-container, which still removes it.", parse_duration_s),
+    Setting("gpu_sleep_host_budget", "--gpu-sleep-host-budget", ("INVOKER_GPU_SLEEP_HOST_BUDGET",), "8 GB",
+            "GPU sleep: host memory the models of all sleeping containers may hold; beyond it the least "
+            "recently used asleep containers are removed.", parse_size_mb),
+    Setting("gpu_sleep_context", "--gpu-sleep-context-memory", ("INVOKER_GPU_SLEEP_CONTEXT_MEMORY",), "300 MB",
+            "GPU sleep: GPU memory an asleep container is assumed to keep (its CUDA context) when its sleep "
+            "report does not measure it.", parse_size_mb),
 )
 
 
