@@ -8,6 +8,7 @@
 #                                       # timeout_s 600; every step below in order, ~8 minutes
 #   bench/gpu_session.sh all --smoke    # here, on the CPU: the same steps, tiny, same limits
 #   bench/gpu_session.sh STEP [--smoke] # one step alone, without its limit
+#   bench/gpu_session.sh sleep-pool     # GPU sleep through the pool (#20): not in `all` yet
 #
 # `all` runs the steps in order of value, each under its own time limit (`timeout`), and never
 # past the session's budget (GPU_SESSION_BUDGET_S, 540 s): a step that would not fit is cut to
@@ -129,6 +130,14 @@ step_sleep() {
   fi
 }
 
+step_sleep-pool() {  # not in `all` (its limits already fill the budget): run alone, ~30-40 s on a GPU
+  if [[ -n "$smoke" ]]; then
+    "$PY" bench/gpu_sleep_pool.py --smoke --containers 2 --calls 2
+  else
+    "$PY" bench/gpu_sleep_pool.py --containers 4 --calls 5
+  fi
+}
+
 step_classifier() {
   if [[ -n "$smoke" ]]; then
     echo "classifier: its smoke run is tests/bench/test_image_classifier_bench.py"
@@ -197,7 +206,7 @@ run_all() {
 case "$step" in
   prepare) prepare ;;
   all) run_all ;;
-  info | coldstart | loading | mps | tests | sleep | classifier | loading-onnx)
+  info | coldstart | loading | mps | tests | sleep | sleep-pool | classifier | loading-onnx)
     [[ -n "${GPU_SESSION_SETUP_DONE:-}" ]] || setup
     "step_$step"
     ;;
