@@ -547,7 +547,7 @@ class ContainerPool:
         held, measured = asleep_charge_mb(self._ledger.charge(proxy).memory_mb, report,
                                           proxy.container.residency, settings.sleep_context_mb)
         self._ledger.resize(proxy, held)
-        self._asleep_host.commit(proxy, host_mb(report))
+        self._asleep_host.commit(proxy, host_mb(report, proxy.container.residency))
         proxy.sleep = _Asleep(report, held, measured)
         proxy.move_to(State.ASLEEP)
         self.gpu_sleeps += 1

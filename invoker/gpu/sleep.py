@@ -52,6 +52,9 @@ def expected_charge_mb(admitted_mb: int, context_mb: int) -> int:
     return min(admitted_mb, context_mb)
 
 
-def host_mb(report: SleepReport) -> int:
-    """Host memory the asleep models hold, in MB (rounded up; at least 1, a reservation)."""
-    return max(1, math.ceil(report.host_bytes / MB))
+def host_mb(report: SleepReport, residency: Residency | None = None) -> int:
+    """Host memory the asleep models hold, in MB (rounded up; at least 1, a reservation): all the
+    runtime lists asleep after the sleep (a model the last call did not use was still asleep
+    from the sleep before, and is not in this report), else what the report says."""
+    listed = sum(m.host_bytes for m in residency.asleep) if residency is not None else 0
+    return max(1, math.ceil(max(listed, report.host_bytes) / MB))

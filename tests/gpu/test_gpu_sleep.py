@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gpu_pool_support import PROBE, GpuWatch, PythonOnly, Recorder, gpu_action, job, wait_until
-from owruntime.resident import Residency, ResidentModel
+from owruntime.resident import AsleepModel, Residency, ResidentModel
 
 from invoker.containerpool.container import HttpOutcome, SleepReport
 from invoker.containerpool.pool import ContainerPool, PoolConfig
@@ -156,6 +156,23 @@ def test_a_paused_container_is_resumed_to_sleep(sleep_pool):
     assert sink.result(_run(pool, job(action, sink))) == first
 
 
+def test_a_job_for_a_container_going_to_sleep_waits_for_it_and_wakes_it(sleep_pool):
+    pool = sleep_pool()
+    sink = Recorder()
+    action = model_action("enc")
+    first = sink.result(_run(pool, job(action, sink)), timeout_s=120)
+    proxy = _only(pool, "enc")
+    with proxy.pause_lock:  # holds the sleep task before its /sleep
+        with pool._lock:
+            pool._start_sleep(proxy)
+        assert pool._ledger.releasing_mb(0) == 400 - CONTEXT_MB  # on its way
+        waiting = _run(pool, job(action, sink))
+        assert pool.buffered == 1 and proxy.state is State.SLEEPING
+    assert sink.result(waiting) == first  # the same process, woken
+    assert (pool.gpu_sleeps, pool.gpu_wakes, pool.cold_starts) == (1, 1, 1)
+    _no_leaks(pool)
+
+
 def test_an_asleep_container_is_removed_at_the_idle_timeout(sleep_pool):
     pool = sleep_pool(sleep_after_s=0.3, idle_timeout_s=4)
     sink = Recorder()
@@ -283,6 +300,10 @@ def test_asleep_charge_measured_and_estimated():
     assert asleep_charge_mb(200, report({"cpu": 1}), nothing, 300) == (200, False)
     assert expected_charge_mb(1000, 300) == 300 and expected_charge_mb(100, 300) == 100
     assert host_mb(SleepReport(True, host_bytes=1)) == 1 and host_mb(SleepReport(True, host_bytes=3 * MB + 1)) == 4
+    # A model still asleep from the sleep before (the last call did not use it) counts too.
+    earlier = Residency(asleep=(AsleepModel("old", "cuda:0", 9 * MB, 5 * MB, 9 * MB), AsleepModel("new", "cuda:0",
+                                                                                             MB, MB, MB)))
+    assert host_mb(SleepReport(True, host_bytes=MB), earlier) == 6
 
 
 def test_sleep_report_parse():
