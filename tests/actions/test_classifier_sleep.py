@@ -65,7 +65,7 @@ def test_the_classifier_sleeps_when_idle_and_wakes_with_the_same_answer(tmp_path
         after = sink.result(second, timeout_s=120)
         assert after == before  # the same sessions rebuilt from the same file: the same numbers
         assert (pool.cold_starts, pool.gpu_sleeps, pool.gpu_wakes) == (1, 1, 1)
-        assert proxy.container.residency.models and proxy.state is State.READY
+        assert proxy.container.residency.models and proxy.container.residency.asleep == ()
     finally:
         pool.shutdown()
         layer.stop()
