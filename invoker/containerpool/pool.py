@@ -437,11 +437,12 @@ class ContainerPool:
     def _room_plan(self, gpu: int, needed_mb: int, new_client: bool,
                    spare: ContainerProxy | None = None) -> _RoomPlan | None:
         """How ``needed_mb`` (and a client slot, for a ``new_client``) becomes free on ``gpu``
-        (lock held): nothing when it is free or on its way; else idle warm containers put to
-        sleep, least recently used first, when that is enough (a sleep frees memory, not its
-        MPS slot); else idle warm containers removed, least recently used first (asleep ones
-        included), then idle stem cells, so that stem cells of another request class can never
-        keep a job waiting for good. None: no plan makes room. ``spare``: never touched."""
+        (lock held): nothing when it is free or on its way; else idle warm containers holding
+        models put to sleep, least recently used first; where that is not enough (a sleep frees
+        memory, never its MPS client slot), removals as well, in this order: idle warm containers
+        that cannot sleep, asleep ones, idle stem cells (so that stem cells of another request
+        class can never keep a job waiting for good), and last those that could sleep, each
+        least recently used first. None: nothing makes room. ``spare``: never touched."""
         assert self._ledger is not None and self.gpu is not None
         ledger = self._ledger
         if ledger.capacity_mb(gpu) < needed_mb:
@@ -456,28 +457,38 @@ class ContainerPool:
                   if p.gpu is not None and p.gpu.gpu == gpu and p.active == 0 and p is not spare
                   and p.state not in (State.REMOVING, State.SLEEPING)]
         idle = sorted((p for p in on_gpu if not p.is_prewarm), key=lambda p: p.last_used)
-        if self.gpu.settings.sleep_on_pressure:
-            sleeps: list[ContainerProxy] = []
-            more = available
-            for proxy in idle:
-                if has_room(more, slots, needed_mb):
-                    break
-                if self._sleepable(proxy):
-                    sleeps.append(proxy)
-                    more += ledger.charge(proxy).memory_mb - self._expected_asleep_mb(proxy)
-            if has_room(more, slots, needed_mb):
-                return _RoomPlan(gpu, sleeps=tuple(sleeps))
-        idle += [p for p in on_gpu if p.is_prewarm and p.state is State.STARTED]
+        can_sleep = [p for p in idle if self._sleepable(p)] if self.gpu.settings.sleep_on_pressure else []
+        sleeps: list[ContainerProxy] = []
+        for proxy in can_sleep:
+            if available >= needed_mb:
+                break
+            sleeps.append(proxy)
+            available += self._sleep_frees_mb(proxy)
+        removable = ([p for p in idle if p not in can_sleep and p.state is not State.ASLEEP]
+                     + [p for p in idle if p.state is State.ASLEEP]
+                     + [p for p in on_gpu if p.is_prewarm and p.state is State.STARTED]
+                     + can_sleep)
         removals: list[ContainerProxy] = []
-        for proxy in idle:
+        for proxy in removable:
             if has_room(available, slots, needed_mb):
                 break
+            if proxy in sleeps:  # removed instead of put to sleep
+                sleeps.remove(proxy)
+                available -= self._sleep_frees_mb(proxy)
             removals.append(proxy)
             available += ledger.charge(proxy).memory_mb  # asleep: its shrunk charge
             slots = None if slots is None else slots + 1
-        if has_room(available, slots, needed_mb):
-            return _RoomPlan(gpu, removals=tuple(removals))
-        return None
+        if not has_room(available, slots, needed_mb):
+            return None
+        # Sleeps that became needless once others were removed are not started.
+        while sleeps and has_room(available - self._sleep_frees_mb(sleeps[-1]), slots, needed_mb):
+            available -= self._sleep_frees_mb(sleeps.pop())
+        return _RoomPlan(gpu, sleeps=tuple(sleeps), removals=tuple(removals))
+
+    def _sleep_frees_mb(self, proxy: ContainerProxy) -> int:
+        """What putting an awake container to sleep is expected to free on its GPU."""
+        assert self._ledger is not None
+        return self._ledger.charge(proxy).memory_mb - self._expected_asleep_mb(proxy)
 
     def _carry_out(self, plan: _RoomPlan) -> None:
         for proxy in plan.sleeps:

@@ -236,6 +236,24 @@ def test_pressure_puts_idle_containers_to_sleep_before_destroying_any(sleep_pool
     _no_leaks(pool)
 
 
+def test_where_sleeps_are_not_enough_a_container_that_cannot_sleep_goes_first(sleep_pool):
+    # 1 GiB: an older container without a model (300 MB) and a model container (400 MB). A job
+    # of 800 MB: the model container's sleep frees 350 MB, not enough; removing the older one
+    # as well is, so the model container sleeps and only the one without a model goes.
+    pool = sleep_pool("0:1GiB")
+    watch = GpuWatch(pool)
+    sink = Recorder()
+    sink.result(_run(pool, job(gpu_action("plain", gpu={"memory": "300 MB"}), sink)))
+    result = sink.result(_run(pool, job(model_action("m"), sink)), timeout_s=120)
+    sink.result(_run(pool, job(gpu_action("big", gpu={"memory": "800 MB"}), sink)))
+    assert (pool.gpu_sleeps, pool.gpu_evictions) == (1, 1)
+    assert _state(pool, "plain") is None and _state(pool, "m") is State.ASLEEP
+    watch.stop()
+    assert watch.violations == []
+    assert sink.result(_run(pool, job(model_action("m"), sink))) == result  # big made room: removed
+    _no_leaks(pool)
+
+
 def test_mps_client_slots_stay_counted_while_asleep(sleep_pool, fake_mps_control):
     # MPS (a FAKE control program) with 2 client slots and memory to spare: two asleep containers
     # still take both slots, so a third action must remove one; a sleep would not free a slot.
