@@ -31,8 +31,9 @@ MPS client slot still taken, the host memory of its models counted against
 Placement for a GPU action: awake with the model > asleep with the model (its charge grown back
 to the request under the lock before its job's ``/run`` wakes it; no room: room is made or the
 job waits, as for a cold start) > stem cell > cold start. To make room, idle warm GPU containers
-are put to sleep, least recently used first, before any is destroyed; what a sleep under way
-will free counts as on its way, like a removal. Idle for ``sleep_after_s``, a GPU container
+are put to sleep, least recently used first, before any is destroyed, and those that cannot
+sleep are destroyed before those that can (``_room_plan``); what a sleep under way will free
+counts as on its way, like a removal. Idle for ``sleep_after_s``, a GPU container
 sleeps without pressure; ``idle_timeout_s`` still removes it.
 """
 
