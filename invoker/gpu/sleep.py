@@ -7,8 +7,9 @@ others. Its GPU charge shrinks to:
 
 * measured: its admitted memory minus the device memory the sleep reports it freed on a CUDA
   device (torch's allocator, exactly; ONNX, the device's used memory). With MPS the client's
-  allocations are capped at its admission, so what is left is an upper bound on its context
-  and kept models, per client;
+  allocations are capped at its admission (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``), so what is
+  left bounds its context and kept models, per client, if the context counts against that cap
+  (not measured yet: bench/gpu_sleep_pool.py measures it on a GPU);
 * otherwise (no CUDA device freed anything, e.g. on a CPU, or ``freed`` is an estimate):
   ``context_mb``, the configured estimate of one CUDA context, plus the models the runtime
   still lists on a CUDA device.
