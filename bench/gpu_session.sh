@@ -31,15 +31,16 @@ SCALE="${GPU_SESSION_LIMIT_SCALE:-1}"
 # The steps of `all`: name and time limit in seconds, in order of value (sum 540 s).
 STEPS=(
   "info 30"
-  "coldstart 100"   # stem-cell vs naive cold start, Torch (MPS server start-up apart)
-  "loading 100"     # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
-  "mps 85"          # MPS vs time-slicing, N = 1 and 4
+  "coldstart 95"    # stem-cell vs naive cold start, Torch (MPS server start-up apart)
+  "loading 95"      # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
+  "mps 75"          # MPS vs time-slicing, N = 1 and 4
   "tests 100"       # pytest -m gpu: placement, loader, runtime, tenant isolation
   "sleep 45"        # GPU sleep: resident vs wake-to-first-result, bytes freed, copy vs pinned peak
-  "classifier 45"   # the pretrained EfficientNet-Lite0 example: cold, stem-cell, warm (Torch)
+  "sleep-pool 35"   # GPU sleep through the pool: charge asleep per container, NVML drop, wake latency
+  "classifier 35"   # the pretrained EfficientNet-Lite0 example: cold, stem-cell, warm (Torch)
   # ---- further checks: append them here, as "name limit" with a step_<name> function further
   # ---- down; keep the sum of the limits within BUDGET_S.
-  "loading-onnx 35" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
+  "loading-onnx 30" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
 )
 
 prepare() {
@@ -130,7 +131,7 @@ step_sleep() {
   fi
 }
 
-step_sleep-pool() {  # not in `all` (its limits already fill the budget): run alone, ~30-40 s on a GPU
+step_sleep-pool() {  # ~30-40 s on a GPU (an estimate: never run on one yet)
   if [[ -n "$smoke" ]]; then
     "$PY" bench/gpu_sleep_pool.py --smoke --containers 2 --calls 2
   else
