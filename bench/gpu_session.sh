@@ -8,6 +8,7 @@
 #                                       # timeout_s 600; every step below in order, ~8 minutes
 #   bench/gpu_session.sh all --smoke    # here, on the CPU: the same steps, tiny, same limits
 #   bench/gpu_session.sh STEP [--smoke] # one step alone, without its limit
+#   bench/gpu_session.sh sleep-pool     # GPU sleep through the pool (#20): not in `all` yet
 #
 # `all` runs the steps in order of value, each under its own time limit (`timeout`), and never
 # past the session's budget (GPU_SESSION_BUDGET_S, 540 s): a step that would not fit is cut to
@@ -30,15 +31,16 @@ SCALE="${GPU_SESSION_LIMIT_SCALE:-1}"
 # The steps of `all`: name and time limit in seconds, in order of value (sum 540 s).
 STEPS=(
   "info 30"
-  "coldstart 100"   # stem-cell vs naive cold start, Torch (MPS server start-up apart)
-  "loading 100"     # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
-  "mps 85"          # MPS vs time-slicing, N = 1 and 4
+  "coldstart 95"    # stem-cell vs naive cold start, Torch (MPS server start-up apart)
+  "loading 95"      # pipelined vs plain first inference, Torch: ResNet-50 and the 1.3 GB BERT-large
+  "mps 75"          # MPS vs time-slicing, N = 1 and 4
   "tests 100"       # pytest -m gpu: placement, loader, runtime, tenant isolation
   "sleep 45"        # GPU sleep: resident vs wake-to-first-result, bytes freed, copy vs pinned peak
-  "classifier 45"   # the pretrained EfficientNet-Lite0 example: cold, stem-cell, warm (Torch)
+  "sleep-pool 35"   # GPU sleep through the pool: charge asleep per container, NVML drop, wake latency
+  "classifier 35"   # the pretrained EfficientNet-Lite0 example: cold, stem-cell, warm (Torch)
   # ---- further checks: append them here, as "name limit" with a step_<name> function further
   # ---- down; keep the sum of the limits within BUDGET_S.
-  "loading-onnx 35" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
+  "loading-onnx 30" # the same for ONNX Runtime (ResNet-50, BERT-base), if time is left
 )
 
 prepare() {
@@ -129,6 +131,14 @@ step_sleep() {
   fi
 }
 
+step_sleep-pool() {  # ~30-40 s on a GPU (an estimate: never run on one yet)
+  if [[ -n "$smoke" ]]; then
+    "$PY" bench/gpu_sleep_pool.py --smoke --containers 2 --calls 2
+  else
+    "$PY" bench/gpu_sleep_pool.py --containers 4 --calls 5
+  fi
+}
+
 step_classifier() {
   if [[ -n "$smoke" ]]; then
     echo "classifier: its smoke run is tests/bench/test_image_classifier_bench.py"
@@ -197,7 +207,7 @@ run_all() {
 case "$step" in
   prepare) prepare ;;
   all) run_all ;;
-  info | coldstart | loading | mps | tests | sleep | classifier | loading-onnx)
+  info | coldstart | loading | mps | tests | sleep | sleep-pool | classifier | loading-onnx)
     [[ -n "${GPU_SESSION_SETUP_DONE:-}" ]] || setup
     "step_$step"
     ;;

@@ -271,9 +271,9 @@ def inventory(smoke: bool) -> Inventory:
 
 
 def make_pool(inv: Inventory, mps: str, stem_cells: tuple[GpuStemCell, ...] = (), mps_dir: Path | None = None,
-              user_memory_mb: int = 262_144) -> tuple[ContainerPool, GpuLayer]:
-    layer = GpuLayer.start(inv, GpuSettings(reserved_mb=512, stem_cells=stem_cells), mps,
-                           mps_dir=mps_dir or CACHE / "mps")
+              user_memory_mb: int = 262_144, settings: GpuSettings | None = None) -> tuple[ContainerPool, GpuLayer]:
+    settings = settings or GpuSettings(reserved_mb=512, stem_cells=stem_cells)
+    layer = GpuLayer.start(inv, settings, mps, mps_dir=mps_dir or CACHE / "mps")
     # The process backend passes no LD_LIBRARY_PATH of its own; CUDA libraries found through it
     # here must be found by the actions too.
     extra = {"__OW_INVOKER": "gpubench", **({"LD_LIBRARY_PATH": v} if (v := os.environ.get("LD_LIBRARY_PATH")) else {})}

@@ -58,7 +58,10 @@ def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest, factory: C
                       if manifest.kinds[c.kind].is_gpu)
     settings = GpuSettings(reserved_mb=config.gpu_reserved, stem_cells=cells, prewarm=tuple(config.gpu_prewarm),
                            mps_client_uid=config.gpu_mps_uid if factory.chooses_user else None,
-                           mps_max_clients=config.gpu_mps_max_clients)
+                           mps_max_clients=config.gpu_mps_max_clients,
+                           sleep_on_pressure=config.gpu_sleep_on_pressure, sleep_after_s=config.gpu_sleep_after,
+                           sleep_host_budget_mb=config.gpu_sleep_host_budget,
+                           sleep_context_mb=config.gpu_sleep_context)
     return GpuLayer.start(inventory, settings, config.gpu_mps, mps_dir=Path(config.gpu_mps_dir))
 
 
@@ -122,6 +125,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
         http_password=config.invoker_password,
         ack_policy=AckPolicy(deadline_s=config.ack_deadline),
         store_deadline_s=config.store_deadline,
+        held_tags=config.gpu_held_tags,
     )
     return Invoker(settings, factory, manifest, whisks, activations, gpu=gpu)
 

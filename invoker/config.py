@@ -49,6 +49,13 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ConfigError(f"must be at least 0, not {value}")
+    return value
+
+
 def parse_positive_duration_s(text: str) -> float:
     value = parse_duration_s(text)
     if value <= 0:
@@ -254,8 +261,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,
             "Prewarmed GPU containers per GPU: kind:memory:count[,...] (e.g. python:3-gpu:2048MB:1). "
             "Unset: the stemCells of GPU kinds in the runtimes manifest, counted per GPU.", parse_gpu_stem_cells),
+    Setting("gpu_held_tags", "--gpu-held-tags", ("INVOKER_GPU_HELD_TAGS",), 32,
+            "GPU invokers: most held:<digest> tags in health pings, one per action whose model a warm GPU "
+            "container holds (most recently used first), for a controller that prefers holders "
+            "(whisk.loadbalancer.gpu-routing.prefer-holders); 0: none.", parse_non_negative_int),
     Setting("gpu_prewarm", "--gpu-prewarm", ("INVOKER_GPU_PREWARM",), "torch,onnxruntime",
             "What a GPU stem cell imports and initialises (CUDA context) before it counts as ready.", parse_list),
+    Setting("gpu_sleep_on_pressure", "--gpu-sleep-on-pressure", ("INVOKER_GPU_SLEEP_ON_PRESSURE",), "true",
+            "GPU sleep: to make room on a GPU, put idle warm GPU containers holding models to sleep (their "
+            "models' GPU memory back, the models kept in host memory) before destroying any.", parse_bool),
+    Setting("gpu_sleep_after", "--gpu-sleep-after", ("INVOKER_GPU_SLEEP_AFTER",), "0 s",
+            "GPU sleep: idle this long, a GPU container holding models sleeps even without pressure "
+            "(0: only under pressure); shorter than --idle-container, which still removes it.", parse_duration_s),
+    Setting("gpu_sleep_host_budget", "--gpu-sleep-host-budget", ("INVOKER_GPU_SLEEP_HOST_BUDGET",), "8 GB",
+            "GPU sleep: host memory the models of all sleeping containers may hold; beyond it the least "
+            "recently used asleep containers are removed.", parse_size_mb),
+    Setting("gpu_sleep_context", "--gpu-sleep-context-memory", ("INVOKER_GPU_SLEEP_CONTEXT_MEMORY",), "300 MB",
+            "GPU sleep: GPU memory an asleep container is assumed to keep (its CUDA context) when its sleep "
+            "report does not measure it.", parse_size_mb),
 )
 
 

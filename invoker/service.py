@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.proxy import PoolLimits
-from invoker.gpu import metrics
+from invoker.gpu import locality, metrics
 from invoker.gpu.layer import GpuLayer
 from invoker.manifest import RuntimesManifest
 from invoker.messages import ByteSize, InvokerInstanceId, PingMessage, serialize
@@ -80,6 +80,8 @@ class InvokerSettings:
     # Pings stop once records have failed to be written for this long: the controller
     # then sends its work elsewhere instead of to an invoker that cannot record it.
     store_outage_unhealthy_s: float = 5.0
+    # GPU invokers: at most this many held:<digest> tags in pings (invoker.gpu.locality); 0: none.
+    held_tags: int = locality.MAX_HELD
 
 
 class Invoker:
@@ -200,12 +202,18 @@ class Invoker:
             self._stop.wait(self.settings.ping_interval_s)
 
     def instance_now(self) -> InvokerInstanceId:
-        """This invoker as pings show it: its GPU sharing tag says whether MPS is down."""
+        """This invoker as pings show it. On a GPU invoker: its GPU sharing tag says whether MPS
+        is down, and ``held:<digest>`` tags name the actions whose models its GPU containers hold
+        (sorted, so the tags change only when that set does)."""
         instance, gpu = self.settings.instance, self.pool.gpu
-        if gpu is None or gpu.sharing.tag not in instance.tags or gpu.tag() == gpu.sharing.tag:
+        if gpu is None:
             return instance
-        return dataclasses.replace(instance, tags=tuple(gpu.tag() if t == gpu.sharing.tag else t
-                                                        for t in instance.tags))
+        tags = instance.tags
+        if gpu.sharing.tag in tags and gpu.tag() != gpu.sharing.tag:
+            tags = tuple(gpu.tag() if t == gpu.sharing.tag else t for t in tags)
+        if self.settings.held_tags > 0:
+            tags += locality.held_tags(self.pool.held_models(self.settings.held_tags))
+        return instance if tags == instance.tags else dataclasses.replace(instance, tags=tags)
 
     def set_enabled(self, enabled: bool) -> None:
         if self.enabled and not enabled:

@@ -1,44 +1,28 @@
-"""What an invoker advertises to the controller about the models it holds, as the locality
-rule (issue #13 item 3, ``invoker/gpu/locality.py`` on branch ``locality``) will: the digest of
-each action (sha256 of its fully qualified name) whose model a live GPU container of the node
-holds, most recently used first, at most ``LIMIT`` of them, sent with every ping (1 s).
-
-Kept here, in one place, until that module is merged; then ``action_digest`` and ``held_digests``
-call it instead.
-"""
+"""What an invoker advertises to the controller about the models it holds: the real pool's
+``held_models`` (``invoker/gpu/locality.py``: the digest of each action whose model a GPU
+container of the node holds, most recently used first, at most 32), read at every ping (1 s),
+and the controller's view of the last ping of each invoker."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from invoker.containerpool.pool import ContainerPool
-from invoker.containerpool.proxy import State
+from invoker.gpu import locality
 
-LIMIT = 32  # digests per ping
+LIMIT = locality.MAX_HELD  # digests per ping
 PING_INTERVAL_S = 1.0
 
 
 @lru_cache(maxsize=65536)
-def action_digest(fqn: str) -> str:
-    return hashlib.sha256(fqn.encode()).hexdigest()
+def action_digest(invocation_namespace: str, action_path: str, version: str) -> str:
+    return locality.action_digest(invocation_namespace, action_path, version)
 
 
 def held_digests(pool: ContainerPool, limit: int = LIMIT) -> frozenset[str]:
-    """The digests a node would ping now: actions with a model resident on one of its GPUs."""
-    holding = [p for p in list(pool._containers)
-               if p.action is not None and p.gpu is not None and p.state is not State.REMOVING
-               and p.container.residency.models]
-    holding.sort(key=lambda p: p.last_used, reverse=True)
-    out: list[str] = []
-    for proxy in holding:
-        digest = action_digest(proxy.action.path)  # namespace/name, as the controller hashes it
-        if digest not in out:
-            out.append(digest)
-            if len(out) == limit:
-                break
-    return frozenset(out)
+    """The digests a node pings now (``ContainerPool.held_models``)."""
+    return frozenset(pool.held_models(limit))
 
 
 @dataclass

@@ -265,7 +265,8 @@ class Cluster:
             not self._inflight or kernel.now > self._last_arrival + drain_limit_s))
         wall = time.perf_counter() - started
         counts: dict[str, int] = {"cold_starts": 0, "prewarm_starts": 0, "warm_starts": 0,
-                                  "gpu_evictions": 0, "gpu_waits": 0, "containers_created": 0}
+                                  "gpu_evictions": 0, "gpu_waits": 0, "gpu_sleeps": 0, "gpu_wakes": 0,
+                                  "containers_created": 0}
         for invoker in self.invokers:
             pool = invoker.pool
             counts["cold_starts"] += pool.cold_starts
@@ -273,6 +274,8 @@ class Cluster:
             counts["warm_starts"] += pool.warm_starts
             counts["gpu_evictions"] += pool.gpu_evictions
             counts["gpu_waits"] += pool.gpu_waits
+            counts["gpu_sleeps"] += pool.gpu_sleeps
+            counts["gpu_wakes"] += pool.gpu_wakes
             counts["containers_created"] += invoker.factory.created
         return RunResult(
             policy=self.policy.name, gpus=self.config.gpus, nodes=len(self.invokers), stats=self.stats,

@@ -16,36 +16,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from invoker.gpu.locality import generate_hash, java_string_hash, pairwise_coprime_numbers_until
 from sim.advertise import Board, action_digest
 
+__all__ = ["POLICIES", "Classic", "LeastLoaded", "Locality", "Slots", "generate_hash", "java_string_hash",
+           "pairwise_coprime_numbers_until"]
 
-def java_string_hash(text: str) -> int:
-    """``java.lang.String.hashCode`` (32-bit, signed) of an ASCII/BMP string."""
-    h = 0
-    for ch in text:
-        h = (31 * h + ord(ch)) & 0xFFFFFFFF
-    return h - (1 << 32) if h >= 1 << 31 else h
-
-
-def generate_hash(namespace: str, fqn: str) -> int:
-    """``ShardingContainerPoolBalancer.generateHash``: ``(ns.hashCode ^ fqn.hashCode).abs``
-    (Scala's ``Int.abs`` leaves ``Int.MinValue`` negative; ``start`` takes ``math.abs`` again)."""
-    x = java_string_hash(namespace) ^ java_string_hash(fqn)
-    return x if x == -(1 << 31) else abs(x)
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
-
-
-def pairwise_coprime_numbers_until(x: int) -> list[int]:
-    primes: list[int] = []
-    for cur in range(1, x + 1):
-        if _gcd(cur, x) == 1 and all(_gcd(i, cur) == 1 for i in primes):
-            primes.append(cur)
-    return primes
+VERSION = "0.0.1"  # every simulated action's version (sim/cluster.py writes its documents so)
 
 
 def _abs_mod(h: int, n: int) -> int:
@@ -153,7 +130,7 @@ class Locality:
         self.local_hits = 0
 
     def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
-        holders = self.board.holders.get(action_digest(fqn))
+        holders = self.board.holders.get(action_digest(namespace, fqn, VERSION))
         if holders:
             n = self.classic.n
             home, step = self.classic.start(namespace, fqn)

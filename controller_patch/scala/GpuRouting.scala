@@ -17,6 +17,9 @@
 
 package org.apache.openwhisk.core.loadBalancer
 
+import java.nio.charset.StandardCharsets
+import java.security.MessageDigest
+
 import scala.annotation.tailrec
 
 /**
@@ -25,8 +28,13 @@ import scala.annotation.tailrec
  * @param tag the invoker tag (`whisk.invoker.resource.tags`, sent in every ping) that marks a GPU invoker
  * @param kindSuffix actions whose kind ends with this suffix need a GPU invoker
  * @param cpuOnGpuInvokers whether actions that need no GPU may also be scheduled to GPU invokers
+ * @param preferHolders whether GPU work first tries the GPU invokers whose pings say they hold its model
+ *                      (`held:<digest>` tags), before the classic walk from its home invoker
  */
-case class GpuRoutingConfig(tag: String = "gpu", kindSuffix: String = "-gpu", cpuOnGpuInvokers: Boolean = false)
+case class GpuRoutingConfig(tag: String = "gpu",
+                            kindSuffix: String = "-gpu",
+                            cpuOnGpuInvokers: Boolean = false,
+                            preferHolders: Boolean = false)
 
 /**
  * A list of invokers and the step sizes for walking it, made by [[GpuRouting.pool]] so that the step sizes belong to
@@ -47,8 +55,9 @@ object RoutingPools {
 
 /**
  * The GPU routing decision of the ShardingContainerPoolBalancer, in plain Scala: which actions need a GPU, how the
- * invokers are split into pools, and where the walk over a pool starts. The balancer calls it with values it already
- * has; nothing here knows Pekko, spray-json or OpenWhisk's entities.
+ * invokers are split into pools, where the walk over a pool starts, and which invokers GPU work prefers (those
+ * holding its model). The balancer calls it with values it already has; nothing here knows Pekko, spray-json or
+ * OpenWhisk's entities.
  */
 object GpuRouting {
 
@@ -94,6 +103,68 @@ object GpuRouting {
   def start(hash: Int, pool: RoutingPool[_]): Option[(Int, Int)] =
     if (pool.invokers.isEmpty || pool.stepSizes.isEmpty) None
     else Some((math.abs(hash % pool.invokers.size), pool.stepSizes(math.abs(hash % pool.stepSizes.size))))
+
+  /** The tag prefix of a held model in a GPU invoker's pings: `held:<digest>` (invoker/gpu/locality.py). */
+  val HeldTagPrefix = "held:"
+
+  /** Hex characters of a digest: 48 bits, so 32 held tags keep a ping under 1 KB and rarely match falsely. */
+  val DigestHexChars = 12
+
+  /**
+   * What a warm container of an action that can take an activation is known by, as far as `publish` knows it: the
+   * invocation namespace (containers are not shared across namespaces) and the action's fully qualified name with
+   * its version (`action.fullyQualifiedName(true).asString`, `ns/pkg/name@0.0.2`: a container of another version is
+   * not reused). Neither contains `|`.
+   */
+  def actionKey(invocationNamespace: String, actionWithVersion: String): String =
+    s"$invocationNamespace|$actionWithVersion"
+
+  /** The first [[DigestHexChars]] hex characters of the SHA-256 of the UTF-8 [[actionKey]], as the invoker pings it. */
+  def actionDigest(invocationNamespace: String, actionWithVersion: String): String = {
+    val key = actionKey(invocationNamespace, actionWithVersion).getBytes(StandardCharsets.UTF_8)
+    MessageDigest
+      .getInstance("SHA-256")
+      .digest(key)
+      .take(DigestHexChars / 2)
+      .map(b => "%02x".format(b & 0xff))
+      .mkString
+  }
+
+  def heldTag(digest: String): String = HeldTagPrefix + digest
+
+  /** Whether an invoker whose last ping carried `tags` holds the model of the action with this digest. */
+  def holds(tags: Seq[String], digest: String): Boolean = tags.contains(heldTag(digest))
+
+  /** The digests an invoker's tags say it holds. */
+  def heldDigests(tags: Seq[String]): Set[String] =
+    tags.collect { case t if t.startsWith(HeldTagPrefix) => t.substring(HeldTagPrefix.length) }.toSet
+
+  /** The pool indexes `ShardingContainerPoolBalancer.schedule` tries, in order: home, home + step, ... (each once). */
+  def walk(size: Int, home: Int, step: Int): IndexedSeq[Int] =
+    (0 until size).map(k => ((home + k.toLong * step) % size).toInt)
+
+  /**
+   * The locality rule as an order: the holders first, in walk order, then the others in walk order. Every candidate
+   * is still taken only if it is usable and has capacity, and when none has, the random fallback of `schedule`
+   * applies: the rule only orders. [[firstHolder]] is how the balancer runs it.
+   */
+  def preferHolders(walk: IndexedSeq[Int], holds: Int => Boolean): IndexedSeq[Int] = {
+    val (holders, others) = walk.partition(holds)
+    holders ++ others
+  }
+
+  /**
+   * The holder pass of `publish` (with `preferHolders`, for GPU work): the first invoker of the pool, in walk order
+   * from home, that holds `digest` and that `tryAcquire` takes: the balancer's own capacity check (usable, a slot
+   * acquired), called for holders only, in that order, until one is taken. None: no holder took it, and the classic
+   * `schedule` follows unchanged, so the order is [[preferHolders]]'s, the random fallback included.
+   */
+  def firstHolder[I](pool: RoutingPool[I], home: Int, step: Int, tags: I => Seq[String], digest: String)(
+    tryAcquire: I => Boolean): Option[I] =
+    walk(pool.invokers.size, home, step).iterator
+      .map(pool.invokers)
+      .filter(i => holds(tags(i), digest))
+      .find(tryAcquire)
 
   /** Euclidean algorithm to determine the greatest-common-divisor */
   @tailrec

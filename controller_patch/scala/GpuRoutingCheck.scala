@@ -177,11 +177,156 @@ object GpuRoutingCheck {
     expectEqual("start for hash 10 over 7 invokers", GpuRouting.start(10, pool), Some((3, 3)))
   }
 
+  // ------------------------------------------------------------------------------------------ model locality
+
+  /**
+   * Fixed vectors that tests/gpu/test_locality.py asserts too: the digest the invoker pings and the one `publish`
+   * looks up are the same string, and the Python port of the walk (invoker/gpu/locality.py) starts where this one does.
+   */
+  def checkCrossLanguageVectors(): Unit = {
+    expectEqual("action key", GpuRouting.actionKey("guest", "guest/models/resnet50@0.0.1"), "guest|guest/models/resnet50@0.0.1")
+    expectEqual("action digest", GpuRouting.actionDigest("guest", "guest/models/resnet50@0.0.1"), "9b7d16ba6be8")
+    expectEqual("held tag", GpuRouting.heldTag("9b7d16ba6be8"), "held:9b7d16ba6be8")
+    expectEqual("hashCode of guest", "guest".hashCode, 98708952)
+    expectEqual("hashCode of the action", "guest/models/resnet50".hashCode, 1853796390)
+    expectEqual("hashCode over UTF-16 with a surrogate pair", "\u00fc\ud83d\ude00".hashCode, 2015071)
+    expectEqual("hashCode that is Int.MinValue", "polygenelubricants".hashCode, Int.MinValue)
+    // ShardingContainerPoolBalancer.generateHash: (namespace.hashCode ^ action.hashCode).abs
+    val hash = ("guest".hashCode ^ "guest/models/resnet50".hashCode).abs
+    expectEqual("generateHash", hash, 1805426174)
+    val seven = GpuRouting.pool((0 until 7).toIndexedSeq)
+    expectEqual("start over 7 invokers", GpuRouting.start(hash, seven), Some((6, 3)))
+    expectEqual("start for Int.MinValue over 7 invokers", GpuRouting.start(Int.MinValue, seven), Some((2, 1)))
+    expectEqual("walk over 7 invokers", GpuRouting.walk(7, 3, 3), IndexedSeq(3, 6, 2, 5, 1, 4, 0))
+    // what changes the digest: the invocation namespace, the version, the package
+    val others = Seq(
+      GpuRouting.actionDigest("alice", "guest/models/resnet50@0.0.1"),
+      GpuRouting.actionDigest("guest", "guest/models/resnet50@0.0.2"),
+      GpuRouting.actionDigest("guest", "guest/resnet50@0.0.1"))
+    check("the digest separates namespace, version and package", (others :+ "9b7d16ba6be8").distinct.size == 4)
+    check("digests are 12 lower-case hex characters", others.forall(_.matches("[0-9a-f]{12}")))
+    expectEqual("held digests of tags", GpuRouting.heldDigests(Seq("gpu", "held:aa", "gpu-mps", "held:bb", "holder")), Set("aa", "bb"))
+  }
+
+  /** A GPU invoker for the locality cases, with the digests it pings as held. */
+  def holder(id: Int, held: String*): Inv = Inv(id, Seq("gpu", "gpu-mps") ++ held.map(GpuRouting.heldTag))
+
+  /**
+   * `publish` as the patch wires it, over the GPU pool with capacities: the holder pass (GPU work with prefer-holders),
+   * then the classic `schedule` (first usable invoker with a free slot in walk order, else a random usable one:
+   * "random" here). Returns the choice and the invokers whose capacity was tried, in order.
+   */
+  def publish(invokers: IndexedSeq[Inv],
+              free: Map[Int, Int],
+              hash: Int,
+              digest: String,
+              needsGpu: Boolean = true,
+              config: GpuRoutingConfig = Defaults.copy(preferHolders = true)): (String, Seq[Int]) = {
+    val pools = GpuRouting.pools(invokers, (i: Inv) => i.tags, ManagedFraction, BlackboxFraction, config)
+    val pool = GpuRouting.poolFor(pools, needsGpu, blackbox = false)
+    var slots = free
+    var tried = Vector.empty[Int]
+    def tryAcquire(i: Inv): Boolean = {
+      tried :+= i.id
+      val ok = i.healthy && slots.getOrElse(i.id, 0) > 0
+      if (ok) slots = slots.updated(i.id, slots(i.id) - 1)
+      ok
+    }
+    val choice = GpuRouting.start(hash, pool).map {
+      case (home, step) =>
+        val preferred =
+          if (needsGpu && config.preferHolders) GpuRouting.firstHolder(pool, home, step, (i: Inv) => i.tags, digest)(tryAcquire)
+          else None
+        preferred
+          .orElse(GpuRouting.walk(pool.invokers.size, home, step).map(pool.invokers).find(tryAcquire))
+          .map(i => s"inv${i.id}")
+          .getOrElse(if (pool.invokers.exists(_.healthy)) "random" else "none")
+    }
+    (choice.getOrElse("none"), tried)
+  }
+
+  def checkPreferHolders(): Unit = {
+    val d = GpuRouting.actionDigest("guest", "guest/models/resnet50@0.0.1")
+    // five GPU invokers 10..14 (pool indexes 0..4); hash 17: home 2 (inv12), step 3: walk 2, 0, 3, 1, 4
+    val hash = 17
+    expectEqual("locality: the walk of the cases", GpuRouting.start(hash, GpuRouting.pool((0 until 5).toIndexedSeq)), Some((2, 3)))
+    def gpus(held: Map[Int, Seq[String]], unhealthy: Set[Int] = Set.empty): IndexedSeq[Inv] =
+      (10 to 14).map(id => holder(id, held.getOrElse(id, Nil): _*).copy(healthy = !unhealthy(id)))
+    val room = (10 to 14).map(_ -> 1).toMap
+
+    expectEqual("no holder: classic, home first", publish(gpus(Map.empty), room, hash, d), ("inv12", Seq(12)))
+    expectEqual("a holder is preferred over home", publish(gpus(Map(13 -> Seq(d))), room, hash, d), ("inv13", Seq(13)))
+    expectEqual(
+      "two holders: the first in walk order",
+      publish(gpus(Map(14 -> Seq(d), 10 -> Seq(d))), room, hash, d),
+      ("inv10", Seq(10)))
+    expectEqual(
+      "a full holder: the next holder",
+      publish(gpus(Map(14 -> Seq(d), 10 -> Seq(d))), room.updated(10, 0), hash, d),
+      ("inv14", Seq(10, 14)))
+    expectEqual(
+      "the only holder full: the classic walk from home",
+      publish(gpus(Map(13 -> Seq(d))), room.updated(13, 0), hash, d),
+      ("inv12", Seq(13, 12)))
+    expectEqual(
+      "an unhealthy holder is skipped",
+      publish(gpus(Map(13 -> Seq(d)), unhealthy = Set(13)), room, hash, d),
+      ("inv12", Seq(13, 12)))
+    expectEqual(
+      "the holder full and home full: the classic walk goes on",
+      publish(gpus(Map(13 -> Seq(d))), room.updated(13, 0).updated(12, 0), hash, d),
+      ("inv10", Seq(13, 12, 10)))
+    expectEqual(
+      "everything full: the classic random fallback",
+      publish(gpus(Map(13 -> Seq(d))), room.map { case (id, _) => id -> 0 }, hash, d),
+      ("random", Seq(13, 12, 10, 13, 11, 14)))
+    expectEqual(
+      "holders of other models only: classic",
+      publish(gpus(Map(13 -> Seq("0123456789ab"), 11 -> Seq("ba9876543210"))), room, hash, d),
+      ("inv12", Seq(12)))
+    expectEqual(
+      "home holds it: home",
+      publish(gpus(Map(12 -> Seq(d), 13 -> Seq(d))), room, hash, d),
+      ("inv12", Seq(12)))
+    expectEqual(
+      "flag off: classic",
+      publish(gpus(Map(13 -> Seq(d))), room, hash, d, config = Defaults),
+      ("inv12", Seq(12)))
+    check("the flag is off by default", !GpuRoutingConfig().preferHolders)
+    // CPU work is unaffected, even with holders tagged and the flag on: the managed pool, classic walk
+    val mixed = IndexedSeq(cpu(0), cpu(1), holder(2, d), holder(3, d))
+    val cpuWork = publish(mixed, Map(0 -> 1, 1 -> 1, 2 -> 1, 3 -> 1), hash, d, needsGpu = false)
+    check("CPU work is unaffected", cpuWork._1 == "inv1" && cpuWork._2 == Seq(1), s"got $cpuWork")
+    // held tags do not make an invoker a GPU invoker, nor take one out of the GPU pool
+    val pools = GpuRouting.pools(
+      IndexedSeq(cpu(0), Inv(1, Seq(GpuRouting.heldTag(d))), holder(2, d)),
+      (i: Inv) => i.tags,
+      ManagedFraction,
+      BlackboxFraction,
+      Defaults)
+    expectEqual("held tags alone make no GPU invoker", pools.gpu.invokers.map(_.id), Seq(2))
+
+    // the order, as the simulator's prefer_holders has it
+    val walk = GpuRouting.walk(5, 2, 3)
+    expectEqual("order: no holder", GpuRouting.preferHolders(walk, Set.empty[Int]), walk)
+    expectEqual("order: holders first, in walk order", GpuRouting.preferHolders(walk, Set(4, 0)), IndexedSeq(0, 4, 2, 3, 1))
+    // every walk of every pool size is a permutation, and the preferred order too
+    (1 to 30).foreach { n =>
+      GpuRouting.pairwiseCoprimeNumbersUntil(n).foreach { step =>
+        val w = GpuRouting.walk(n, n / 2, step)
+        check(s"walk over $n with step $step visits each once", w.sorted == (0 until n))
+        check(s"preferred order over $n with step $step visits each once", GpuRouting.preferHolders(w, _ % 3 == 0).sorted == (0 until n))
+      }
+    }
+  }
+
   def main(args: Array[String]): Unit = {
     checkRequiresGpu()
     checkTable()
     checkNoHealthyGpuInvoker()
     checkStepSizes()
+    checkCrossLanguageVectors()
+    checkPreferHolders()
     failures.reverse.foreach(println)
     if (failures.nonEmpty) {
       println(s"GpuRoutingCheck: ${failures.size} of $checked checks FAILED")

@@ -3,7 +3,8 @@
 A backend (processes, Docker) implements ``ContainerFactory`` and ``Container``;
 the pool and the per-container proxy never know which one they drive. The HTTP
 conversation with the action runtime (``/init``, ``/run``) is the same for every
-backend and lives here, in ``RuntimeClient``.
+backend and lives here, in ``RuntimeClient``; so does ``POST /sleep`` (GPU sleep, issue #20),
+whose answer ``SleepReport`` parses.
 """
 
 from __future__ import annotations
@@ -67,6 +68,50 @@ class HttpOutcome:
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+
+@dataclass(frozen=True)
+class SleepReport:
+    """What one ``POST /sleep`` did (runtimes/python/README.md, "GPU sleep"). A failure, a
+    timeout or an answer that is not the runtime's (a stock runtime: 404) is ``answered=False``
+    with nothing asleep: the container is still awake, all its memory still held."""
+
+    answered: bool
+    asleep: tuple[dict, ...] = ()  # {"key", "device", "freed", "host_bytes", "measured", "seconds"}
+    kept: tuple[dict, ...] = ()  # {"key", "device", "reason"}: models that stayed awake
+    freed: dict[str, int] = field(default_factory=dict)  # device memory given back, per device
+    host_bytes: int = 0  # host memory that holds the asleep models
+    seconds: float = 0.0  # how long the runtime took
+    problem: str | None = None  # why it was not answered
+
+    @property
+    def slept(self) -> bool:
+        """Some model went to sleep (with ``kept`` entries, only part of its memory came back)."""
+        return bool(self.asleep)
+
+    @property
+    def measured(self) -> bool:
+        """Every ``freed`` figure was measured on the device, none is a model-size estimate."""
+        return all(m.get("measured", True) for m in self.asleep)
+
+    def freed_on_gpu(self) -> int:
+        """Bytes the sleep gave back on CUDA devices (a CPU "device" copy is host memory)."""
+        return sum(n for device, n in self.freed.items() if device.startswith("cuda"))
+
+    @classmethod
+    def parse(cls, outcome: HttpOutcome) -> SleepReport:
+        if outcome.status is None:
+            return cls(False, problem="timed out" if outcome.timed_out else "no answer")
+        if outcome.status != 200:
+            return cls(False, problem=f"answered {outcome.status}")
+        try:
+            body = json.loads(outcome.body)
+            asleep = tuple(dict(m) for m in body.get("asleep") or ())
+            kept = tuple(dict(m) for m in body.get("kept") or ())
+            freed = {str(k): int(v) for k, v in (body.get("freed") or {}).items()}
+            return cls(True, asleep, kept, freed, int(body.get("host_bytes") or 0), float(body.get("seconds") or 0))
+        except (ValueError, TypeError, AttributeError) as error:
+            return cls(False, problem=f"unreadable answer: {error}")
 
 
 def now_ms() -> int:
@@ -243,11 +288,23 @@ class Container(ABC):
 
     def run(self, payload: dict, timeout_s: float, max_body: int | None = None) -> HttpOutcome:
         outcome = self.client.post("/run", payload, timeout_s, max_body=max_body)
+        self._note_residency(outcome)
+        return outcome
+
+    def sleep(self, timeout_s: float) -> SleepReport:
+        """``POST /sleep``: the models the action loaded through ``owruntime.models`` give their
+        device memory back and wait in host memory; the next ``/run`` wakes them. Only for an
+        idle, unpaused container (a paused one answers nothing: the call times out)."""
+        outcome = self.client.post("/sleep", {}, timeout_s)
+        if outcome.ok:
+            self._note_residency(outcome)  # asleep models move from ``models`` to ``asleep``
+        return SleepReport.parse(outcome)
+
+    def _note_residency(self, outcome: HttpOutcome) -> None:
         reported = outcome.resident_header
         if reported is not None and reported != self._resident_header:  # parsed only when it changed
             self._resident_header = reported
             self.residency = parse_header(reported)
-        return outcome
 
     def wait_ready(self, timeout_s: float) -> dict | None:
         """Until the runtime answers ``GET /ready`` with 200 (its warm-up, e.g. the CUDA

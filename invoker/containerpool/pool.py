@@ -22,6 +22,19 @@ start on such a GPU, after evicting idle warm GPU containers there (least recent
 when that makes room; else the job waits. GPU memory is admitted by the action's GPU
 request (``invoker.gpu.request``) and never over-committed: an evicted container's GPU
 memory counts as used until the container is really gone.
+
+GPU sleep (issue #20, ``invoker.gpu.sleep``): an idle warm GPU container whose runtime reports
+models can be put to sleep (``POST /sleep``): SLEEPING, then ASLEEP, its GPU charge shrunk to
+what it still holds (its context and any model kept awake) once the runtime has answered, its
+MPS client slot still taken, the host memory of its models counted against
+``GpuSettings.sleep_host_budget_mb`` (least recently used asleep containers removed beyond it).
+Placement for a GPU action: awake with the model > asleep with the model (its charge grown back
+to the request under the lock before its job's ``/run`` wakes it; no room: room is made or the
+job waits, as for a cold start) > stem cell > cold start. To make room, idle warm GPU containers
+are put to sleep, least recently used first, before any is destroyed, and those that cannot
+sleep are destroyed before those that can (``_room_plan``); what a sleep under way will free
+counts as on its way, like a removal. Idle for ``sleep_after_s``, a GPU container
+sleeps without pressure; ``idle_timeout_s`` still removes it.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool.container import (
     ContainerFactory,
     ContainerSpec,
+    SleepReport,
     now_ms,
 )
 from invoker.containerpool.memory import MemoryLedger
@@ -51,8 +65,9 @@ from invoker.containerpool.proxy import (
     State,
 )
 from invoker.entities import ActivationResponse, LimitBounds, WhiskAction, instant_activation
+from invoker.gpu import locality
 from invoker.gpu.layer import GpuLayer, GpuPlacement, GpuStemCell
-from invoker.gpu.ledger import GpuLedger, has_room
+from invoker.gpu.ledger import Charge, GpuLedger, has_room
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
 from invoker.gpu.request import (
     RESOURCES_ANNOTATION,
@@ -62,6 +77,7 @@ from invoker.gpu.request import (
     needs_gpu,
     parse_request,
 )
+from invoker.gpu.sleep import asleep_charge_mb, expected_charge_mb, host_mb
 from invoker.supervision import SupervisedThread, log_failure
 
 log = logging.getLogger(__name__)
@@ -118,6 +134,12 @@ class ContainerPool:
         self._containers: list[ContainerProxy] = []  # every live container, prewarms included
         # Owners of host memory: live containers, cold-start placeholders, stem cells starting.
         self._memory = MemoryLedger()
+        # Host memory the models of asleep GPU containers hold (their key: the proxy). Not part
+        # of ``_memory``: a container's host memory is already reserved whole by its
+        # ``limits.memory`` (its pinned weight buffer is inside that limit, awake or asleep), so
+        # adding it again would count it twice. This is a budget of its own on top: how much of
+        # the node's memory may be idle weights.
+        self._asleep_host = MemoryLedger()
         # One FIFO run buffer per resource: CPU_BUFFER (host memory) and one per GPU.
         self._buffers: dict[str, deque[_Waiting]] = {CPU_BUFFER: deque()}
         self._arrivals = itertools.count()
@@ -135,6 +157,10 @@ class ContainerPool:
         self.gpu_evictions = 0  # idle warm GPU containers removed to make room on their GPU
         self.gpu_waits = 0  # GPU jobs that had to wait for GPU memory
         self.gpu_refused = 0  # GPU jobs refused: the request exceeds every GPU
+        self.gpu_sleeps = 0  # GPU containers put to sleep
+        self.gpu_wakes = 0  # asleep GPU containers claimed by a job (its /run wakes the models)
+        self.gpu_sleep_failures = 0  # sleeps that gave nothing back (failed, timed out, nothing to sleep)
+        self.gpu_sleep_removals = 0  # asleep containers removed: over the host budget for sleeping models
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,6 +250,12 @@ class ContainerPool:
         if not any(b for key, b in self._buffers.items() if key != CPU_BUFFER):
             return None
         return _gpu_buffer(self._gpu_target(self._gpu_request(job.action).memory_mb))
+
+    @staticmethod
+    def _serves(proxy: ContainerProxy, job: Job) -> bool:
+        """Whether a warm container is the job's: same invocation namespace, same action."""
+        return (proxy.action is not None and proxy.namespace == job.invocation_namespace
+                and proxy.action.identity_key == job.action.identity_key)
 
     def _place(self, job: Job) -> ContainerProxy | str:
         """Pick a container for the job (lock held). Returns a proxy with ``active``
@@ -327,6 +359,9 @@ class ContainerPool:
         memory = action.limits.memory_mb
         loads = self._gpu_loads()
         ledger = self._ledger
+        woken = self._place_asleep(job)
+        if woken is not None:
+            return woken
         stems = [
             p for p in self._containers
             if p.is_prewarm and p.state is State.STARTED and p.gpu is not None and not self.gpu.paused(p.gpu.gpu)
@@ -342,7 +377,7 @@ class ContainerPool:
             return stem
         candidates = [g for g in ledger.candidates(request.memory_mb, loads) if not self.gpu.paused(g)]
         if not candidates:
-            target = self._evict_gpu(request.memory_mb, loads)
+            target = self._make_room(request.memory_mb, loads)
             self.gpu_waits += 1
             # Drained once the evicted containers are gone, or when memory frees.
             return _gpu_buffer(self._gpu_target(request.memory_mb) if target is None else target)
@@ -356,50 +391,198 @@ class ContainerPool:
         self.cold_starts += 1
         return placeholder
 
-    def _evict_gpu(self, needed_mb: int, loads: dict[int, int]) -> int | None:
-        """Remove idle warm containers (least recently used first, then idle stem cells) on the
-        one GPU where that makes room for ``needed_mb`` with the fewest evictions; nothing if
-        no GPU can. Returns the GPU where room is coming, or None."""
+    def _place_asleep(self, job: Job) -> ContainerProxy | str | None:
+        """An asleep container of the job's action, woken: its charge grown back to its request
+        first (lock held). Its GPU has no room: room is made there (sleeps, removals) and the
+        job waits in that GPU's buffer; none can be made: None (a stem cell or a cold start
+        elsewhere). A container of the action going to sleep: the job waits for it."""
+        assert self._ledger is not None and self.gpu is not None
+        ledger = self._ledger
+        mine = [p for p in self._containers if p.state in (State.ASLEEP, State.SLEEPING) and self._serves(p, job)
+                and not self.gpu.paused(p.gpu.gpu)]
+        for proxy in sorted((p for p in mine if p.state is State.ASLEEP), key=lambda p: -p.last_used):
+            if ledger.can_grow(proxy, proxy.gpu.memory_mb):
+                ledger.resize(proxy, proxy.gpu.memory_mb)  # before its /run wakes the models
+                self._asleep_host.release(proxy)
+                proxy.sleep = None
+                self._claim(proxy, job)
+                self.gpu_wakes += 1
+                self.warm_starts += 1
+                return proxy
+            grow = proxy.gpu.memory_mb - ledger.charge(proxy).memory_mb
+            plan = self._room_plan(proxy.gpu.gpu, grow, new_client=False, spare=proxy)
+            if plan is not None:
+                self._carry_out(plan)
+                self.gpu_waits += 1
+                return _gpu_buffer(proxy.gpu.gpu)
+        sleeping = [p for p in mine if p.state is State.SLEEPING]
+        if sleeping:
+            self.gpu_waits += 1
+            return _gpu_buffer(sleeping[0].gpu.gpu)  # placed on it once its sleep has ended
+        return None
+
+    def _make_room(self, needed_mb: int, loads: dict[int, int]) -> int | None:
+        """Make room for a new container of ``needed_mb`` on the one GPU where that takes the
+        fewest removals, then the fewest sleeps; nothing if no GPU can. Returns the GPU where
+        room is coming, or None."""
         assert self._ledger is not None
         ledger = self._ledger
-        best: tuple[tuple, list[ContainerProxy]] | None = None
+        best: tuple[tuple, _RoomPlan] | None = None
         for gpu in ledger.devices:
-            if ledger.capacity_mb(gpu) < needed_mb:
+            plan = self._room_plan(gpu, needed_mb, new_client=True)
+            if plan is None:
                 continue
-            available = ledger.free_mb(gpu) + ledger.releasing_mb(gpu)
-            slots = ledger.free_clients(gpu)  # MPS client slots (None: no limit)
-            if slots is not None:
-                slots += ledger.releasing_clients(gpu)
-            if has_room(available, slots, needed_mb):
-                return gpu  # room is already on its way: wait for it, evict nothing more
-            on_gpu = [p for p in self._containers
-                      if p.gpu is not None and p.gpu.gpu == gpu and p.active == 0 and p.state is not State.REMOVING]
-            # Idle warm containers, least recently used first; then idle stem cells, so that
-            # stem cells of another request class can never keep a job waiting for good.
-            idle = sorted((p for p in on_gpu if not p.is_prewarm), key=lambda p: p.last_used)
-            idle += [p for p in on_gpu if p.is_prewarm and p.state is State.STARTED]
-            victims: list[ContainerProxy] = []
-            for proxy in idle:
-                if has_room(available, slots, needed_mb):
-                    break
-                victims.append(proxy)
-                available += proxy.gpu.memory_mb
-                slots = None if slots is None else slots + 1
-            if has_room(available, slots, needed_mb):
-                rank = (len(victims), -ledger.free_mb(gpu), loads.get(gpu, 0))
-                if best is None or rank < best[0]:
-                    best = (rank, victims)
+            if not plan.sleeps and not plan.removals:
+                return gpu  # room is already on its way: wait for it, take nothing more
+            rank = (len(plan.removals), len(plan.sleeps), -ledger.free_mb(gpu), loads.get(gpu, 0))
+            if best is None or rank < best[0]:
+                best = (rank, plan)
         if best is None:
             return None
-        for proxy in best[1]:
-            log.info("evicting idle %s from GPU %d to make room", proxy, proxy.gpu.gpu)
+        self._carry_out(best[1])
+        return best[1].gpu
+
+    def _room_plan(self, gpu: int, needed_mb: int, new_client: bool,
+                   spare: ContainerProxy | None = None) -> _RoomPlan | None:
+        """How ``needed_mb`` (and a client slot, for a ``new_client``) becomes free on ``gpu``
+        (lock held): nothing when it is free or on its way; else idle warm containers holding
+        models put to sleep, least recently used first; where that is not enough (a sleep frees
+        memory, never its MPS client slot), removals as well, in this order: idle warm containers
+        that cannot sleep, asleep ones, idle stem cells (so that stem cells of another request
+        class can never keep a job waiting for good), and last those that could sleep, each
+        least recently used first. None: nothing makes room. ``spare``: never touched."""
+        assert self._ledger is not None and self.gpu is not None
+        ledger = self._ledger
+        if ledger.capacity_mb(gpu) < needed_mb:
+            return None
+        available = ledger.free_mb(gpu) + ledger.releasing_mb(gpu)
+        slots = ledger.free_clients(gpu) if new_client else None  # MPS client slots (None: no limit)
+        if slots is not None:
+            slots += ledger.releasing_clients(gpu)
+        if has_room(available, slots, needed_mb):
+            return _RoomPlan(gpu)
+        on_gpu = [p for p in self._containers
+                  if p.gpu is not None and p.gpu.gpu == gpu and p.active == 0 and p is not spare
+                  and p.state not in (State.REMOVING, State.SLEEPING)]
+        idle = sorted((p for p in on_gpu if not p.is_prewarm), key=lambda p: p.last_used)
+        can_sleep = [p for p in idle if self._sleepable(p)] if self.gpu.settings.sleep_on_pressure else []
+        sleeps: list[ContainerProxy] = []
+        for proxy in can_sleep:
+            if available >= needed_mb:
+                break
+            sleeps.append(proxy)
+            available += self._sleep_frees_mb(proxy)
+        removable = ([p for p in idle if p not in can_sleep and p.state is not State.ASLEEP]
+                     + [p for p in idle if p.state is State.ASLEEP]
+                     + [p for p in on_gpu if p.is_prewarm and p.state is State.STARTED]
+                     + can_sleep)
+        removals: list[ContainerProxy] = []
+        for proxy in removable:
+            if has_room(available, slots, needed_mb):
+                break
+            if proxy in sleeps:  # removed instead of put to sleep
+                sleeps.remove(proxy)
+                available -= self._sleep_frees_mb(proxy)
+            removals.append(proxy)
+            available += ledger.charge(proxy).memory_mb  # asleep: its shrunk charge
+            slots = None if slots is None else slots + 1
+        if not has_room(available, slots, needed_mb):
+            return None
+        # Sleeps that became needless once others were removed are not started.
+        while sleeps and has_room(available - self._sleep_frees_mb(sleeps[-1]), slots, needed_mb):
+            available -= self._sleep_frees_mb(sleeps.pop())
+        return _RoomPlan(gpu, sleeps=tuple(sleeps), removals=tuple(removals))
+
+    def _sleep_frees_mb(self, proxy: ContainerProxy) -> int:
+        """What putting an awake container to sleep is expected to free on its GPU."""
+        assert self._ledger is not None
+        return self._ledger.charge(proxy).memory_mb - self._expected_asleep_mb(proxy)
+
+    def _carry_out(self, plan: _RoomPlan) -> None:
+        for proxy in plan.sleeps:
+            log.info("putting idle %s to sleep on GPU %d to make room", proxy, plan.gpu)
+            self._start_sleep(proxy)
+        for proxy in plan.removals:
+            log.info("evicting idle %s from GPU %d to make room", proxy, plan.gpu)
             self.gpu_evictions += 1
             self._remove_locked(proxy)
-        return best[1][0].gpu.gpu if best[1] else None
+
+    # ------------------------------------------------------------------ GPU sleep
+
+    def _sleepable(self, proxy: ContainerProxy) -> bool:
+        """An idle warm GPU container whose runtime reports models, not known to refuse."""
+        return (proxy.gpu is not None and not proxy.is_prewarm and proxy.active == 0
+                and proxy.state in (State.READY, State.PAUSED) and not proxy.sleepless
+                and bool(proxy.container.residency.models))
+
+    def _expected_asleep_mb(self, proxy: ContainerProxy) -> int:
+        assert self._ledger is not None and self.gpu is not None
+        return expected_charge_mb(self._ledger.charge(proxy).memory_mb, self.gpu.settings.sleep_context_mb)
+
+    def _start_sleep(self, proxy: ContainerProxy) -> None:
+        """SLEEPING (lock held): what it should free counts as on its way until it answers."""
+        assert self._ledger is not None
+        proxy.move_to(State.SLEEPING)
+        self._ledger.mark_shrinking(proxy, self._expected_asleep_mb(proxy))
+        self._submit(self._sleep, proxy)
+
+    def _sleep(self, proxy: ContainerProxy) -> None:
+        """``POST /sleep`` (a paused container resumed first); the result is booked in
+        ``_slept``, whatever happens here."""
+        assert self.gpu is not None
+        report = SleepReport(False, problem="not sent")
+        try:
+            with proxy.pause_lock:
+                if proxy.suspended:
+                    proxy.container.resume()
+                    proxy.suspended = False
+                report = proxy.container.sleep(self.gpu.settings.sleep_timeout_s)
+        except Exception as error:  # a backend that cannot resume it: it cannot run either
+            log.warning("sleep of %s failed: %s", proxy.container.id, error)
+            report = SleepReport(False, problem=f"{type(error).__name__}: {error}")
+            with self._lock:
+                if proxy.state is State.SLEEPING:
+                    self._remove_locked(proxy)
+        finally:
+            with self._lock:
+                self._slept(proxy, report)
+            self._drain()
+
+    def _slept(self, proxy: ContainerProxy, report: SleepReport) -> None:
+        """Book a sleep's answer (lock held): the charge shrinks only now, to what the runtime
+        says it still holds; nothing given back: awake again, not tried until it runs."""
+        assert self._ledger is not None and self.gpu is not None
+        if proxy.state is not State.SLEEPING:
+            return  # removed meanwhile: its removal released everything
+        settings = self.gpu.settings
+        if not report.slept:
+            self._ledger.mark_shrinking(proxy, None)
+            proxy.sleepless = True
+            self.gpu_sleep_failures += 1
+            proxy.move_to(State.READY)
+            log.info("%s did not go to sleep (%s): %s", proxy, report.problem or "nothing to sleep",
+                     [k.get("reason") for k in report.kept])
+            return
+        held, measured = asleep_charge_mb(self._ledger.charge(proxy).memory_mb, report,
+                                          proxy.container.residency, settings.sleep_context_mb)
+        self._ledger.resize(proxy, held)
+        self._asleep_host.commit(proxy, host_mb(report, proxy.container.residency))
+        proxy.sleep = _Asleep(report, held, measured)
+        proxy.move_to(State.ASLEEP)
+        self.gpu_sleeps += 1
+        log.info("%s asleep: holds %d MB on GPU %d (%s), %d host bytes", proxy, held, proxy.gpu.gpu,
+                 "measured" if measured else "estimated", report.host_bytes)
+        while self._asleep_host.used_mb > settings.sleep_host_budget_mb:
+            oldest = min(self._asleep_host.owners(), key=lambda p: p.last_used)
+            log.info("host budget for sleeping models (%d MB) exceeded: removing %s",
+                     settings.sleep_host_budget_mb, oldest)
+            self.gpu_sleep_removals += 1
+            self._remove_locked(oldest)
 
     def _claim(self, proxy: ContainerProxy, job: Job) -> None:
         proxy.active += 1
-        proxy.state = State.RUNNING
+        proxy.move_to(State.RUNNING)
+        proxy.sleepless = False  # it may load models now
         proxy.last_used = self.clock.monotonic()
 
     def _evict(self, needed_mb: int) -> None:
@@ -421,11 +604,12 @@ class ContainerPool:
 
     def _remove_locked(self, proxy: ContainerProxy) -> None:
         """Take a container out of the pool and destroy it; at most once per container."""
-        proxy.state = State.REMOVING
+        proxy.move_to(State.REMOVING)
         if proxy not in self._containers:
             return  # already removed
         self._containers.remove(proxy)
         self._memory.release(proxy)  # host memory is free at once, as in the Scala pool
+        self._asleep_host.release(proxy)
         if self._ledger is not None and self._ledger.charge(proxy) is not None:
             self._ledger.mark_releasing(proxy)
             self._submit(self._destroy_gpu_container, proxy)
@@ -548,14 +732,14 @@ class ContainerPool:
                 if proxy.active == 0:
                     self._remove_locked(proxy)
                 else:
-                    proxy.state = State.REMOVING  # destroyed once its other runs finish
+                    proxy.move_to(State.REMOVING)  # destroyed once its other runs finish
                 return
             if proxy.state is State.REMOVING:
                 if proxy.active == 0:
                     self._remove_locked(proxy)
                 return
             if proxy.active == 0:
-                proxy.state = State.READY
+                proxy.move_to(State.READY)
 
     def _drain(self) -> None:
         """Start buffered jobs while they fit: of every buffer's head, the oldest first."""
@@ -700,6 +884,13 @@ class ContainerPool:
             if proxy is None:
                 break
 
+    def held_models(self, limit: int = locality.MAX_HELD) -> tuple[str, ...]:
+        """Digests of the actions whose models this pool's GPU containers hold, most recently
+        used first, at most ``limit`` (``invoker.gpu.locality``; pinged as ``held:`` tags)."""
+        with self._lock:
+            holdings = [locality.holding_of(p) for p in self._containers if locality.holds_model(p)]
+        return locality.held_digests(holdings, limit)
+
     def gpu_snapshot(self) -> dict:
         """Per-GPU state for ``/gpus`` and the metrics."""
         if self.gpu is None or self._ledger is None:
@@ -710,7 +901,7 @@ class ContainerPool:
             gpus = []
             for device in inventory.devices:
                 on_gpu = [p for p in self._containers if p.gpu is not None and p.gpu.gpu == device.index]
-                containers = [_gpu_container_json(p) for p in on_gpu]
+                containers = [_gpu_container_json(p, ledger.charge(p)) for p in on_gpu]
                 resident = {m.key: m for p in on_gpu for m in p.container.residency.models
                             if m.device.startswith("cuda")}
                 gpus.append({
@@ -728,11 +919,22 @@ class ContainerPool:
                                           if m.device.startswith("cuda")),
                     "held_bytes": sum(c["held_bytes"] for c in containers),
                     "over_request": sum(c["over_request"] for c in containers),
+                    # GPU sleep: models awake and asleep (their device size), and the host memory
+                    # that holds the asleep ones.
+                    "awake_bytes": sum(c["awake_bytes"] for c in containers),
+                    "asleep_bytes": sum(c["asleep_bytes"] for c in containers),
+                    "sleep_host_bytes": sum(c["sleep_host_bytes"] for c in containers),
+                    "asleep_containers": sum(1 for p in on_gpu if p.state is State.ASLEEP),
+                    "sleeping_containers": sum(1 for p in on_gpu if p.state is State.SLEEPING),
                 })
             stats = {
                 "cold_starts": self.cold_starts, "prewarm_starts": self.prewarm_starts,
                 "warm_starts": self.warm_starts, "gpu_evictions": self.gpu_evictions,
                 "gpu_waits": self.gpu_waits, "gpu_refused": self.gpu_refused, "buffered": self._buffered(),
+                "gpu_sleeps": self.gpu_sleeps, "gpu_wakes": self.gpu_wakes,
+                "gpu_sleep_failures": self.gpu_sleep_failures, "gpu_sleep_removals": self.gpu_sleep_removals,
+                "sleep_host_mb": self._asleep_host.used_mb,
+                "sleep_host_budget_mb": self.gpu.settings.sleep_host_budget_mb,
             }
         return {
             "inventory": {"source": inventory.source, "description": inventory.describe()},
@@ -755,15 +957,18 @@ class ContainerPool:
 
     def _janitor_pass(self) -> None:
         now = self.clock.monotonic()
+        sleep_after = self.gpu.settings.sleep_after_s if self.gpu is not None else 0
         with self._lock:
             for proxy in list(self._containers):
-                if proxy.is_prewarm or proxy.active:
+                if proxy.is_prewarm or proxy.active or proxy.state is State.SLEEPING:
                     continue
                 idle = now - proxy.last_used
                 if idle >= self.config.idle_timeout_s:
                     self._remove_locked(proxy)
+                elif sleep_after and idle >= sleep_after and self._sleepable(proxy):
+                    self._start_sleep(proxy)  # a paused one is resumed first
                 elif idle >= self.config.pause_grace_s and proxy.state is State.READY:
-                    proxy.state = State.PAUSED
+                    proxy.move_to(State.PAUSED)
                     self._submit(self._pause, proxy)
         self._drain()
 
@@ -818,6 +1023,24 @@ class _ColdStart(ContainerProxy):
         self.placement = placement
 
 
+@dataclass(frozen=True)
+class _RoomPlan:
+    """How room is made on one GPU: containers to put to sleep, or to remove (none: on its way)."""
+
+    gpu: int
+    sleeps: tuple[ContainerProxy, ...] = ()
+    removals: tuple[ContainerProxy, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Asleep:
+    """A sleeping container's sleep: the runtime's report, and what its GPU charge became."""
+
+    report: SleepReport
+    held_mb: int  # its charge asleep
+    measured: bool  # held_mb from the report's freed memory (True) or the context estimate
+
+
 @dataclass
 class _Lease:
     """What one job holds until ``_settle``: a cold start's placeholder (its reservations), or
@@ -831,7 +1054,7 @@ def _holds_gpu_model(proxy: ContainerProxy) -> bool:
     return any(m.device.startswith("cuda") for m in proxy.container.residency.models)
 
 
-def _gpu_container_json(proxy: ContainerProxy) -> dict:
+def _gpu_container_json(proxy: ContainerProxy, charge: Charge | None) -> dict:
     residency = proxy.container.residency
     held = sum(n for device, n in residency.held.items() if device.startswith("cuda"))  # it sees one GPU
     return {
@@ -845,4 +1068,13 @@ def _gpu_container_json(proxy: ContainerProxy) -> dict:
         "resident": [{"key": m.key, "device": m.device, "bytes": m.bytes} for m in residency.models],
         "held_bytes": held,  # what its frameworks report holding on the GPU (not the CUDA context)
         "over_request": held > proxy.gpu.memory_mb * 2**20,  # holds more than it was admitted with
+        "charge_mb": charge.memory_mb if charge is not None else 0,  # what the ledger counts now (asleep: shrunk)
+        "asleep": [{"key": m.key, "device": m.device, "bytes": m.bytes, "host_bytes": m.host_bytes, "freed": m.freed}
+                   for m in residency.asleep],
+        "awake_bytes": sum(m.bytes for m in residency.models if m.device.startswith("cuda")),
+        "asleep_bytes": sum(m.bytes for m in residency.asleep if m.device.startswith("cuda")),
+        # Host memory its asleep models hold, whatever their device (on a CPU stand-in: "cpu").
+        "sleep_host_bytes": sum(m.host_bytes for m in residency.asleep),
+        "asleep_charge": ({"held_mb": proxy.sleep.held_mb, "measured": proxy.sleep.measured}
+                          if proxy.sleep is not None else None),
     }

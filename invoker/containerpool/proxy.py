@@ -75,7 +75,29 @@ class State(enum.Enum):
     RUNNING = "running"  # at least one activation in flight
     READY = "ready"  # warm and idle
     PAUSED = "paused"
+    SLEEPING = "sleeping"  # GPU: ``POST /sleep`` under way; its charge is still whole
+    ASLEEP = "asleep"  # GPU: models in host memory; its charge shrunk to what it still holds
     REMOVING = "removing"
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the table ``ALLOWED`` does not list: a bug in the pool."""
+
+
+# Every state change a container may make. Waking has no state of its own: a claim of an ASLEEP
+# container grows its GPU charge and moves it to RUNNING under one hold of the pool's lock, and
+# its next /run wakes the models (the protocol has no wake call), so there is no in-between
+# for anyone to see. A paused container is resumed by the sleep task before ``/sleep``.
+ALLOWED: dict[State, frozenset[State]] = {
+    State.STARTING: frozenset({State.RUNNING, State.REMOVING}),
+    State.STARTED: frozenset({State.RUNNING, State.REMOVING}),
+    State.RUNNING: frozenset({State.RUNNING, State.READY, State.REMOVING}),
+    State.READY: frozenset({State.RUNNING, State.PAUSED, State.SLEEPING, State.REMOVING}),
+    State.PAUSED: frozenset({State.RUNNING, State.SLEEPING, State.REMOVING}),
+    State.SLEEPING: frozenset({State.ASLEEP, State.READY, State.REMOVING}),
+    State.ASLEEP: frozenset({State.RUNNING, State.REMOVING}),
+    State.REMOVING: frozenset({State.REMOVING}),
+}
 
 
 @dataclass
@@ -136,6 +158,15 @@ class ContainerProxy:
         self.suspended = False  # the backend really paused it (state PAUSED may precede this)
         self.activations_run = 0
         self.gpu = None  # GpuPlacement of a GPU container (invoker.gpu.layer); None on the CPU
+        self.sleep = None  # the pool's record of its sleep (state ASLEEP); None awake
+        self.sleepless = False  # its last /sleep gave nothing back: not tried again until it runs
+
+    def move_to(self, new: State) -> None:
+        """The one way a container changes state (under the pool's lock): checked against
+        ``ALLOWED``, so a path the table does not know fails loudly instead of drifting."""
+        if new not in ALLOWED[self.state]:
+            raise IllegalTransition(f"{self!r}: {self.state.value} -> {new.value}")
+        self.state = new
 
     def __repr__(self) -> str:
         action = self.action.path if self.action else None
@@ -153,7 +184,9 @@ class ContainerProxy:
         self.container.logs.set_limit(action.limits.logs_mb * 1024 * 1024)
 
     def has_capacity(self) -> bool:
-        return self.active < self.max_concurrency and self.state not in (State.REMOVING,)
+        # Asleep or going to sleep: placed on only after its GPU charge has grown (the pool).
+        return self.active < self.max_concurrency and self.state not in (State.REMOVING, State.SLEEPING,
+                                                                         State.ASLEEP)
 
     # ------------------------------------------------------------------ the activation
 

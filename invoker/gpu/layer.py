@@ -50,6 +50,18 @@ class GpuSettings:
     # How often the MPS control daemon is asked whether it still answers (0: never). A client
     # that finds no daemon silently runs without MPS, its memory limit unenforced.
     mps_check_interval_s: float = 10.0
+    # GPU sleep (issue #20; invoker/gpu/README.md). Under GPU memory pressure, idle warm GPU
+    # containers holding models are put to sleep (POST /sleep) before any is destroyed.
+    sleep_on_pressure: bool = True
+    # Idle this long, a GPU container sleeps even without pressure (0: only under pressure); it
+    # is removed at the pool's idle_timeout_s as before, so this is meant to be shorter.
+    sleep_after_s: float = 0.0
+    # Host memory the models of all sleeping containers may hold; over it, the least recently
+    # used asleep containers are removed.
+    sleep_host_budget_mb: int = 8192
+    # One CUDA context's memory when a sleep's report does not measure it (invoker.gpu.sleep).
+    sleep_context_mb: int = 300
+    sleep_timeout_s: float = 10.0  # a /sleep not answered by then: the container stays awake
 
 
 @dataclass(frozen=True)

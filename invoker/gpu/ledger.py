@@ -13,6 +13,12 @@ number of client CUDA contexts per device (48 on Volta and later up to CUDA 13.0
 later releases; one more fails ``cuCtxCreate`` with error 809), and every container on the
 GPU is one client from start to exit, however little memory it asks for.
 
+A container put to sleep (GPU sleep, issue #20) keeps its charge, and so its client slot: its
+process and CUDA context live on. While its ``/sleep`` is under way the charge is marked
+``shrinking`` to what it is expected to keep, so the difference counts as memory on its way
+(``releasing_mb``), like a container being destroyed; the charge is resized only once the
+runtime has answered, and grown back before a job wakes it.
+
 Not thread-safe by itself: the pool calls it under its own lock.
 """
 
@@ -33,6 +39,16 @@ class Charge:
     gpu: int
     memory_mb: int
     releasing: bool = False  # its container is being destroyed: still committed until it is gone
+    shrinking_to: int | None = None  # its container is going to sleep: what it should keep
+
+    @property
+    def on_its_way_mb(self) -> int:
+        """What is committed now but will be free soon (a removal, a sleep under way)."""
+        if self.releasing:
+            return self.memory_mb
+        if self.shrinking_to is not None:
+            return max(0, self.memory_mb - self.shrinking_to)
+        return 0
 
 
 def has_room(free_mb: int, free_slots: int | None, needed_mb: int) -> bool:
@@ -58,7 +74,8 @@ class GpuLedger:
         return sum(c.memory_mb for c in self._charges.values() if c.gpu == gpu)
 
     def releasing_mb(self, gpu: int) -> int:
-        return sum(c.memory_mb for c in self._charges.values() if c.gpu == gpu and c.releasing)
+        """Committed memory on its way to being free: removals and sleeps under way."""
+        return sum(c.on_its_way_mb for c in self._charges.values() if c.gpu == gpu)
 
     def free_mb(self, gpu: int) -> int:
         return self.capacity_mb(gpu) - self.committed_mb(gpu)
@@ -98,11 +115,21 @@ class GpuLedger:
         self._charges[key] = Charge(gpu, memory_mb)
 
     def resize(self, key: Hashable, memory_mb: int) -> None:
-        """Change a container's charge on its GPU (a stem cell claimed by an action)."""
+        """Change a container's charge on its GPU: shrink it to what a sleeping container still
+        holds, grow it back before waking it. Ends a ``mark_shrinking``."""
         charge = self._charges[key]
         if self.free_mb(charge.gpu) + charge.memory_mb < memory_mb:
             raise AdmissionError(f"GPU {charge.gpu} cannot grow {key!r} to {memory_mb} MB")
         charge.memory_mb = memory_mb
+        charge.shrinking_to = None
+
+    def can_grow(self, key: Hashable, memory_mb: int) -> bool:
+        charge = self._charges[key]
+        return self.free_mb(charge.gpu) + charge.memory_mb >= memory_mb
+
+    def mark_shrinking(self, key: Hashable, expected_mb: int | None) -> None:
+        """A sleep is under way and should leave ``expected_mb``; None: it ended without a resize."""
+        self._charges[key].shrinking_to = expected_mb
 
     def move(self, old: Hashable, new: Hashable) -> None:
         """Hand a charge to another key (a cold-start placeholder becomes its container)."""

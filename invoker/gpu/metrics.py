@@ -59,7 +59,8 @@ def render(snapshot: dict) -> str:
         "daemon_restarts": _Family("owgpu_mps_daemon_restarts_total", "counter",
                                    "Times the invoker started its MPS control daemon again after it died."),
         "mig": _Family("owgpu_gpu_mig_enabled", "gauge", "1 when MIG is enabled (the GPU is not placed on)."),
-        "containers": _Family("owgpu_gpu_containers", "gauge", "Containers on the GPU by role."),
+        "containers": _Family("owgpu_gpu_containers", "gauge",
+                              "Containers on the GPU by role (stem_cell, action: awake, asleep)."),
         "active": _Family("owgpu_gpu_active_activations", "gauge", "Activations running on the GPU."),
         "models": _Family("owgpu_gpu_resident_models", "gauge", "Distinct models runtimes report resident on the GPU."),
         "model_bytes": _Family("owgpu_gpu_resident_model_bytes", "gauge",
@@ -69,6 +70,24 @@ def render(snapshot: dict) -> str:
                         "CUDA contexts, not ONNX Runtime's arena)."),
         "over": _Family("owgpu_gpu_containers_over_request", "gauge",
                         "Containers whose frameworks hold more GPU memory than they were admitted with."),
+        "asleep_bytes": _Family("owgpu_gpu_asleep_model_bytes", "gauge",
+                                "GPU memory the asleep models of the GPU's containers take awake (what waking "
+                                "them all needs)."),
+        "sleep_host": _Family("owgpu_gpu_sleep_host_bytes", "gauge",
+                              "Host memory that holds the asleep models of the GPU's containers."),
+        "container_bytes": _Family("owgpu_container_model_bytes", "gauge",
+                                   "Per GPU container: its models' bytes awake (on the GPU), asleep (their GPU "
+                                   "size) and host (host memory holding the asleep ones)."),
+        "container_charge": _Family("owgpu_container_charge_bytes", "gauge",
+                                    "Per GPU container: the GPU memory admitted to it now (asleep: what it still "
+                                    "holds)."),
+        "sleeps": _Family("owgpu_gpu_sleeps_total", "counter", "GPU containers put to sleep."),
+        "wakes": _Family("owgpu_gpu_wakes_total", "counter", "Asleep GPU containers woken by an activation."),
+        "sleep_failures": _Family("owgpu_gpu_sleep_failures_total", "counter",
+                                  "Sleeps that gave nothing back (failed, timed out, or no model could sleep)."),
+        "sleep_removals": _Family("owgpu_gpu_sleep_removals_total", "counter",
+                                  "Asleep containers removed because the host budget for sleeping models ran out."),
+        "sleep_budget": _Family("owgpu_sleep_host_budget_bytes", "gauge", "Host budget for sleeping models."),
         "starts": _Family("owgpu_pool_starts_total", "counter", "Activations by how their container was found."),
         "evictions": _Family("owgpu_gpu_evictions_total", "counter", "Idle warm GPU containers evicted to make room."),
         "waits": _Family("owgpu_gpu_admission_waits_total", "counter",
@@ -95,16 +114,33 @@ def render(snapshot: dict) -> str:
         families["mig"].add(int(bool(gpu["mig_enabled"])), **labels)
         stem = sum(1 for c in gpu["containers"] if c["stem_cell"])
         families["containers"].add(stem, **labels, role="stem_cell")
-        families["containers"].add(len(gpu["containers"]) - stem, **labels, role="action")
+        asleep = gpu.get("asleep_containers", 0)
+        families["containers"].add(len(gpu["containers"]) - stem - asleep, **labels, role="action")
         families["active"].add(gpu["active"], **labels)
         families["models"].add(len(gpu["resident_models"]), **labels)
         families["model_bytes"].add(gpu["resident_bytes"], **labels)
         families["held"].add(gpu.get("held_bytes"), **labels)
         families["over"].add(gpu.get("over_request"), **labels)
+        families["containers"].add(asleep, **labels, role="asleep")
+        families["asleep_bytes"].add(gpu.get("asleep_bytes"), **labels)
+        families["sleep_host"].add(gpu.get("sleep_host_bytes"), **labels)
+        for c in gpu["containers"]:
+            if c.get("stem_cell") or "id" not in c:
+                continue
+            who = {"gpu": gpu["index"], "container": c["id"], "action": c["action"] or ""}
+            families["container_charge"].add(c.get("charge_mb", 0) * MB, **who)
+            for state, key in (("awake", "awake_bytes"), ("asleep", "asleep_bytes"), ("host", "sleep_host_bytes")):
+                families["container_bytes"].add(c.get(key), **who, state=state)
     for kind in ("cold", "prewarm", "warm"):
         families["starts"].add(stats.get(f"{kind}_starts"), start=kind)
     families["evictions"].add(stats.get("gpu_evictions"))
     families["waits"].add(stats.get("gpu_waits"))
     families["refused"].add(stats.get("gpu_refused"))
     families["buffered"].add(stats.get("buffered"))
+    families["sleeps"].add(stats.get("gpu_sleeps"))
+    families["wakes"].add(stats.get("gpu_wakes"))
+    families["sleep_failures"].add(stats.get("gpu_sleep_failures"))
+    families["sleep_removals"].add(stats.get("gpu_sleep_removals"))
+    if stats.get("sleep_host_budget_mb") is not None:
+        families["sleep_budget"].add(stats["sleep_host_budget_mb"] * MB)
     return "\n".join(line for family in families.values() for line in family.render()) + "\n"

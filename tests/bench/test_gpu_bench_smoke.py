@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("torch")
 sys.path.insert(0, str(ROOT / "bench"))
 
-ORDER = ["info", "coldstart", "loading", "mps", "tests", "sleep", "classifier", "loading-onnx"]  # by value, as on the GPU machine
+ORDER = ["info", "coldstart", "loading", "mps", "tests", "sleep", "sleep-pool", "classifier", "loading-onnx"]  # by value, as on the GPU machine
 
 
 @pytest.fixture(scope="module")

@@ -50,3 +50,20 @@ def test_without_cuda_it_refuses_to_run():
     done = _run()
     assert done.returncode != 0
     assert "no CUDA device" in done.stderr and "--smoke" in done.stderr
+
+
+def test_the_pool_level_sleep_bench_runs_on_the_cpu_and_records_nothing():
+    results = ROOT / "bench" / "results"
+    before = {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sleep_pool.py"), "--smoke", "--containers", "2",
+                           "--calls", "2"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.rstrip().endswith("smoke run on a CPU: nothing recorded")
+    assert {p.name: p.stat().st_mtime_ns for p in results.glob("*.json")} == before
+    report = json.loads(done.stdout[done.stdout.index("{"):done.stdout.rindex("}") + 1])
+    assert report["all_same_result"] and len(report["containers"]) == 2
+    for row in report["containers"]:
+        # On the CPU nothing is freed on a CUDA device: the charge asleep is the context estimate.
+        assert (row["freed_bytes"], row["measured"], row["asleep_charge_mb"]) == (0, False, 300), row
+        assert row["host_bytes"] > 0 and row["wake_s"] > 0
+    assert report["pool"]["gpu_wakes"] == 2 and report["pool"]["gpu_sleep_failures"] == 0

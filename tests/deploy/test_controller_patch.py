@@ -234,6 +234,7 @@ def test_patch_is_a_well_formed_diff_touching_only_the_files_it_names() -> None:
     assert {f.new for f in files if f.old is not None} == {
         "common/scala/src/main/scala/org/apache/openwhisk/common/Logging.scala",
         "core/controller/src/main/resources/reference.conf",
+        f"{LOAD_BALANCER}/InvokerSupervision.scala",
         f"{LOAD_BALANCER}/ShardingContainerPoolBalancer.scala",
         "tests/src/test/scala/org/apache/openwhisk/core/loadBalancer/test/ShardingContainerPoolBalancerTests.scala",
     }
@@ -285,8 +286,34 @@ def test_patch_routes_gpu_work_through_the_routing_object() -> None:
     assert 'tag = "gpu"' in config and 'kind-suffix = "-gpu"' in config
     assert "cpu-on-gpu-invokers = false" in config
     tests = "\n".join(by_name["ShardingContainerPoolBalancerTests.scala"].added)
-    assert tests.count('it should "') == 6
+    assert tests.count('it should "') == 8
     assert by_name["ShardingContainerPoolBalancerTests.scala"].removed == []
+
+
+def test_patch_prefers_holders_only_behind_its_flag_and_through_the_capacity_check() -> None:
+    """Model locality (invoker/gpu/locality.py): the rule is GpuRouting.firstHolder, run before the
+    unchanged schedule, for GPU work only, with prefer-holders on; the capacity check is schedule's own."""
+    _, files = parse_git_diff(PATCH.read_text())
+    by_name = {Path(f.new).name: f for f in files}
+    balancer = "\n".join(by_name["ShardingContainerPoolBalancer.scala"].added)
+    assert "if (needsGpu && lbConfig.gpuRouting.preferHolders) {" in balancer
+    # the digest is the invoker's: invocation namespace and the action's name with its version
+    assert "GpuRouting.actionDigest(msg.user.namespace.name.asString, action.fullyQualifiedName(true).asString)" in balancer
+    assert ".firstHolder(pool, homeInvoker, stepSize, (i: InvokerHealth) => i.id.tags, digest) { i =>" in balancer
+    assert "ShardingContainerPoolBalancer.tryAcquire(" in balancer
+    # the holder, if any, else the classic schedule (walk and random fallback), unchanged
+    assert "holder.map(id => (id, false)).orElse {\n          ShardingContainerPoolBalancer.schedule(" in balancer
+    # schedule's capacity check is the one the holder pass uses
+    assert "if (tryAcquire(invoker, dispatched, maxConcurrent, fqn, slots)) {" in balancer
+    assert ("invoker.status.isUsable && dispatched(invoker.id.toInt).tryAcquireConcurrent(fqn, maxConcurrent, slots)"
+            in "\n".join(by_name["ShardingContainerPoolBalancer.scala"].removed))
+    assert "prefer-holders = false" in "\n".join(by_name["reference.conf"].added)
+    assert "  val GPU_HOLDER_CHOSEN =" in "\n".join(by_name["Logging.scala"].added)
+    # InvokerPool passes changed tags on at once; nothing else in it changes
+    supervision = by_name["InvokerSupervision.scala"]
+    assert supervision.removed == []
+    assert [line.strip() for line in supervision.added if not line.strip().startswith("//")] == [
+        "monitor.foreach(_ ! CurrentInvokerPoolState(status))"]
 
 
 def test_malformed_patches_are_rejected_by_the_reader() -> None:

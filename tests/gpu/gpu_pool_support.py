@@ -51,11 +51,14 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str =
 
 class GpuWatch:
     """Samples, every few ms, the GPU memory of every live GPU container the pool ever
-    had (removed ones included, until their process is really gone) against capacity."""
+    had (removed ones included, until their process is really gone) against capacity. A
+    container holds its GPU charge (an asleep one: what it still holds), the last seen once
+    it has none (removed, process not yet gone)."""
 
     def __init__(self, pool: ContainerPool) -> None:
         self.pool = pool
         self.seen: set = set()
+        self.held: dict = {}  # proxy -> its GPU charge when last seen
         self.worst: dict[int, int] = {}
         self.violations: list[str] = []
         self._stop = threading.Event()
@@ -67,12 +70,17 @@ class GpuWatch:
         while not self._stop.wait(0.005):
             with self.pool._lock:
                 self.seen.update(p for p in self.pool._containers if p.gpu is not None)
+                for proxy in self.seen:
+                    charge = ledger.charge(proxy)
+                    if charge is not None:
+                        self.held[proxy] = charge.memory_mb
                 committed = {g: ledger.committed_mb(g) for g in ledger.devices}
                 capacity = {g: ledger.capacity_mb(g) for g in ledger.devices}
             live: dict[int, int] = {}
             for proxy in list(self.seen):
                 if proxy.container.is_alive():
-                    live[proxy.gpu.gpu] = live.get(proxy.gpu.gpu, 0) + proxy.gpu.memory_mb
+                    held = self.held.get(proxy, proxy.gpu.memory_mb)
+                    live[proxy.gpu.gpu] = live.get(proxy.gpu.gpu, 0) + held
             for gpu, cap in capacity.items():
                 self.worst[gpu] = max(self.worst.get(gpu, 0), live.get(gpu, 0))
                 if committed[gpu] > cap:

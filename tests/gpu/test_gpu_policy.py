@@ -96,6 +96,8 @@ def test_the_mps_user_applies_to_backends_that_choose_a_user(tmp_path):
     try:
         assert layer.settings.mps_client_uid is None  # processes run as the invoker's user
         assert layer.settings.mps_max_clients == 60
+        assert (layer.settings.sleep_on_pressure, layer.settings.sleep_after_s) == (True, 0)  # the defaults
+        assert (layer.settings.sleep_host_budget_mb, layer.settings.sleep_context_mb) == (8192, 300)
         assert layer.client_limits() == {}  # declared inventory: time-sliced, no MPS slots
     finally:
         layer.stop()
@@ -382,3 +384,19 @@ def test_layer_mounts_only_under_mps(tmp_path):
     assert "OW_GPU_PREWARM" not in layer.container_env(placement, stem_cell=False)
     assert "CUDA_MPS_PIPE_DIRECTORY" not in layer.container_env(GpuPlacement(1, "1", 512, 20), stem_cell=False)
     assert Path(layer.mounts(0)[0]).name == "pipe"
+
+
+def test_gpu_sleep_settings_from_the_command_line_and_the_environment(tmp_path):
+    from invoker.cli import make_factory, make_gpu_layer
+    from invoker.manifest import RuntimesManifest
+
+    env = {"INVOKER_GPUS": "0:16GiB", "INVOKER_GPU_MPS_DIR": str(tmp_path), "INVOKER_GPU_SLEEP_AFTER": "2 minutes"}
+    config = load_config(["--gpu-sleep-on-pressure", "false", "--gpu-sleep-host-budget", "2 GB",
+                          "--gpu-sleep-context-memory", "512 MB"], env=env)
+    layer = make_gpu_layer(config, RuntimesManifest.load(None), make_factory(config, env))
+    try:
+        settings = layer.settings
+        assert (settings.sleep_on_pressure, settings.sleep_after_s) == (False, 120)
+        assert (settings.sleep_host_budget_mb, settings.sleep_context_mb) == (2048, 512)
+    finally:
+        layer.stop()
