@@ -21,9 +21,10 @@ def markdown(report: dict) -> str:
             minutes = (r.get("duration_s") or 3513) / 60
             lines.append(
                 f"| {r['gpus']} GPUs ({r['nodes']} nodes), {r['offered_per_s']:g}/s, {minutes:.0f} min"
-                f"{' ' + scenario.lstrip('0123456789') if not scenario.isdigit() else ''} | {policy} | "
+                f"{', ' + scenario.lstrip('0123456789-') if not scenario.isdigit() else ''} | {policy} | "
                 f"{r['completed']:,} | {r['p50_ms']:,.0f} ms | {r['p99_ms']:,.0f} ms | {_pct(r['cold_start_share'])} | "
-                f"{_pct(r['slo_attainment'])} | {_pct(r['gpu_memory_committed'])} ({_pct(r['gpu_memory_resident'])}) | "
+                f"{_pct(r['slo_attainment'])} | {_pct(r['gpu_memory_committed'])} "
+                f"({_pct(r['gpu_memory_resident']) if 'gpu_memory_resident' in r else 'n/a'}) | "
                 f"{r['wall_seconds']:,.0f} | {r['events_per_second']:,} |")
     out = "\n".join(lines)
     if report.get("gpus_needed"):
