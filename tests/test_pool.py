@@ -152,6 +152,22 @@ def test_stem_cells_are_started_used_and_replenished(pool_factory):
     assert any(p.is_prewarm for p in pool._containers), "the stem cell was not replaced"
 
 
+def test_idle_stem_cells_give_way_to_a_job_waiting_for_host_memory(pool_factory):
+    # Stem cells of another memory size fill the pool: the job must not wait behind them for good
+    # (stem cells never idle out). Found by the cluster simulator (tests/sim).
+    pool = pool_factory(user_memory_mb=512, stem_cells=(StemCellConfig("python:3", 256, 2),))
+    deadline = time.monotonic() + 10
+    while sum(p.is_prewarm for p in pool._containers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(p.is_prewarm for p in pool._containers) == 2
+    sink = Recorder()
+    pool.run(job(make_action("big", memory=384), sink))
+    sink.wait(1, timeout_s=20)
+    (activation,) = sink.results.values()
+    assert activation.response.status_code == 0, activation.response
+    assert pool.cold_starts == 1 and pool.free_memory_mb >= 0
+
+
 def test_unrunnable_kind_is_a_provisioning_error(pool_factory):
     pool = pool_factory(user_memory_mb=512)
     sink = Recorder()

@@ -586,10 +586,14 @@ class ContainerPool:
         proxy.last_used = self.clock.monotonic()
 
     def _evict(self, needed_mb: int) -> None:
+        """Make ``needed_mb`` of host memory free by removing idle containers: warm ones, least
+        recently used first, then idle stem cells (CPU and GPU), so that stem cells, which
+        never go idle-timeout, cannot keep a job waiting for good. Nothing if that is not enough."""
         idle = sorted(
             (p for p in self._containers if not p.is_prewarm and p.active == 0 and p.state is not State.REMOVING),
             key=lambda p: p.last_used,
         )
+        idle += [p for p in self._containers if p.is_prewarm and p.active == 0 and p.state is State.STARTED]
         freed = 0
         victims = []
         for proxy in idle:

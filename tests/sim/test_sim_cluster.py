@@ -141,8 +141,6 @@ def test_a_call_that_never_runs_is_reported_not_waited_for_forever():
     assert result.unfinished + result.stats.completed == 1
 
 
-@pytest.mark.xfail(strict=True, reason="pool: idle GPU stem cells hold host memory that ContainerPool._evict "
-                   "never frees, so a GPU call waiting for host memory behind them waits for good (found by sim/)")
 def test_idle_stem_cells_give_way_to_a_call_waiting_for_host_memory():
     costs = CostTable()
     big = make_function("big", 3000 * MB, 1, costs)
