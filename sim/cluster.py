@@ -51,6 +51,8 @@ class ClusterConfig:
     stem_cells: tuple[tuple[int, int], ...] = ((1024, 1), (2048, 1))  # (memory MB, count) per GPU
     pause_grace_s: float = 10.0  # PoolConfig defaults, OpenWhisk's
     idle_timeout_s: float = 600.0
+    sleep_on_pressure: bool = True  # GpuSettings: GPU sleep (issue #20), the pool's default
+    sleep_host_budget_mb: int = GpuSettings.sleep_host_budget_mb  # host memory the asleep models may hold
     slo_factor: float = 5.0  # a call meets its SLO when its latency <= slo_factor x its warm latency
     seed: int = 1
 
@@ -78,7 +80,8 @@ class SimInvoker:
         settings = GpuSettings(
             reserved_mb=int(costs.mps_server_memory_mb.value),
             stem_cells=tuple(GpuStemCell(KIND, mb, count) for mb, count in config.stem_cells),
-            prewarm=("torch",), mps_check_interval_s=0, mps_max_clients=int(costs.mps_clients.value))
+            prewarm=("torch",), mps_check_interval_s=0, mps_max_clients=int(costs.mps_clients.value),
+            sleep_on_pressure=config.sleep_on_pressure, sleep_host_budget_mb=config.sleep_host_budget_mb)
         layer = GpuLayer(inventory, SharingStatus(True, "simulated MPS", tuple(range(gpus))), settings,
                          SimMpsDaemon())
         self.factory = SimContainerFactory(clock, costs, functions)
