@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,18 @@ def run_one(rate: float, sleep: bool, budget_mb: int, args: argparse.Namespace, 
     return out
 
 
+def compulsory_share(rate: float, args: argparse.Namespace, population, trace) -> float:
+    """Calls no amount of GPU memory saves from /init: a function's first call, or one more than the
+    keep-alive after its previous call (the same draws as the cluster's: its rng, seeded alike)."""
+    rng, last, cold, n = random.Random(args.seed), {}, 0, 0
+    for t in arrival_times(trace, rate, seed=args.seed + 1, duration_s=args.duration):
+        name = population.pick(rng).name
+        cold += name not in last or t - last[name] > ClusterConfig.idle_timeout_s
+        last[name] = t
+        n += 1
+    return round(cold / max(1, n), 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--functions", type=int, default=200)
@@ -70,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     trace = load_trace()
     population = make_population(args.functions, costs, trace, seed=args.seed, max_model_mb=args.max_model_mb)
     requests_mb = sum(f.memory_mb for f in population.functions)
-    runs = []
+    runs, compulsory = [], {}
     for rate in args.rate:
+        compulsory[str(rate)] = compulsory_share(rate, args, population, trace)
         runs.append(run_one(rate, False, 0, args, costs, population, trace))
         runs += [run_one(rate, True, budget, args, costs, population, trace) for budget in args.host_budget_mb]
     report = {
@@ -87,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                      "offered_per_s": args.rate, "mps_clients_per_gpu": costs.mps_clients.value, "duration_s": args.duration, "host_memory_mb": args.host_memory_mb,
                      "keep_alive_s": ClusterConfig.idle_timeout_s, "seed": args.seed,
                      "policy": "one invoker (classic routing is moot)"},
+        "compulsory_cold_share_by_rate": compulsory,
         "cost_table": costs.rows(),
         "runs": runs,
     }
