@@ -36,7 +36,7 @@ LADDER = (0.5, 1, 2, 4)
 def run_one(gpus: int, policy: str, rate: float, duration: float | None, args: argparse.Namespace,
             costs: CostTable, population, trace) -> dict:
     config = ClusterConfig(gpus=gpus, gpus_per_node=args.gpus_per_node, slo_factor=args.slo_factor, seed=args.seed,
-                           host_memory_per_gpu_mb=args.slots_per_gpu_mb)
+                           host_memory_per_gpu_mb=args.slots_per_gpu_mb, advertise_limit=args.advertise_limit)
     cluster = Cluster(config, policy, population, costs)
     change = None
     if args.change_at is not None:
@@ -47,6 +47,7 @@ def run_one(gpus: int, policy: str, rate: float, duration: float | None, args: a
     out["offered_per_s"] = rate
     out["duration_s"] = duration
     out["slots_per_gpu_mb"] = args.slots_per_gpu_mb
+    out["advertise_limit"] = args.advertise_limit
     if change is not None:
         out["membership_change"] = {"at_s": change.at_s, "add_nodes": change.add_nodes, "fail": list(change.fail),
                                     "window_s": change.window_s, "nodes_after": len(cluster.invokers)}
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of trace at which the invokers change (--add-nodes, --fail)")
     parser.add_argument("--add-nodes", type=int, default=0, help="nodes joining at --change-at (N changes)")
     parser.add_argument("--fail", type=int, nargs="*", default=[], help="invoker indexes failing at --change-at")
+    parser.add_argument("--advertise-limit", type=int, default=ClusterConfig.advertise_limit,
+                        help="held-model digests per ping (locality; the invoker's MAX_HELD)")
     parser.add_argument("--gpus-per-node", type=int, default=4)
     parser.add_argument("--slo-factor", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)

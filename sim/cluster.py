@@ -31,7 +31,7 @@ from invoker.messages import (
     Identity,
     TransactionId,
 )
-from sim.advertise import PING_INTERVAL_S, Board, held_digests
+from sim.advertise import LIMIT, PING_INTERVAL_S, Board, held_digests
 from sim.container import SimContainerFactory, SimMpsDaemon
 from sim.costs import MB, CostTable
 from sim.kernel import Kernel, SimClock, SimExecutor
@@ -53,6 +53,7 @@ class ClusterConfig:
     idle_timeout_s: float = 600.0
     sleep_on_pressure: bool = True  # GpuSettings: GPU sleep (issue #20), the pool's default
     sleep_host_budget_mb: int = GpuSettings.sleep_host_budget_mb  # host memory the asleep models may hold
+    advertise_limit: int = LIMIT  # held digests per ping (invoker.gpu.locality.MAX_HELD)
     slo_factor: float = 5.0  # a call meets its SLO when its latency <= slo_factor x its warm latency
     seed: int = 1
 
@@ -235,7 +236,7 @@ class Cluster:
         invoker = self.invokers[i]
         invoker.pool.tick()  # a failed node's pool still drains the calls it had (its pings are gone)
         if isinstance(self.policy, Locality) and i not in self._failed:
-            self.board.update(i, held_digests(invoker.pool))
+            self.board.update(i, held_digests(invoker.pool, self.config.advertise_limit))
         self.kernel.after(PING_INTERVAL_S, self._tick, i)
 
     def _sample(self) -> None:
