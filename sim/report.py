@@ -40,6 +40,8 @@ def markdown(report: dict) -> str:
             w, c = r["after_change"], r.get("membership_change", {})
             what = (f"{c['add_nodes']} nodes join ({r['nodes'] - c['add_nodes']} -> {r['nodes']})" if c.get("add_nodes")
                     else f"invoker {', '.join(map(str, c['fail']))} fails" if c.get("fail") else "none (same run, no change)")
+            if r.get("advertise_limit", 32) != 32:
+                what += f", {r['advertise_limit']} held models per ping ({scenario})"
             rows.append(f"| {r['gpus']} GPUs, {r['offered_per_s']:g}/s: {what} | {policy} | {w['completed']:,} | "
                         f"{_pct(w['cold_start_share'])} / {_pct(r['cold_start_share'])} | "
                         f"{_pct(w['slo_attainment'])} / {_pct(r['slo_attainment'])} | "
