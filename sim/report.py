@@ -1,4 +1,5 @@
-"""The README tables of ``bench/results/cluster_sim.json``: ``python -m sim.report [file]``."""
+"""The README tables of ``bench/results/cluster_sim.json``: ``python -m sim.report [file] [--membership]``
+(the membership-change table alone), or of ``gpu_sleep_density_sim.json`` given as the file."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, membership: bool = False) -> str:
+    """The results, GPUs-needed and cost tables; ``membership``: the membership-change table alone."""
     lines = ["| scenario | policy | calls | p50 | p99 | cold-start share | SLO met | GPU memory committed "
              "(resident) | wall s | events/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     changes = []
@@ -36,17 +38,20 @@ def markdown(report: dict) -> str:
         rows = ["| membership change at minute 30 | policy | calls in the 10 min after | cold-start share: 10 min after "
                 "/ whole run | SLO met: 10 min after / whole run | p99: 10 min after / whole run |",
                 "|---|---|---|---|---|---|"]
-        for scenario, policy, r in changes:
+        for _scenario, policy, r in changes:
             w, c = r["after_change"], r.get("membership_change", {})
             what = (f"{c['add_nodes']} nodes join ({r['nodes'] - c['add_nodes']} -> {r['nodes']})" if c.get("add_nodes")
                     else f"invoker {', '.join(map(str, c['fail']))} fails" if c.get("fail") else "none (same run, no change)")
             if r.get("advertise_limit", 32) != 32:
-                what += f", {r['advertise_limit']} held models per ping ({scenario})"
+                what += f", {r['advertise_limit']} held models per ping"
             rows.append(f"| {r['gpus']} GPUs, {r['offered_per_s']:g}/s: {what} | {policy} | {w['completed']:,} | "
                         f"{_pct(w['cold_start_share'])} / {_pct(r['cold_start_share'])} | "
                         f"{_pct(w['slo_attainment'])} / {_pct(r['slo_attainment'])} | "
                         f"{w['p99_ms']:,.0f} ms / {r['p99_ms']:,.0f} ms |")
-        out += "\n\n" + "\n".join(rows)
+        if membership:
+            return "\n".join(rows)
+    if membership:
+        return ""
     if report.get("gpus_needed"):
         rows = ["| offered load of | policy | SLO met on 0.5N / N / 2N / 4N GPUs | GPUs needed |", "|---|---|---|---|"]
         for nominal, ladder in report["gpus_needed"].items():
@@ -78,5 +83,9 @@ def density_markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    loaded = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else DEFAULT).read_text())
-    print(density_markdown(loaded) if loaded.get("benchmark") == "gpu_sleep_density_sim" else markdown(loaded))
+    args = [a for a in sys.argv[1:] if a != "--membership"]
+    loaded = json.loads(Path(args[0] if args else DEFAULT).read_text())
+    if loaded.get("benchmark") == "gpu_sleep_density_sim":
+        print(density_markdown(loaded))
+    else:
+        print(markdown(loaded, membership="--membership" in sys.argv))
