@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "runtimes" / "python")]
 
-from sim.cluster import Cluster, ClusterConfig  # noqa: E402
+from sim.cluster import Cluster, ClusterConfig, MembershipChange  # noqa: E402
 from sim.costs import CostTable  # noqa: E402
 from sim.policies import POLICIES  # noqa: E402
 from sim.workload import arrival_times, load_trace, make_population  # noqa: E402
@@ -36,18 +36,26 @@ LADDER = (0.5, 1, 2, 4)
 def run_one(gpus: int, policy: str, rate: float, duration: float | None, args: argparse.Namespace,
             costs: CostTable, population, trace) -> dict:
     config = ClusterConfig(gpus=gpus, gpus_per_node=args.gpus_per_node, slo_factor=args.slo_factor, seed=args.seed,
-                           host_memory_per_gpu_mb=args.slots_per_gpu_mb)
+                           host_memory_per_gpu_mb=args.slots_per_gpu_mb, advertise_limit=args.advertise_limit)
     cluster = Cluster(config, policy, population, costs)
+    change = None
+    if args.change_at is not None:
+        change = MembershipChange(at_s=args.change_at, add_nodes=args.add_nodes, fail=tuple(args.fail))
+        cluster.change_at(change)
     result = cluster.run(arrival_times(trace, rate, seed=args.seed + 1, duration_s=duration))
     out = result.summary()
     out["offered_per_s"] = rate
     out["duration_s"] = duration
     out["slots_per_gpu_mb"] = args.slots_per_gpu_mb
+    out["advertise_limit"] = args.advertise_limit
+    if change is not None:
+        out["membership_change"] = {"at_s": change.at_s, "add_nodes": change.add_nodes, "fail": list(change.fail),
+                                    "window_s": change.window_s, "nodes_after": len(cluster.invokers)}
     # The process's peak so far: runs are sequential in one process, so a run after a larger one shows that one's.
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    print(json.dumps({k: out[k] for k in ("policy", "gpus", "completed", "p50_ms", "p99_ms", "cold_start_share",
-                                          "slo_attainment", "gpu_memory_committed", "wall_seconds",
-                                          "events_per_second", "max_rss_mb")}), flush=True)
+    print(json.dumps({k: out.get(k) for k in ("policy", "gpus", "completed", "p50_ms", "p99_ms", "cold_start_share",
+                                              "slo_attainment", "gpu_memory_committed", "wall_seconds",
+                                              "events_per_second", "max_rss_mb", "after_change")}), flush=True)
     return out
 
 
@@ -64,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots-per-gpu-mb", type=int, default=ClusterConfig.host_memory_per_gpu_mb,
                         help="invoker user memory per GPU: the controller's slots (default: the GPU's memory)")
     parser.add_argument("--label", default="", help="suffix of the result keys (another scenario, same sizes)")
+    parser.add_argument("--change-at", type=float, default=None,
+                        help="seconds of trace at which the invokers change (--add-nodes, --fail)")
+    parser.add_argument("--add-nodes", type=int, default=0, help="nodes joining at --change-at (N changes)")
+    parser.add_argument("--fail", type=int, nargs="*", default=[], help="invoker indexes failing at --change-at")
+    parser.add_argument("--advertise-limit", type=int, default=ClusterConfig.advertise_limit,
+                        help="held-model digests per ping (locality; the invoker's MAX_HELD)")
     parser.add_argument("--gpus-per-node", type=int, default=4)
     parser.add_argument("--slo-factor", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)

@@ -41,6 +41,11 @@ class Board:
     def __post_init__(self) -> None:
         self.ads = [Advertisement() for _ in range(self.n)]
 
+    def grow(self, n: int) -> None:
+        """Invokers joined: they have advertised nothing yet."""
+        self.ads.extend(Advertisement() for _ in range(n - self.n))
+        self.n = n
+
     def update(self, invoker: int, held: frozenset[str]) -> None:
         old = self.ads[invoker].held
         if old == held:

@@ -31,7 +31,7 @@ from invoker.messages import (
     Identity,
     TransactionId,
 )
-from sim.advertise import PING_INTERVAL_S, Board, held_digests
+from sim.advertise import LIMIT, PING_INTERVAL_S, Board, held_digests
 from sim.container import SimContainerFactory, SimMpsDaemon
 from sim.costs import MB, CostTable
 from sim.kernel import Kernel, SimClock, SimExecutor
@@ -51,6 +51,9 @@ class ClusterConfig:
     stem_cells: tuple[tuple[int, int], ...] = ((1024, 1), (2048, 1))  # (memory MB, count) per GPU
     pause_grace_s: float = 10.0  # PoolConfig defaults, OpenWhisk's
     idle_timeout_s: float = 600.0
+    sleep_on_pressure: bool = True  # GpuSettings: GPU sleep (issue #20), the pool's default
+    sleep_host_budget_mb: int = GpuSettings.sleep_host_budget_mb  # host memory the asleep models may hold
+    advertise_limit: int = LIMIT  # held digests per ping (invoker.gpu.locality.MAX_HELD)
     slo_factor: float = 5.0  # a call meets its SLO when its latency <= slo_factor x its warm latency
     seed: int = 1
 
@@ -78,7 +81,8 @@ class SimInvoker:
         settings = GpuSettings(
             reserved_mb=int(costs.mps_server_memory_mb.value),
             stem_cells=tuple(GpuStemCell(KIND, mb, count) for mb, count in config.stem_cells),
-            prewarm=("torch",), mps_check_interval_s=0, mps_max_clients=int(costs.mps_clients.value))
+            prewarm=("torch",), mps_check_interval_s=0, mps_max_clients=int(costs.mps_clients.value),
+            sleep_on_pressure=config.sleep_on_pressure, sleep_host_budget_mb=config.sleep_host_budget_mb)
         layer = GpuLayer(inventory, SharingStatus(True, "simulated MPS", tuple(range(gpus))), settings,
                          SimMpsDaemon())
         self.factory = SimContainerFactory(clock, costs, functions)
@@ -88,6 +92,21 @@ class SimInvoker:
             PoolConfig(user_memory_mb=self.user_memory_mb, pause_grace_s=config.pause_grace_s,
                        idle_timeout_s=config.idle_timeout_s, container_prefix=f"sim{index}"),
             gpu=layer, clock=clock, executor=executor)
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """The GPU invokers change at ``at_s`` seconds of trace time. ``add_nodes``: nodes of
+    ``gpus_per_node`` GPUs join (OpenWhisk appends them to the invoker list: the GPU pool's size N
+    changes, so every action's home ``hash mod N`` and step size change). ``fail``: these invokers
+    stop (the controller sees them unhealthy at once; N does not change, the walk skips them;
+    their calls already dispatched still complete). ``window_s``: the calls arriving this long
+    after the change are also counted apart (``RunResult.window``)."""
+
+    at_s: float
+    add_nodes: int = 0
+    fail: tuple[int, ...] = ()
+    window_s: float = 600.0
 
 
 @dataclass
@@ -104,6 +123,7 @@ class RunResult:
     local_hits: int | None = None
     errors: list[str] = field(default_factory=list)
     unfinished: int = 0  # calls still waiting ``drain_limit_s`` after the last arrival
+    window: PolicyStats | None = None  # the calls arriving in a ``MembershipChange``'s window
 
     def summary(self) -> dict:
         s = self.stats
@@ -128,7 +148,15 @@ class RunResult:
             "events_per_second": round(self.events / max(self.wall_seconds, 1e-9)),
             "activations_per_second": round(s.completed / max(self.wall_seconds, 1e-9)),
             "errors": self.errors[:5],
+            **({"after_change": window_summary(self.window)} if self.window is not None else {}),
         }
+
+
+def window_summary(s: PolicyStats) -> dict:
+    done = max(1, s.completed)
+    return {"arrivals": s.arrivals, "completed": s.completed,
+            "p50_ms": round(s.latency.percentile(50) * 1000, 2), "p99_ms": round(s.latency.percentile(99) * 1000, 2),
+            "cold_start_share": round(s.paid_init / done, 4), "slo_attainment": round(s.slo_met / done, 4)}
 
 
 class Cluster:
@@ -160,6 +188,11 @@ class Cluster:
         self._last_arrival = 0.0
         self._gpu_capacity_mb = sum(inv.pool._ledger.capacity_mb(g) for inv in self.invokers
                                     for g in range(inv.gpus))
+        self._functions = functions
+        self._change: MembershipChange | None = None
+        self._window_from = self._window_to = math.inf
+        self.window: PolicyStats | None = None
+        self._failed: set[int] = set()
 
     # ------------------------------------------------------------------ set-up
 
@@ -181,11 +214,29 @@ class Cluster:
 
     # ------------------------------------------------------------------ events
 
+    def _change_membership(self, change: MembershipChange) -> None:
+        for i in change.fail:
+            self._failed.add(i)
+            self.slots.usable[i] = False
+            self.board.update(i, frozenset())  # no pings: the controller keeps no holder tag of it usable
+        if change.add_nodes:
+            for k in range(change.add_nodes):
+                i = len(self.invokers)
+                invoker = SimInvoker(i, self.config.gpus_per_node, self.kernel, self.clock, self.executor,
+                                     self.costs, self._functions, self.config)
+                self.invokers.append(invoker)
+                self.slots.add(invoker.user_memory_mb)
+                self._gpu_capacity_mb += sum(invoker.pool._ledger.capacity_mb(g) for g in range(invoker.gpus))
+                self.executor.submit(invoker.pool.start, False)
+                self.kernel.after(PING_INTERVAL_S * (k + 1) / change.add_nodes, self._tick, i)
+            self.board.grow(len(self.invokers))
+            self.policy.resize(len(self.invokers))
+
     def _tick(self, i: int) -> None:
         invoker = self.invokers[i]
-        invoker.pool.tick()
-        if isinstance(self.policy, Locality):
-            self.board.update(i, held_digests(invoker.pool))
+        invoker.pool.tick()  # a failed node's pool still drains the calls it had (its pings are gone)
+        if isinstance(self.policy, Locality) and i not in self._failed:
+            self.board.update(i, held_digests(invoker.pool, self.config.advertise_limit))
         self.kernel.after(PING_INTERVAL_S, self._tick, i)
 
     def _sample(self) -> None:
@@ -208,6 +259,8 @@ class Cluster:
         self.stats.forced += forced
         aid = f"{next(self._ids):032x}"
         self._inflight[aid] = (now, fn, invoker)
+        if self._window_from <= now < self._window_to:
+            self.window.arrivals += 1
         msg = ActivationMessage(
             transid=TransactionId.new(aid, self.clock.wall_ms()),
             action=FullyQualifiedEntityName(NAMESPACE, fn.name, "0.0.1"), revision=action.rev,
@@ -247,8 +300,26 @@ class Cluster:
             stats.paid_init += 1
         if latency <= self.config.slo_factor * fn.warm_latency_s and activation.response.status_code == 0:
             stats.slo_met += 1
+        if self._window_from <= arrived < self._window_to:
+            self._record(self.window, latency, fn, activation)
+
+    def _record(self, stats: PolicyStats, latency: float, fn: Function, activation: WhiskActivation) -> None:
+        stats.completed += 1
+        stats.latency.add(latency)
+        ok = activation.response.status_code == 0
+        stats.failed += not ok
+        stats.paid_init += any(key == "initTime" for key, _ in activation.annotations)
+        stats.slo_met += ok and latency <= self.config.slo_factor * fn.warm_latency_s
 
     # ------------------------------------------------------------------ run
+
+    def change_at(self, change: MembershipChange, warm_up_s: float = 60.0) -> None:
+        """Schedule a membership change (before ``run``; ``at_s`` in trace time, as the arrivals)."""
+        self._change = change
+        self._window_from = change.at_s + warm_up_s
+        self._window_to = self._window_from + change.window_s
+        self.window = PolicyStats()
+        self.kernel.at(self._window_from, self._change_membership, change)
 
     def run(self, arrivals: Iterator[float | tuple[float, Function]], warm_up_s: float = 60.0,
             drain_limit_s: float = 3600.0) -> RunResult:
@@ -282,7 +353,7 @@ class Cluster:
             sim_seconds=self.kernel.now, wall_seconds=wall, events=self.kernel.events,
             green_threads=self.executor.started, pool_counts=counts,
             local_hits=getattr(self.policy, "local_hits", None),
-            errors=[repr(e) for e in self.kernel.errors], unfinished=len(self._inflight))
+            errors=[repr(e) for e in self.kernel.errors], unfinished=len(self._inflight), window=self.window)
 
 
 def _make_policy(name: str, n: int, seed: int, board: Board) -> Policy:

@@ -36,13 +36,25 @@ class Slots:
 
     capacity_mb: list[int]
     free_mb: list[int] = field(default_factory=list)
+    usable: list[bool] = field(default_factory=list)  # InvokerHealth.status.isUsable: the walk skips the rest
 
     def __post_init__(self) -> None:
         if not self.free_mb:
             self.free_mb = list(self.capacity_mb)
+        if not self.usable:
+            self.usable = [True] * len(self.capacity_mb)
+
+    def add(self, capacity_mb: int) -> None:
+        """A new invoker joins the list (OpenWhisk appends it: existing indexes keep their slots)."""
+        self.capacity_mb.append(capacity_mb)
+        self.free_mb.append(capacity_mb)
+        self.usable.append(True)
+
+    def healthy(self) -> list[int]:
+        return [i for i, ok in enumerate(self.usable) if ok]
 
     def try_acquire(self, invoker: int, mb: int) -> bool:
-        if self.free_mb[invoker] >= mb:
+        if self.usable[invoker] and self.free_mb[invoker] >= mb:
             self.free_mb[invoker] -= mb
             return True
         return False
@@ -57,6 +69,9 @@ class Slots:
 class Policy(Protocol):
     name: str
 
+    def resize(self, n: int) -> None:
+        """The pool of invokers changed size (an invoker joined)."""
+
     def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
         """The invoker to send to (its slots already acquired) and whether it was forced (overload)."""
 
@@ -65,9 +80,14 @@ class Classic:
     name = "classic"
 
     def __init__(self, n: int, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.resize(n)
+
+    def resize(self, n: int) -> None:
+        """The GPU pool now has ``n`` invokers (``GpuRouting.pool``: new step sizes; every
+        action's home and step are ``hash mod n`` again)."""
         self.n = n
         self.step_sizes = pairwise_coprime_numbers_until(n)
-        self.rng = random.Random(seed)
         self._starts: dict[str, tuple[int, int]] = {}
 
     def start(self, namespace: str, fqn: str) -> tuple[int, int]:
@@ -94,7 +114,8 @@ class Classic:
             if slots.try_acquire(index, memory_mb):
                 return index, False
             index = (index + step) % self.n
-        chosen = self.rng.randrange(self.n)  # all healthy in the simulation
+        healthy = slots.healthy()  # schedule's fallback: a random healthy invoker
+        chosen = healthy[self.rng.randrange(len(healthy))]
         slots.force_acquire(chosen, memory_mb)
         return chosen, True
 
@@ -106,11 +127,14 @@ class LeastLoaded:
         self.n = n
         self._next = 0  # ties go round robin: at low load all invokers tie, and index order would pick one
 
+    def resize(self, n: int) -> None:
+        self.n = n
+
     def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
         n, start = self.n, self._next
         self._next = (start + 1) % n
         free, capacity = slots.free_mb, slots.capacity_mb
-        best = min(range(n), key=lambda i: (1 - free[i] / capacity[i], (i - start) % n))
+        best = min(slots.healthy(), key=lambda i: (1 - free[i] / capacity[i], (i - start) % n))
         if slots.try_acquire(best, memory_mb):
             return best, False
         slots.force_acquire(best, memory_mb)
@@ -128,6 +152,9 @@ class Locality:
         self.classic = Classic(n, seed)
         self.board = board  # every invoker's advertisement as of its last ping
         self.local_hits = 0
+
+    def resize(self, n: int) -> None:
+        self.classic.resize(n)
 
     def choose(self, namespace: str, fqn: str, memory_mb: int, slots: Slots) -> tuple[int, bool]:
         holders = self.board.holders.get(action_digest(namespace, fqn, VERSION))

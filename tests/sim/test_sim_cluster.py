@@ -9,7 +9,7 @@ import pytest
 from sim_support import MB, Recording, poisson, population, run
 
 from invoker.gpu.ledger import GpuLedger
-from sim.cluster import ClusterConfig
+from sim.cluster import ClusterConfig, MembershipChange
 from sim.costs import CostTable, Figure
 from sim.policies import (
     POLICIES,
@@ -148,3 +148,48 @@ def test_idle_stem_cells_give_way_to_a_call_waiting_for_host_memory():
                                       stem_cells=((1024, 1), (2048, 1))), "classic", Population((big,), (1.0,)), costs)
     result = cluster.run(iter([(0.0, big)]), warm_up_s=60.0, drain_limit_s=600.0)
     assert result.unfinished == 0 and result.stats.completed == 1
+
+
+def _moved_by_scale_out(n: int, grown: int, moved: bool) -> str:
+    """A function name whose classic home moves (or stays) when the GPU pool grows from n to grown."""
+    for i in range(1000):
+        name = f"fn{i:05d}"
+        before, after = Classic(n, 0).start("guest", f"guest/{name}"), Classic(grown, 0).start("guest", f"guest/{name}")
+        if (before[0] != after[0]) == moved:
+            return name
+    raise AssertionError("no such name in 1000")
+
+
+@pytest.mark.parametrize("moved", [True, False])
+def test_a_scale_out_remaps_a_home_and_locality_keeps_the_warm_holder(moved):
+    costs = CostTable()
+    fn = make_function(_moved_by_scale_out(2, 3, moved), 500 * MB, 1, costs)
+    pop = Population((fn,), (1.0,))
+    arrivals = [(5.0 * k, fn) for k in range(1, 25)]  # one call every 5 s: always warm on its invoker
+    change = MembershipChange(at_s=60.0, add_nodes=1, window_s=60.0)
+    windows = {}
+    for policy in ("classic", "locality"):
+        cluster = Recording(ClusterConfig(gpus=2, gpus_per_node=1), policy, pop, costs)
+        cluster.change_at(change)
+        result = cluster.run(iter(arrivals))
+        assert result.errors == [] and result.stats.completed == len(arrivals)
+        assert len(cluster.invokers) == 3
+        windows[policy] = result.window
+    assert windows["locality"].paid_init == 0  # the old home still advertises the model: no cold start
+    assert windows["classic"].paid_init == (1 if moved else 0)  # the new home starts it once, then it is warm
+
+
+def test_a_failed_invoker_gets_no_new_work_and_its_actions_walk_on():
+    costs = CostTable()
+    fn = make_function("fn00001", 500 * MB, 1, costs)
+    pop = Population((fn,), (1.0,))
+    arrivals = [(5.0 * k, fn) for k in range(1, 25)]
+    home = Classic(2, 0).start("guest", fn.fqn)[0]
+    cluster = Recording(ClusterConfig(gpus=2, gpus_per_node=1), "classic", pop, costs)
+    cluster.change_at(MembershipChange(at_s=60.0, fail=(home,), window_s=60.0))
+    result = cluster.run(iter(arrivals))
+    assert result.stats.completed == len(arrivals) and result.errors == []
+    assert result.window.paid_init == 1  # the next invoker in the walk starts it once
+    pool = cluster.invokers[home].pool
+    before = sum(1 for t, _ in arrivals if t < 60.0)
+    assert pool.warm_starts + pool.cold_starts + pool.prewarm_starts == before  # nothing placed there after
