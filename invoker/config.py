@@ -261,7 +261,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,
             "Prewarmed GPU containers per GPU: kind:memory:count[,...] (e.g. python:3-gpu:2048MB:1). "
             "Unset: the stemCells of GPU kinds in the runtimes manifest, counted per GPU.", parse_gpu_stem_cells),
-    Setting("gpu_held_tags", "--gpu-held-tags", ("INVOKER_GPU_HELD_TAGS",), 32,
+    Setting("gpu_held_tags", "--gpu-held-tags", ("INVOKER_GPU_HELD_TAGS",), 256,
             "GPU invokers: most held:<digest> tags in health pings, one per action whose model a warm GPU "
             "container holds (most recently used first), for a controller that prefers holders "
             "(whisk.loadbalancer.gpu-routing.prefer-holders); 0: none.", parse_non_negative_int),

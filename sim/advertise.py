@@ -1,6 +1,6 @@
 """What an invoker advertises to the controller about the models it holds: the real pool's
 ``held_models`` (``invoker/gpu/locality.py``: the digest of each action whose model a GPU
-container of the node holds, most recently used first, at most 32), read at every ping (1 s),
+container of the node holds, most recently used first, at most `locality.MAX_HELD`), read at every ping (1 s),
 and the controller's view of the last ping of each invoker."""
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ def test_playbook_deploys_a_gpu_invoker_that_pings_kafka_and_is_idempotent(
     assert env["CONFIG_whisk_invoker_resource_tags"] == "gpu"
     assert env["CONFIG_whisk_couchdb_port"] == str(couch.port)
     assert env["INVOKER_BACKEND"] == "process"
-    assert (env["INVOKER_GPU_SLEEP_AFTER"], env["INVOKER_GPU_HELD_TAGS"]) == ("0 s", "32")
+    assert (env["INVOKER_GPU_SLEEP_AFTER"], env["INVOKER_GPU_HELD_TAGS"]) == ("0 s", "256")
     assert deployment.exec("stat", "-c", "%a %U", "/etc/owgpu/gpu-invoker3.env").stdout.split() == ["640", "root"]
 
     started = time.monotonic()

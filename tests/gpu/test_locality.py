@@ -61,10 +61,10 @@ def test_held_digests_are_bounded_most_recent_first_and_distinct() -> None:
     assert locality.held_digests(holdings) == ("aa", "bb", "cc", "dd")  # aa by its latest use
     assert locality.held_digests(holdings, limit=2) == ("aa", "bb")
     assert locality.held_digests(holdings, limit=0) == ()
-    many = [Holding(f"{i:012x}", float(i)) for i in range(100)]
+    many = [Holding(f"{i:012x}", float(i)) for i in range(300)]
     bounded = locality.held_digests(many)
-    assert len(bounded) == locality.MAX_HELD == 32
-    assert bounded == tuple(f"{i:012x}" for i in range(99, 67, -1))
+    assert len(bounded) == locality.MAX_HELD == 256
+    assert bounded == tuple(f"{i:012x}" for i in range(299, 43, -1))
 
 
 def test_held_tags_are_sorted_so_pings_change_only_with_the_set() -> None:
@@ -270,7 +270,7 @@ def test_a_cpu_invoker_pings_no_held_tags(kafka_bootstrap) -> None:
 
 
 def test_the_held_tags_setting() -> None:
-    assert load_config(["--id", "0"], env={}).gpu_held_tags == 32
+    assert load_config(["--id", "0"], env={}).gpu_held_tags == 256
     assert load_config(["--id", "0", "--gpu-held-tags", "0"], env={}).gpu_held_tags == 0
     assert load_config(["--id", "0"], env={"INVOKER_GPU_HELD_TAGS": "8"}).gpu_held_tags == 8
     with pytest.raises(ConfigError, match="--gpu-held-tags"):
