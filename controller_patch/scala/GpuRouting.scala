@@ -107,7 +107,7 @@ object GpuRouting {
   /** The tag prefix of a held model in a GPU invoker's pings: `held:<digest>` (invoker/gpu/locality.py). */
   val HeldTagPrefix = "held:"
 
-  /** Hex characters of a digest: 48 bits, so 32 held tags keep a ping under 1 KB and rarely match falsely. */
+  /** Hex characters of a digest: 48 bits, so 256 held tags keep a ping near 5 KB and rarely match falsely. */
   val DigestHexChars = 12
 
   /**
