@@ -16,18 +16,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from invoker.gpu.locality import generate_hash, java_string_hash, pairwise_coprime_numbers_until
+from invoker.gpu.locality import (
+    generate_hash,
+    java_string_hash,
+    pairwise_coprime_numbers_until,
+    start,
+)
 from sim.advertise import Board, action_digest
 
 __all__ = ["POLICIES", "Classic", "LeastLoaded", "Locality", "Slots", "generate_hash", "java_string_hash",
            "pairwise_coprime_numbers_until"]
 
 VERSION = "0.0.1"  # every simulated action's version (sim/cluster.py writes its documents so)
-
-
-def _abs_mod(h: int, n: int) -> int:
-    """``math.abs(h % n)`` with the JVM's truncating ``%``."""
-    return abs(h) % n
 
 
 @dataclass
@@ -87,15 +87,14 @@ class Classic:
         """The GPU pool now has ``n`` invokers (``GpuRouting.pool``: new step sizes; every
         action's home and step are ``hash mod n`` again)."""
         self.n = n
-        self.step_sizes = pairwise_coprime_numbers_until(n)
         self._starts: dict[str, tuple[int, int]] = {}
 
     def start(self, namespace: str, fqn: str) -> tuple[int, int]:
         """``GpuRouting.start``: (home invoker, step size)."""
         found = self._starts.get(fqn)
         if found is None:
-            h = generate_hash(namespace, fqn)
-            found = (_abs_mod(h, self.n), self.step_sizes[_abs_mod(h, len(self.step_sizes))])
+            found = start(generate_hash(namespace, fqn), self.n)  # the controller patch's rule
+            assert found is not None, "an empty GPU pool"
             self._starts[fqn] = found
         return found
 

@@ -263,15 +263,7 @@ class ContainerPool:
         memory reservation), or the name of the run buffer to wait in."""
         action = job.action
         namespace = job.invocation_namespace
-        warm = [
-            p
-            for p in self._containers
-            if p.action is not None
-            and p.namespace == namespace
-            and p.action.identity_key == action.identity_key
-            and p.has_capacity()
-            and p.state is not State.REMOVING
-        ]
+        warm = [p for p in self._containers if self._serves(p, job) and p.has_capacity()]
         if warm:
             proxy = max(warm, key=lambda p: (_holds_gpu_model(p), p.initialized, p.active, p.last_used))
             self._claim(proxy, job)
@@ -919,8 +911,7 @@ class ContainerPool:
                     "active": sum(p.active for p in on_gpu),
                     "containers": containers,
                     "resident_models": sorted(resident),
-                    "resident_bytes": sum(m.bytes for p in on_gpu for m in p.container.residency.models
-                                          if m.device.startswith("cuda")),
+                    "resident_bytes": sum(c["awake_bytes"] for c in containers),
                     "held_bytes": sum(c["held_bytes"] for c in containers),
                     "over_request": sum(c["over_request"] for c in containers),
                     # GPU sleep: models awake and asleep (their device size), and the host memory
