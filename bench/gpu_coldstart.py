@@ -43,7 +43,7 @@ from gpu_support import (
     write_result,
 )
 
-from invoker.gpu.layer import GpuStemCell
+from invoker.manifest import StemCell
 
 MEMORY_MB = 4096  # container memory and (default) GPU request of every action here
 
@@ -110,7 +110,7 @@ def bench_framework(name: str, code: str, weights: str, inv, trials: int, warm: 
         finally:
             pool.shutdown()
             layer.stop()
-        pool, layer = make_pool(inv, "auto", stem_cells=(GpuStemCell("python:3-gpu", MEMORY_MB, 1),))
+        pool, layer = make_pool(inv, "auto", stem_cells=(StemCell("python:3-gpu", MEMORY_MB, 1),))
         try:
             deadline = time.monotonic() + 600
             while not any(p.is_prewarm for p in pool._containers):

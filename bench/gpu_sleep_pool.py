@@ -47,7 +47,7 @@ from gpu_support import (  # noqa: E402
     write_result,
 )
 
-from invoker.containerpool.proxy import State  # noqa: E402
+from invoker.containerpool.states import State  # noqa: E402
 from invoker.gpu.layer import GpuSettings  # noqa: E402
 
 # An ordinary action: loads its model once, keeps it in a global, knows nothing of sleep.

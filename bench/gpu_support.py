@@ -19,13 +19,14 @@ import threading
 import time
 from pathlib import Path
 
+from invoker.containerpool.activation import Job
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.containerpool.proxy import Job
 from invoker.embedded.controller import new_identity
 from invoker.entities import WhiskAction, WhiskActivation, action_document
 from invoker.gpu.inventory import Inventory, detect_nvml, parse_declared
-from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
+from invoker.gpu.layer import GpuLayer, GpuSettings
+from invoker.manifest import StemCell
 from invoker.messages import (
     ActivationMessage,
     ControllerInstanceId,
@@ -270,7 +271,7 @@ def inventory(smoke: bool) -> Inventory:
     return detected
 
 
-def make_pool(inv: Inventory, mps: str, stem_cells: tuple[GpuStemCell, ...] = (), mps_dir: Path | None = None,
+def make_pool(inv: Inventory, mps: str, stem_cells: tuple[StemCell, ...] = (), mps_dir: Path | None = None,
               user_memory_mb: int = 262_144, settings: GpuSettings | None = None) -> tuple[ContainerPool, GpuLayer]:
     settings = settings or GpuSettings(reserved_mb=512, stem_cells=stem_cells)
     layer = GpuLayer.start(inv, settings, mps, mps_dir=mps_dir or CACHE / "mps")

@@ -50,9 +50,9 @@ from gpu_support import (
     stop_on_sigterm,
 )
 
-from invoker.containerpool.pool import ContainerPool, PoolConfig, StemCellConfig
+from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.containerpool.proxy import State
+from invoker.containerpool.states import State
 from invoker.entities import WhiskAction, action_document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,12 +106,12 @@ class Pools:
     def make(self, stem_cell: bool):
         """-> (pool, stop)"""
         if self.inventory is not None:
-            from invoker.gpu.layer import GpuStemCell
+            from invoker.manifest import StemCell
 
-            cells = (GpuStemCell(KIND, MEMORY_MB, 1),) if stem_cell else ()
+            cells = (StemCell(KIND, MEMORY_MB, 1),) if stem_cell else ()
             pool, layer = make_pool(self.inventory, "auto", stem_cells=cells)
             return pool, lambda: (pool.shutdown(), layer.stop())
-        cells = (StemCellConfig(KIND, MEMORY_MB, 1),) if stem_cell else ()
+        cells = (StemCell(KIND, MEMORY_MB, 1),) if stem_cell else ()
         pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "clfbench", **self.env}), PythonOnly(),
                              PoolConfig(user_memory_mb=16_384, pause_grace_s=3600, idle_timeout_s=3600,
                                         stem_cells=cells))

@@ -15,7 +15,7 @@ from invoker.config import ConfigError, InvokerConfig, load_config
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import PoolConfig
 from invoker.gpu.inventory import load_inventory
-from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
+from invoker.gpu.layer import GpuLayer, GpuSettings
 from invoker.gpu.mps import MpsError
 from invoker.manifest import RuntimesManifest
 from invoker.messaging import KafkaSettings
@@ -54,7 +54,7 @@ def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest, factory: C
         return None
     cells = config.gpu_stem_cells
     if cells is None:
-        cells = tuple(GpuStemCell(c.kind, c.memory_mb, c.count) for c in manifest.stem_cells()
+        cells = tuple(c for c in manifest.stem_cells()
                       if manifest.kinds[c.kind].is_gpu)
     settings = GpuSettings(reserved_mb=config.gpu_reserved, stem_cells=cells, prewarm=tuple(config.gpu_prewarm),
                            mps_client_uid=config.gpu_mps_uid if factory.chooses_user else None,

@@ -19,8 +19,8 @@ from typing import Any
 
 from invoker.entities import LimitBounds
 from invoker.gpu.inventory import parse_declared
-from invoker.gpu.layer import GpuStemCell
 from invoker.gpu.request import parse_size_mb
+from invoker.manifest import StemCell
 from invoker.messages import ByteSize
 
 
@@ -91,7 +91,7 @@ def parse_declared_gpus(text: str) -> str:
     return text
 
 
-def parse_gpu_stem_cells(text: str) -> tuple[GpuStemCell, ...]:
+def parse_gpu_stem_cells(text: str) -> tuple[StemCell, ...]:
     """``python:3-gpu:2048MB:1[,...]``: kind, container memory, count per GPU."""
     cells = []
     for item in (t.strip() for t in text.split(",")):
@@ -102,7 +102,7 @@ def parse_gpu_stem_cells(text: str) -> tuple[GpuStemCell, ...]:
             raise ConfigError(f"GPU stem cell {item!r} must be kind:memory:count, e.g. python:3-gpu:2048MB:1")
         kind, memory, count = parts
         try:
-            cells.append(GpuStemCell(kind.strip().lower(), parse_size_mb(memory), int(count)))
+            cells.append(StemCell(kind.strip().lower(), parse_size_mb(memory), int(count)))
         except ValueError as error:
             raise ConfigError(f"GPU stem cell {item!r}: {error}") from error
     return tuple(cells)

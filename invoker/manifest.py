@@ -8,10 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from invoker.containerpool.pool import StemCellConfig
 from invoker.messages import ByteSize, MessageError
 
 DEFAULT_MANIFEST_PATH = Path(__file__).with_name("runtimes.json")
+
+
+@dataclass(frozen=True)
+class StemCell:
+    """``count`` prewarmed containers of ``kind`` with ``memory_mb`` (for a GPU kind: on every GPU)."""
+
+    kind: str
+    memory_mb: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class RuntimeKind:
     attached: bool = False
     require_main: bool = False
     sentinelled_logs: bool = True
-    stem_cells: tuple[StemCellConfig, ...] = ()
+    stem_cells: tuple[StemCell, ...] = ()
 
     @property
     def is_gpu(self) -> bool:
@@ -66,7 +74,7 @@ class RuntimesManifest:
             for entry in entries:
                 kind = entry["kind"].strip().lower()
                 cells = tuple(
-                    StemCellConfig(
+                    StemCell(
                         kind=kind,
                         memory_mb=ByteSize.parse(cell["memory"]).megabytes,
                         count=int(cell.get("initialCount", cell.get("count", 0))),
@@ -107,7 +115,7 @@ class RuntimesManifest:
             return next((k for k in members if k.default), members[0] if len(members) == 1 else None)
         return None
 
-    def stem_cells(self) -> tuple[StemCellConfig, ...]:
+    def stem_cells(self) -> tuple[StemCell, ...]:
         return tuple(cell for kind in self.kinds.values() for cell in kind.stem_cells)
 
 

@@ -21,9 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from invoker.containerpool.activation import Job, Messages
 from invoker.containerpool.container import now_ms
 from invoker.containerpool.pool import ContainerPool
-from invoker.containerpool.proxy import Job, Messages
 from invoker.entities import (
     ActivationResponse,
     DocumentUnreadable,

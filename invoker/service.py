@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from invoker.containerpool.activation import PoolLimits
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
-from invoker.containerpool.proxy import PoolLimits
 from invoker.gpu import locality, metrics
 from invoker.gpu.layer import GpuLayer
 from invoker.manifest import RuntimesManifest

@@ -18,12 +18,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from invoker.containerpool.activation import Job
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
-from invoker.containerpool.proxy import Job
 from invoker.entities import WhiskAction, WhiskActivation, action_document
 from invoker.gpu.inventory import GpuDevice, Inventory
-from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
+from invoker.gpu.layer import GpuLayer, GpuSettings
 from invoker.gpu.mps import SharingStatus
+from invoker.manifest import StemCell
 from invoker.messages import (
     ActivationMessage,
     ControllerInstanceId,
@@ -80,7 +81,7 @@ class SimInvoker:
         inventory = Inventory(tuple(GpuDevice(index=g, memory_total_mb=memory) for g in range(gpus)), "declared")
         settings = GpuSettings(
             reserved_mb=int(costs.mps_server_memory_mb.value),
-            stem_cells=tuple(GpuStemCell(KIND, mb, count) for mb, count in config.stem_cells),
+            stem_cells=tuple(StemCell(KIND, mb, count) for mb, count in config.stem_cells),
             prewarm=("torch",), mps_check_interval_s=0, mps_max_clients=int(costs.mps_clients.value),
             sleep_on_pressure=config.sleep_on_pressure, sleep_host_budget_mb=config.sleep_host_budget_mb)
         layer = GpuLayer(inventory, SharingStatus(True, "simulated MPS", tuple(range(gpus))), settings,
@@ -186,7 +187,7 @@ class Cluster:
         self._arrivals: Iterator[float | tuple[float, Function]] = iter(())
         self._arrivals_done = False
         self._last_arrival = 0.0
-        self._gpu_capacity_mb = sum(inv.pool._ledger.capacity_mb(g) for inv in self.invokers
+        self._gpu_capacity_mb = sum(inv.pool.gpu_placer.ledger.capacity_mb(g) for inv in self.invokers
                                     for g in range(inv.gpus))
         self._functions = functions
         self._change: MembershipChange | None = None
@@ -226,7 +227,7 @@ class Cluster:
                                      self.costs, self._functions, self.config)
                 self.invokers.append(invoker)
                 self.slots.add(invoker.user_memory_mb)
-                self._gpu_capacity_mb += sum(invoker.pool._ledger.capacity_mb(g) for g in range(invoker.gpus))
+                self._gpu_capacity_mb += sum(invoker.pool.gpu_placer.ledger.capacity_mb(g) for g in range(invoker.gpus))
                 self.executor.submit(invoker.pool.start, False)
                 self.kernel.after(PING_INTERVAL_S * (k + 1) / change.add_nodes, self._tick, i)
             self.board.grow(len(self.invokers))
@@ -243,11 +244,13 @@ class Cluster:
         committed = resident = 0
         live = 0
         for invoker in self.invokers:
-            ledger = invoker.pool._ledger
+            ledger = invoker.pool.gpu_placer.ledger
             committed += sum(ledger.committed_mb(g) for g in range(invoker.gpus))
             for proxy in invoker.pool._containers:
+                if proxy.container is None:
+                    continue  # decided on, not created yet
                 live += 1
-                resident += sum(m.bytes for m in proxy.container.residency.models) / MB
+                resident += sum(m.bytes for m in proxy.residency.models) / MB
         self.stats.sample_gpu(committed / self._gpu_capacity_mb, resident / self._gpu_capacity_mb, live)
         self.kernel.after(SAMPLE_INTERVAL_S, self._sample)
 
@@ -265,7 +268,7 @@ class Cluster:
             transid=TransactionId.new(aid, self.clock.wall_ms()),
             action=FullyQualifiedEntityName(NAMESPACE, fn.name, "0.0.1"), revision=action.rev,
             user=self._identity, activation_id=aid, root_controller_index=ControllerInstanceId("0"), blocking=True)
-        job = Job(msg=msg, action=action, arguments={}, init_env={}, sink=self, received_ms=self.clock.wall_ms())
+        job = Job(msg=msg, action=action, arguments={}, init_env={}, sink=self)
         self.kernel.after(self.one_way_s, self.invokers[invoker].pool.run, job)
         self._next_arrival()
 
@@ -340,13 +343,13 @@ class Cluster:
                                   "containers_created": 0}
         for invoker in self.invokers:
             pool = invoker.pool
-            counts["cold_starts"] += pool.cold_starts
-            counts["prewarm_starts"] += pool.prewarm_starts
-            counts["warm_starts"] += pool.warm_starts
-            counts["gpu_evictions"] += pool.gpu_evictions
-            counts["gpu_waits"] += pool.gpu_waits
-            counts["gpu_sleeps"] += pool.gpu_sleeps
-            counts["gpu_wakes"] += pool.gpu_wakes
+            counts["cold_starts"] += pool.counts.cold_starts
+            counts["prewarm_starts"] += pool.counts.prewarm_starts
+            counts["warm_starts"] += pool.counts.warm_starts
+            counts["gpu_evictions"] += pool.counts.gpu_evictions
+            counts["gpu_waits"] += pool.counts.gpu_waits
+            counts["gpu_sleeps"] += pool.counts.gpu_sleeps
+            counts["gpu_wakes"] += pool.counts.gpu_wakes
             counts["containers_created"] += invoker.factory.created
         return RunResult(
             policy=self.policy.name, gpus=self.config.gpus, nodes=len(self.invokers), stats=self.stats,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+from invoker.containerpool.activation import Job
 from invoker.containerpool.pool import ImageResolver
-from invoker.containerpool.proxy import Job
 from invoker.embedded.controller import new_identity
 from invoker.entities import WhiskAction, WhiskActivation, action_document
 from invoker.messages import (

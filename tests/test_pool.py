@@ -8,9 +8,10 @@ import time
 import pytest
 from pool_support import PythonOnly, Recorder, job, make_action
 
-from invoker.containerpool.pool import ContainerPool, PoolConfig, StemCellConfig
+from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.embedded.controller import new_identity
+from invoker.manifest import StemCell
 
 
 @pytest.fixture
@@ -36,11 +37,11 @@ def test_warm_container_is_reused_per_namespace_and_action(pool_factory):
     for i in range(3):
         pool.run(job(action, sink))
         sink.wait(i + 1)
-    assert pool.cold_starts == 1 and pool.warm_starts == 2
+    assert pool.counts.cold_starts == 1 and pool.counts.warm_starts == 2
     # Another invoking namespace never shares the container.
     pool.run(job(action, sink, user=new_identity("other")))
     sink.wait(4)
-    assert pool.cold_starts == 2
+    assert pool.counts.cold_starts == 2
 
 
 def test_changed_action_revision_gets_a_new_container(pool_factory):
@@ -50,7 +51,7 @@ def test_changed_action_revision_gets_a_new_container(pool_factory):
     sink.wait(1)
     pool.run(job(make_action("a", rev="2-b"), sink))
     sink.wait(2)
-    assert pool.cold_starts == 2
+    assert pool.counts.cold_starts == 2
 
 
 def test_memory_is_never_overcommitted_and_the_buffer_drains(pool_factory):
@@ -118,7 +119,7 @@ def test_intra_container_concurrency_shares_one_container(pool_factory):
     for _ in range(4):
         pool.run(job(action, sink, {"sleep": 0.3}))
     sink.wait(5)
-    assert pool.cold_starts == 1
+    assert pool.counts.cold_starts == 1
     assert len(pool._containers) == 1
 
 
@@ -136,7 +137,7 @@ def test_idle_containers_are_removed_after_the_idle_timeout(pool_factory):
 
 
 def test_stem_cells_are_started_used_and_replenished(pool_factory):
-    pool = pool_factory(user_memory_mb=1024, stem_cells=(StemCellConfig("python:3", 256, 1),))
+    pool = pool_factory(user_memory_mb=1024, stem_cells=(StemCell("python:3", 256, 1),))
     deadline = time.monotonic() + 10
     while not any(p.is_prewarm for p in pool._containers) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -144,7 +145,7 @@ def test_stem_cells_are_started_used_and_replenished(pool_factory):
     sink = Recorder()
     pool.run(job(make_action("uses-stem"), sink))
     sink.wait(1)
-    assert pool.prewarm_starts == 1 and pool.cold_starts == 0
+    assert pool.counts.prewarm_starts == 1 and pool.counts.cold_starts == 0
     assert stem.action is not None and stem.action.name == "uses-stem"
     deadline = time.monotonic() + 10
     while not any(p.is_prewarm for p in pool._containers) and time.monotonic() < deadline:
@@ -155,7 +156,7 @@ def test_stem_cells_are_started_used_and_replenished(pool_factory):
 def test_idle_stem_cells_give_way_to_a_job_waiting_for_host_memory(pool_factory):
     # Stem cells of another memory size fill the pool: the job must not wait behind them for good
     # (stem cells never idle out). Found by the cluster simulator (tests/sim).
-    pool = pool_factory(user_memory_mb=512, stem_cells=(StemCellConfig("python:3", 256, 2),))
+    pool = pool_factory(user_memory_mb=512, stem_cells=(StemCell("python:3", 256, 2),))
     deadline = time.monotonic() + 10
     while sum(p.is_prewarm for p in pool._containers) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -165,7 +166,7 @@ def test_idle_stem_cells_give_way_to_a_job_waiting_for_host_memory(pool_factory)
     sink.wait(1, timeout_s=20)
     (activation,) = sink.results.values()
     assert activation.response.status_code == 0, activation.response
-    assert pool.cold_starts == 1 and pool.free_memory_mb >= 0
+    assert pool.counts.cold_starts == 1 and pool.free_memory_mb >= 0
 
 
 def test_unrunnable_kind_is_a_provisioning_error(pool_factory):

@@ -1,7 +1,7 @@
 """Host memory of the pool as keyed reservations, the shape of ``GpuLedger``.
 
-Every owner of memory is a key: a live container (its proxy), a cold start being created
-(its placeholder), a stem cell being started (a token). Used memory is the sum over the
+Every owner of memory is a key: a member of the pool (its proxy), from the moment it is
+decided on (STARTING) until it is removed. Used memory is the sum over the
 keys, as the Scala pool sums its maps (``memoryConsumptionOf``), so a leak shows up as a
 listable owner, never as a drifting counter; releasing is removing a key, and releasing
 twice is harmless.
@@ -30,15 +30,11 @@ class MemoryLedger:
             raise ValueError(f"{key!r} already holds memory")
         self._owners[key] = memory_mb
 
-    def move(self, old: Hashable, new: Hashable) -> None:
-        """Hand a reservation to its new owner (a placeholder's to the container it became)."""
-        self._owners[new] = self._owners.pop(old)
-
     def release(self, key: Hashable) -> None:
         self._owners.pop(key, None)
 
-    def holds(self, key: Hashable) -> bool:
-        return key in self._owners
+    def reserved_mb(self, key: Hashable) -> int:
+        return self._owners.get(key, 0)
 
     def owners(self) -> list[Hashable]:
         return list(self._owners)

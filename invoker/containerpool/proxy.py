@@ -1,315 +1,290 @@
-"""One container and its life: the per-container state machine and what happens
-to one activation on it (``/init`` once, ``/run``, logs, result mapping).
+"""One container of the pool and its life (OpenWhisk's ``ContainerProxy.scala``).
 
-The state names are the Scala ``ContainerProxy``'s (PROTOCOL.md §6.1); the error
-texts and status codes are those of §6.6, kept in ``ERRORS`` so tests and code
-share one wording.
+A proxy is a member of the pool from the moment the pool decides to start a container
+(``STARTING``, holding its memory) until the container is gone. It changes its own state,
+only through the named transitions below, each checked against ``states.ALLOWED``; the
+ones that make an engine call say which. Transitions that change state alone are called
+with the pool's lock held (``guard``); those that make an engine call are called without
+it and take it around their state changes, so no engine call ever runs under the lock.
+Every state's idle deadline is set when the state is entered (``deadlines``).
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from owruntime.guard import split_env
+from owruntime.resident import Residency
 
 from invoker.clock import SYSTEM_CLOCK, Clock
-from invoker.containerpool.container import Container, HttpOutcome, now_ms
-from invoker.containerpool.logs import (
-    COLLECTION_ISSUE,
-    DEVELOPER_ERROR_NOTE,
-    IDLE_TIMEOUT_S,
-    note_line,
+from invoker.containerpool import activation as act
+from invoker.containerpool import rules
+from invoker.containerpool.activation import Job, PoolLimits
+from invoker.containerpool.container import (
+    Container,
+    ContainerFactory,
+    ContainerSpec,
+    HttpOutcome,
+    SleepReport,
 )
-from invoker.entities import (
-    ActivationResponse,
-    WhiskAction,
-    WhiskActivation,
+from invoker.containerpool.states import (
+    ALLOWED,
+    CLAIMABLE,
+    Deadline,
+    IllegalTransition,
+    State,
+    Timeouts,
+    deadlines_for,
 )
-from invoker.messages import ActivationMessage
+from invoker.entities import WhiskAction, WhiskActivation
 
-
-class Messages:
-    """OpenWhisk's own error texts (``Messages.scala``), word for word."""
-
-    @staticmethod
-    def timed_out(timeout_ms: int, init: bool) -> str:
-        suffix = " during initialization." if init else "."
-        return f"The action exceeded its time limits of {timeout_ms} milliseconds{suffix}"
-
-    @staticmethod
-    def truncated(length: int, limit: int, prefix: str) -> str:
-        return (
-            f"The action produced a response that exceeded the allowed length: {length} > {limit} bytes. "
-            f"The truncated response was: {prefix}"
-        )
-
-    @staticmethod
-    def invalid_run_response(body: str) -> str:
-        if body:
-            return f"The action did not produce a valid JSON or JSON Array response: {body}"
-        return "The action did not produce a valid JSON or JSON Array response."
-
-    @staticmethod
-    def invalid_init_response(body: str) -> str:
-        if body:
-            return f"The action failed during initialization: {body}"
-        return "The action failed during initialization."
-
-    memory_exhausted = "The action exhausted its memory and was aborted."
-    abnormal_run = "The action did not produce a valid response and exited unexpectedly."
-    abnormal_init = "The action did not initialize and exited unexpectedly."
-    resource_error = "Failed to provision resources to run the action."
-    action_not_found = "Action could not be found or may have been deleted."
-    action_incompatible = "Action version is not compatible and cannot be invoked."
-    action_fetch_failed = "Action could not be fetched."
-    blacklisted = "The action was not invoked due to a blacklisted namespace."
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    STARTED = "started"  # prewarmed stem cell, not initialised
-    RUNNING = "running"  # at least one activation in flight
-    READY = "ready"  # warm and idle
-    PAUSED = "paused"
-    SLEEPING = "sleeping"  # GPU: ``POST /sleep`` under way; its charge is still whole
-    ASLEEP = "asleep"  # GPU: models in host memory; its charge shrunk to what it still holds
-    REMOVING = "removing"
-
-
-class IllegalTransition(RuntimeError):
-    """A state change the table ``ALLOWED`` does not list: a bug in the pool."""
-
-
-# Every state change a container may make. Waking has no state of its own: a claim of an ASLEEP
-# container grows its GPU charge and moves it to RUNNING under one hold of the pool's lock, and
-# its next /run wakes the models (the protocol has no wake call), so there is no in-between
-# for anyone to see. A paused container is resumed by the sleep task before ``/sleep``.
-ALLOWED: dict[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.RUNNING, State.REMOVING}),
-    State.STARTED: frozenset({State.RUNNING, State.REMOVING}),
-    State.RUNNING: frozenset({State.RUNNING, State.READY, State.REMOVING}),
-    State.READY: frozenset({State.RUNNING, State.PAUSED, State.SLEEPING, State.REMOVING}),
-    State.PAUSED: frozenset({State.RUNNING, State.SLEEPING, State.REMOVING}),
-    State.SLEEPING: frozenset({State.ASLEEP, State.READY, State.REMOVING}),
-    State.ASLEEP: frozenset({State.RUNNING, State.REMOVING}),
-    State.REMOVING: frozenset({State.REMOVING}),
-}
-
-
-@dataclass
-class Job:
-    """One activation to run, with what the reactive layer already prepared."""
-
-    msg: ActivationMessage
-    action: WhiskAction
-    arguments: dict | list  # content with initArgs removed and locked args decrypted
-    init_env: dict[str, str]  # initArgs, stringified
-    sink: ActivationSink
-    received_ms: int = field(default_factory=now_ms)
-
-    @property
-    def invocation_namespace(self) -> str:
-        return self.msg.user.namespace_name
-
-
-class ActivationSink(Protocol):
-    """Where the proxy reports an activation (implemented by the reactive layer).
-
-    Its methods never raise into the pool and never block on the broker: sends are chained on
-    futures, and ``completed`` is idempotent (a second call is logged and ignored), so the pool
-    may report a fallback after a failure without acking twice."""
-
-    def result_ready(self, job: Job, activation: WhiskActivation) -> None:
-        """The run ended; logs are not collected yet (the blocking ``ResultMessage``)."""
-
-    def completed(self, job: Job, activation: WhiskActivation) -> None:
-        """Logs collected: the activation is final (``CompletionMessage`` and the record)."""
-
-
-@dataclass(frozen=True)
-class PoolLimits:
-    max_payload_bytes: int = 1024 * 1024
-    truncation_bytes: int = 1024 * 1024
+_NOTHING_RESIDENT = Residency()
 
 
 class ContainerProxy:
-    """A container plus the pool's bookkeeping about it."""
+    """A container plus what the pool knows about it."""
 
-    def __init__(self, container: Container, kind: str, memory_mb: int, prewarmed: bool,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
-        self.container = container
-        self.clock = clock
+    def __init__(self, kind: str, memory_mb: int, guard: threading.Lock, timeouts: Timeouts,
+                 clock: Clock = SYSTEM_CLOCK, gpu: Any = None) -> None:
         self.kind = kind
         self.memory_mb = memory_mb
-        self.state = State.STARTED if prewarmed else State.STARTING
+        self.guard = guard  # the pool's lock: every state change happens under it
+        self.timeouts = timeouts
+        self.clock = clock
+        self.gpu = gpu  # GpuPlacement of a GPU container (invoker.gpu.layer); None on the CPU
+        self.container: Container | None = None  # None while STARTING
+        self.state = State.STARTING
+        self.deadlines: tuple[Deadline, ...] = ()
         self.action: WhiskAction | None = None
         self.namespace: str | None = None
         self.initialized = False
         self.active = 0
         self.max_concurrency = 1
         self.last_used = clock.monotonic()
-        self.created = clock.monotonic()
-        self.init_lock = threading.Lock()
-        self.pause_lock = threading.Lock()
-        self.suspended = False  # the backend really paused it (state PAUSED may precede this)
         self.activations_run = 0
-        self.gpu = None  # GpuPlacement of a GPU container (invoker.gpu.layer); None on the CPU
-        self.sleep = None  # the pool's record of its sleep (state ASLEEP); None awake
+        self.sleep: Any = None  # the pool's record of its sleep while ASLEEP (invoker.containerpool.gpupool)
         self.sleepless = False  # its last /sleep gave nothing back: not tried again until it runs
-
-    def move_to(self, new: State) -> None:
-        """The one way a container changes state (under the pool's lock): checked against
-        ``ALLOWED``, so a path the table does not know fails loudly instead of drifting."""
-        if new not in ALLOWED[self.state]:
-            raise IllegalTransition(f"{self!r}: {self.state.value} -> {new.value}")
-        self.state = new
+        self.init_lock = threading.Lock()
+        self.pause_lock = threading.Lock()  # held across pause, resume and sleep engine calls
+        self.start_done = threading.Event()  # the container exists, or its start failed
+        self._creator_chosen = False
 
     def __repr__(self) -> str:
         action = self.action.path if self.action else None
-        return f"<ContainerProxy {self.container.id} {self.state.value} {action} active={self.active}>"
+        cid = self.container.id if self.container is not None else "-"
+        return f"<ContainerProxy {cid} {self.state.value} {action} active={self.active}>"
+
+    # ------------------------------------------------------------------ what the rules read
 
     @property
     def is_prewarm(self) -> bool:
         return self.action is None
 
+    @property
+    def residency(self) -> Residency:
+        """What the runtime last reported resident (nothing before it exists)."""
+        return self.container.residency if self.container is not None else _NOTHING_RESIDENT
+
+    def has_capacity(self) -> bool:
+        return rules.has_capacity(self)
+
+    # ------------------------------------------------------------------ transitions (lock held)
+
+    def _move(self, new: State) -> None:
+        if new not in ALLOWED[self.state]:
+            raise IllegalTransition(f"{self!r}: {self.state.value} -> {new.value}")
+        self.state = new
+        self.deadlines = deadlines_for(new, self.last_used, self.timeouts, rules.sleepable(self))
+
     def bind(self, action: WhiskAction, namespace: str) -> None:
+        """Give a new container, or a stem cell, its action (no engine call: limits apply at /init)."""
         self.action = action
         self.namespace = namespace
         self.max_concurrency = max(1, action.limits.concurrency)
+        if self.container is not None:
+            self._apply_limits()
+
+    def _apply_limits(self) -> None:
+        assert self.container is not None and self.action is not None
         self.container.set_max_concurrency(self.max_concurrency)
-        self.container.logs.set_limit(action.limits.logs_mb * 1024 * 1024)
+        self.container.logs.set_limit(self.action.limits.logs_mb * 1024 * 1024)
 
-    def has_capacity(self) -> bool:
-        # Asleep or going to sleep: placed on only after its GPU charge has grown (the pool).
-        return self.active < self.max_concurrency and self.state not in (State.REMOVING, State.SLEEPING,
-                                                                         State.ASLEEP)
+    def claim(self) -> None:
+        """A job takes one of its concurrency slots. A paused, pausing or starting container stays
+        so until the job resumes it (``resume_for_run``) or its start ends (``started``)."""
+        if self.state not in CLAIMABLE and self.state not in (State.STARTED, State.ASLEEP):
+            raise IllegalTransition(f"{self!r}: claimed while {self.state.value}")
+        self.active += 1
+        self.last_used = self.clock.monotonic()
+        self.sleepless = False  # it may load models now
+        if self.state in (State.READY, State.STARTED, State.ASLEEP):
+            self._move(State.RUNNING)
 
-    # ------------------------------------------------------------------ the activation
+    def release(self, reusable: bool) -> bool:
+        """A job gives its slot back; True when the container must be removed now."""
+        self.active = max(0, self.active - 1)
+        self.last_used = self.clock.monotonic()
+        alive = self.container is not None and self.container.is_alive()
+        if not reusable or not alive or self.state is State.REMOVING:
+            if self.active:
+                self._move(State.REMOVING)  # removed once its other runs finish
+                return False
+            return True
+        if self.active == 0 and self.state is State.RUNNING:
+            self._move(State.READY)
+        return False
+
+    def begin_pause(self) -> None:
+        """READY -> PAUSING; the pool then runs ``pause`` off the lock."""
+        self._move(State.PAUSING)
+
+    def begin_sleep(self) -> bool:
+        """READY or PAUSED -> SLEEPING; whether it is paused (``sleep`` resumes it first)."""
+        paused = self.state is State.PAUSED
+        self._move(State.SLEEPING)
+        return paused
+
+    def slept(self, record: Any) -> None:
+        """SLEEPING -> ASLEEP, with the pool's record of what it still holds."""
+        self.sleep = record
+        self._move(State.ASLEEP)
+
+    def stayed_awake(self) -> None:
+        """SLEEPING -> READY: its sleep gave nothing back; not tried again until it runs."""
+        self.sleepless = True
+        self._move(State.READY)
+
+    def woken(self) -> None:
+        """The sleep record goes once a claim has grown its GPU charge back."""
+        self.sleep = None
+
+    def retire(self) -> None:
+        """-> REMOVING; the pool destroys it (``destroy``) once it holds no job."""
+        self._move(State.REMOVING)
+
+    def take_start(self) -> bool:
+        """Whether the caller is the one job that creates this STARTING container (the first)."""
+        first, self._creator_chosen = not self._creator_chosen, True
+        return first
+
+    # ------------------------------------------------------------------ engine calls (lock not held)
+
+    def start(self, factory: ContainerFactory, spec: ContainerSpec, ready_timeout_s: float | None = None) -> None:
+        """``factory.create``, and for a stem cell that warms up (GPU) ``GET /ready`` until it
+        answers: STARTING -> RUNNING (a job's container) or STARTED (a stem cell). Raises what
+        the engine raised; ``start_done`` is set either way."""
+        try:
+            container = factory.create(spec)
+            try:
+                if ready_timeout_s is not None and container.wait_ready(ready_timeout_s) is None:
+                    raise TimeoutError(f"{container.id} did not get ready in {ready_timeout_s:g} s")
+                with self.guard:
+                    self.container = container
+                    removed = self.state is State.REMOVING  # meanwhile: nobody else will destroy it
+                    if not removed:
+                        if self.action is not None:
+                            self._apply_limits()
+                        self._move(State.RUNNING if self.active else State.STARTED)
+                if removed:
+                    container.destroy()
+            except BaseException:
+                container.destroy()
+                raise
+        finally:
+            self.start_done.set()
+
+    def pause(self) -> bool:
+        """``Container.suspend``: PAUSING -> PAUSED; a claim before the call began cancels it
+        (-> RUNNING). False when nothing was paused. Raises what the engine raised."""
+        with self.pause_lock:
+            with self.guard:
+                if self.state is not State.PAUSING:
+                    return False  # removed meanwhile
+                if self.active:
+                    self._move(State.RUNNING)
+                    return False
+            assert self.container is not None
+            self.container.suspend()
+            with self.guard:
+                if self.state is State.PAUSING:
+                    self._move(State.PAUSED)  # claimed meanwhile: that job resumes it
+            return True
+
+    def resume_for_run(self) -> bool:
+        """Make a claimed container runnable: ``Container.resume`` if paused (PAUSED ->
+        RUNNING), after any pause or sleep under way. False when it cannot run."""
+        assert self.container is not None
+        with self.pause_lock:
+            with self.guard:
+                if self.state is State.PAUSING:
+                    self._move(State.RUNNING)  # its pause never reached the engine
+                paused = self.state is State.PAUSED
+            if paused:
+                try:
+                    self.container.resume()
+                except Exception:
+                    return False
+                with self.guard:
+                    if self.state is State.PAUSED:
+                        self._move(State.RUNNING)
+        return self.container.is_alive()
+
+    def sleep_call(self, resume_first: bool, timeout_s: float) -> SleepReport:
+        """``Container.resume`` if it was paused, then ``POST /sleep``. Raises what the engine raised."""
+        assert self.container is not None
+        with self.pause_lock:
+            if resume_first:
+                self.container.resume()
+            return self.container.sleep(timeout_s)
+
+    def destroy(self) -> None:
+        """``Container.destroy`` (nothing while it was never created)."""
+        if self.container is not None:
+            self.container.destroy()
+
+    # ------------------------------------------------------------------ one activation
 
     def execute(self, job: Job, limits: PoolLimits) -> tuple[WhiskActivation, bool]:
-        """Run one activation; returns the final activation and whether the container
-        may be reused. Reports the result to ``job.sink`` as soon as it is known."""
+        """Run one activation; returns the final activation and whether the container may be
+        reused. Reports the result to ``job.sink`` as soon as it is known."""
+        assert self.container is not None
+        container = self.container
         action = job.action
         timeout_ms = action.limits.timeout_ms
-        init_interval: HttpOutcome | None = None
+        init: HttpOutcome | None = None
         with self.init_lock:
             if not self.initialized:
-                init_interval = self.container.initialize(self._init_payload(job), timeout_ms / 1000,
-                                                          max_body=limits.max_payload_bytes)
-                failure = self._init_failure(init_interval, timeout_ms)
+                init = container.initialize(act.init_payload(job), timeout_ms / 1000,
+                                            max_body=limits.max_payload_bytes)
+                failure = act.init_failure(init, timeout_ms)
                 if failure is None:
                     self.initialized = True
-        if init_interval is not None and not self.initialized:
-            activation = self._activation(job, init_interval.start_ms, init_interval.end_ms, failure, init_interval)
-            activation.annotations.append(("timeout", init_interval.timed_out))
-            self._finish_annotations(job, activation, init_interval, init_interval.start_ms)
+        if init is not None and not self.initialized:
+            activation = act.activation_record(job, init.start_ms, init.end_ms, failure, init)
+            activation.annotations.append(("timeout", init.timed_out))
+            act.finish_annotations(job, activation, init, init.start_ms)
             job.sink.result_ready(job, activation)
-            self._collect_logs(job, activation)
+            act.collect_logs(container.logs, job, activation)
             job.sink.completed(job, activation)
             return activation, False
 
-        run = self.container.run(self._run_payload(job), timeout_ms / 1000, max_body=limits.max_payload_bytes)
-        response, reusable = self._run_response(run, timeout_ms, limits)
-        start = init_interval.start_ms if init_interval is not None else run.start_ms
-        activation = self._activation(job, start, run.end_ms, response, init_interval)
+        run = container.run(act.run_payload(job), timeout_ms / 1000, max_body=limits.max_payload_bytes)
+        response, reusable = act.run_response(run, timeout_ms, limits, self._oom_killed)
+        start = init.start_ms if init is not None else run.start_ms
+        activation = act.activation_record(job, start, run.end_ms, response, init)
         timed_out = run.timed_out or (run.end_ms - run.start_ms) >= timeout_ms
         activation.annotations.append(("timeout", timed_out))
-        self._finish_annotations(job, activation, init_interval, start)
+        act.finish_annotations(job, activation, init, start)
         self.activations_run += 1
         job.sink.result_ready(job, activation)
-        if not self._collect_logs(job, activation) and activation.response.status_code != 2:
+        if not act.collect_logs(container.logs, job, activation) and activation.response.status_code != 2:
             reusable = False
         job.sink.completed(job, activation)
         return activation, reusable
 
-    def _init_payload(self, job: Job) -> dict[str, Any]:
-        action = job.action
-        payload: dict[str, Any] = {
-            "name": action.name,
-            "binary": action.binary,
-            "main": action.main or "main",
-        }
-        if action.code is not None:
-            payload["code"] = action.code
-        env, _ = split_env(job.init_env)  # no GPU/MPS or runtime variable: set at creation (stock images too)
-        env.update(self._context(job, prefix=True))
-        payload["env"] = env
-        return payload
-
-    def _run_payload(self, job: Job) -> dict[str, Any]:
-        payload: dict[str, Any] = {"value": job.arguments}
-        payload.update(self._context(job, prefix=False))
-        return payload
-
-    def _context(self, job: Job, prefix: bool) -> dict[str, str]:
-        action, msg = job.action, job.msg
-        context = {
-            "namespace": msg.user.namespace_name,
-            "action_name": action.fully_qualified_name,
-            "action_version": action.version,
-            "activation_id": msg.activation_id,
-            "transaction_id": msg.transid.id,
-            "deadline": str(now_ms() + action.limits.timeout_ms),
-        }
-        api_key = msg.user.api_key
-        if action.provide_api_key and api_key is not None:
-            context["api_key"] = api_key
-        if prefix:
-            return {f"__OW_{k.upper()}": v for k, v in context.items()}
-        return context
-
-    def _init_failure(self, outcome: HttpOutcome, timeout_ms: int) -> ActivationResponse | None:
-        if outcome.timed_out:
-            return ActivationResponse.developer_error(Messages.timed_out(timeout_ms, init=True))
-        if outcome.status is None:
-            return ActivationResponse.developer_error(Messages.abnormal_init)
-        if outcome.ok:
-            return None
-        body = outcome.body.decode("utf-8", errors="replace")
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and "error" in parsed:
-            return ActivationResponse.developer_error(parsed["error"])
-        return ActivationResponse.developer_error(Messages.invalid_init_response(body))
-
-    def _run_response(self, outcome: HttpOutcome, timeout_ms: int, limits: PoolLimits) -> tuple[ActivationResponse, bool]:
-        if outcome.timed_out or (outcome.status is not None and outcome.end_ms - outcome.start_ms >= timeout_ms):
-            return ActivationResponse.developer_error(Messages.timed_out(timeout_ms, init=False)), False
-        if outcome.status is None:
-            if self._oom_killed():
-                return ActivationResponse.developer_error(Messages.memory_exhausted), False
-            return ActivationResponse.developer_error(Messages.abnormal_run), False
-        length = len(outcome.body) if outcome.length is None else outcome.length  # only limit + 1 bytes are read
-        if length > limits.max_payload_bytes:
-            prefix = outcome.body[: limits.truncation_bytes].decode("utf-8", errors="ignore")
-            message = Messages.truncated(length, limits.max_payload_bytes, prefix)
-            return ActivationResponse.application_error(message, length), True
-        body = outcome.body.decode("utf-8", errors="replace")
-        size = len(body)
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
-        if outcome.ok:
-            if isinstance(parsed, dict):
-                if "error" in parsed:
-                    return ActivationResponse(1, parsed, size), True
-                return ActivationResponse.success(parsed, size), True
-            if isinstance(parsed, list):
-                return ActivationResponse.success(parsed, size), True
-            return ActivationResponse.developer_error(Messages.invalid_run_response(body), size), False
-        if isinstance(parsed, dict) and "error" in parsed:
-            return ActivationResponse.developer_error(parsed["error"], size), False
-        return ActivationResponse.developer_error(Messages.invalid_run_response(body), size), False
-
     def _oom_killed(self) -> bool:
         # Docker reports OOMKilled a moment after the connection drops: poll up to 2 s.
+        assert self.container is not None
         deadline = self.clock.monotonic() + 2.0
         while True:
             if self.container.was_oom_killed():
@@ -317,62 +292,3 @@ class ContainerProxy:
             if self.container.is_alive() or self.clock.monotonic() > deadline:
                 return False
             self.clock.sleep(0.1)
-
-    def _activation(
-        self,
-        job: Job,
-        start_ms: int,
-        end_ms: int,
-        response: ActivationResponse,
-        init: HttpOutcome | None,
-    ) -> WhiskActivation:
-        action, msg = job.action, job.msg
-        return WhiskActivation(
-            namespace=msg.user.namespace_name,
-            name=action.name,
-            subject=msg.user.subject,
-            activation_id=msg.activation_id,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            response=response,
-            version=action.version,
-            annotations=[
-                ("limits", action.limits.to_json()),
-                ("path", action.path),
-                ("kind", action.kind),
-            ],
-            cause=msg.cause,
-            duration_ms=end_ms - start_ms,
-        )
-
-    def _finish_annotations(self, job: Job, activation: WhiskActivation, init: HttpOutcome | None, start_ms: int) -> None:
-        if job.msg.cause is not None:
-            activation.annotations.append(("causedBy", "sequence"))
-        if init is not None:
-            activation.annotations.append(("initTime", init.end_ms - init.start_ms))
-        activation.annotations.append(("waitTime", max(0, start_ms - job.msg.transid.start_ms)))
-        if job.msg.action.binding is not None:
-            activation.annotations.append(("binding", job.msg.action.binding))
-
-    def _collect_logs(self, job: Job, activation: WhiskActivation) -> bool:
-        """Fill ``activation.logs``; False when collection failed (container goes)."""
-        limit_mb = job.action.limits.logs_mb
-        buffer = self.container.logs
-        if limit_mb <= 0:
-            buffer.discard()
-            return True
-        developer_error = activation.response.status_code == 2
-        # After a developer error the sentinels may never come (crash, timeout): take
-        # what arrives without a long wait; the container is removed anyway.
-        collected = buffer.collect(
-            limit_bytes=limit_mb * 1024 * 1024,
-            wait_for_sentinels=True,
-            total_timeout_s=1.0 if developer_error else max(limit_mb, 5) * 2.0,
-            idle_timeout_s=0.2 if developer_error else IDLE_TIMEOUT_S,
-        )
-        activation.logs = collected.lines
-        if collected.incomplete and not developer_error:
-            activation.logs.append(note_line(COLLECTION_ISSUE))
-        if developer_error:
-            activation.logs.append(note_line(DEVELOPER_ERROR_NOTE))
-        return not collected.incomplete

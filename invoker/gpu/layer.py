@@ -19,6 +19,7 @@ from invoker.gpu.mps import (
     client_env,
     start_sharing,
 )
+from invoker.manifest import StemCell
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,9 @@ MPS_DOWN_TAG = "gpu-mps-down"  # pinged instead of gpu-mps while the daemon is d
 
 
 @dataclass(frozen=True)
-class GpuStemCell:
-    """``count`` prewarmed containers of ``kind`` with ``memory_mb`` on every GPU."""
-
-    kind: str
-    memory_mb: int
-    count: int
-
-
-@dataclass(frozen=True)
 class GpuSettings:
     reserved_mb: int = 0  # per GPU, never admitted (driver, MPS server ~0.4 GB)
-    stem_cells: tuple[GpuStemCell, ...] = ()
+    stem_cells: tuple[StemCell, ...] = ()  # each on every GPU
     prewarm: tuple[str, ...] = ("torch", "onnxruntime")
     ready_timeout_s: float = 300.0  # a stem cell that has not finished warming by then is dropped
     # The UID GPU containers run as under MPS (one MPS server serves one user); None: the

@@ -131,10 +131,6 @@ class GpuLedger:
         """A sleep is under way and should leave ``expected_mb``; None: it ended without a resize."""
         self._charges[key].shrinking_to = expected_mb
 
-    def move(self, old: Hashable, new: Hashable) -> None:
-        """Hand a charge to another key (a cold-start placeholder becomes its container)."""
-        self._charges[new] = self._charges.pop(old)
-
     def mark_releasing(self, key: Hashable) -> None:
         self._charges[key].releasing = True
 

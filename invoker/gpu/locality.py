@@ -33,20 +33,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from invoker.containerpool.proxy import State
-
 HELD_TAG_PREFIX = "held:"
 DIGEST_HEX_CHARS = 12
 # Held tags per ping, by default (--gpu-held-tags). 256, not 32: after a scale-out (every
 # action's home moves) 32 won back 0.6 of 6.2 points of cold starts in the simulation, 256 all
 # of them, as a node holds far more than 32 models (README, "Membership changes").
 MAX_HELD = 256
-
-# States in which a GPU container bound to an action does not hold its model: not started yet,
-# or going away. Every other state holds it (ready, running, paused, and an asleep state where
-# the pool adds one: the model is in host memory, a wake-up away, still far better than a load).
-NOT_HOLDING = frozenset({State.STARTING, State.REMOVING})
-
 
 def action_key(invocation_namespace: str, action_path: str, version: str) -> str:
     """``action_path``: ``namespace[/package]/name`` with no leading slash (``WhiskAction.path``)."""
@@ -67,30 +59,17 @@ def held_digests_of(tags: Iterable[str]) -> set[str]:
     return {t[len(HELD_TAG_PREFIX):] for t in tags if t.startswith(HELD_TAG_PREFIX)}
 
 
-class _Placement(Protocol):
-    gpu: int
-
-
 class _Action(Protocol):
     path: str
     version: str
 
 
 class HolderView(Protocol):
-    """What :func:`holds_model` reads of a ``ContainerProxy``."""
+    """What :func:`holding_of` reads of a container that holds a model (``rules.holds_model``)."""
 
-    gpu: _Placement | None
     action: _Action | None
     namespace: str | None
-    initialized: bool
-    state: State
     last_used: float
-
-
-def holds_model(proxy: HolderView) -> bool:
-    """A GPU container of an action, initialised, in a state that keeps its model (not NOT_HOLDING)."""
-    return (proxy.gpu is not None and proxy.action is not None and proxy.namespace is not None
-            and proxy.initialized and proxy.state not in NOT_HOLDING)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pool_support import PythonOnly, Recorder, job
 
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.containerpool.proxy import State
+from invoker.containerpool.states import State
 from invoker.entities import WhiskAction, action_document
 from invoker.gpu.inventory import parse_declared
 from invoker.gpu.layer import GpuLayer, GpuSettings
@@ -64,7 +64,7 @@ def test_the_classifier_sleeps_when_idle_and_wakes_with_the_same_answer(tmp_path
         pool.run(second)
         after = sink.result(second, timeout_s=120)
         assert after == before  # the same sessions rebuilt from the same file: the same numbers
-        assert (pool.cold_starts, pool.gpu_sleeps, pool.gpu_wakes) == (1, 1, 1)
+        assert (pool.counts.cold_starts, pool.counts.gpu_sleeps, pool.counts.gpu_wakes) == (1, 1, 1)
         assert proxy.container.residency.models and proxy.container.residency.asleep == ()
     finally:
         pool.shutdown()

@@ -20,9 +20,9 @@ from fault_support import OwnPodmanService
 from pool_support import PythonOnly, Recorder, job, make_action
 from services import RUNTIME_IMAGE
 
+from invoker.containerpool.activation import Messages
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.containerpool.proxy import Messages
 from invoker.entities import WHISK_ERROR, WhiskAction
 from invoker.gpu.inventory import parse_declared
 from invoker.gpu.layer import GpuLayer, GpuSettings
@@ -262,7 +262,7 @@ def test_limits_out_of_bounds_are_refused_with_openwhisk_text(cpu_pool, limits, 
     refused = sink.wait_for(run(cpu_pool, job(make_action("bad", code=GATED, **limits), sink)))
     assert refused.response.status_code == WHISK_ERROR
     assert refused.response.result == {"error": error}
-    assert cpu_pool.cold_starts == 0  # no container, and memory untouched (a negative one inflated it)
+    assert cpu_pool.counts.cold_starts == 0  # no container, and memory untouched (a negative one inflated it)
     assert cpu_pool.free_memory_mb == 1024
     assert len(sink.results) == 1
 
@@ -280,7 +280,7 @@ def test_code_larger_than_the_exec_limit_is_refused():
         assert refused.response.status_code == WHISK_ERROR
         size = len(code.encode())
         assert refused.response.result == {"error": f"exec larger than allowed: {size} > 64 bytes."}
-        assert pool.cold_starts == 0
+        assert pool.counts.cold_starts == 0
     finally:
         pool.shutdown()
 
@@ -339,7 +339,7 @@ def test_a_run_placed_while_the_container_is_being_paused_resumes_it():
         time.sleep(0.3)  # let the run reach the container before the pause completes
         factory.release.set()
         assert sink.result(second, 30)["pid"] == first["pid"]  # resumed, not timed out
-        assert pool.warm_starts == 1
+        assert pool.counts.warm_starts == 1
     finally:
         factory.release.set()
         pool.shutdown()

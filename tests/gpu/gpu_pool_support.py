@@ -66,7 +66,7 @@ class GpuWatch:
         self._thread.start()
 
     def _loop(self) -> None:
-        ledger = self.pool._ledger
+        ledger = self.pool.gpu_placer.ledger
         while not self._stop.wait(0.005):
             with self.pool._lock:
                 self.seen.update(p for p in self.pool._containers if p.gpu is not None)
@@ -78,7 +78,7 @@ class GpuWatch:
                 capacity = {g: ledger.capacity_mb(g) for g in ledger.devices}
             live: dict[int, int] = {}
             for proxy in list(self.seen):
-                if proxy.container.is_alive():
+                if proxy.container is not None and proxy.container.is_alive():
                     held = self.held.get(proxy, proxy.gpu.memory_mb)
                     live[proxy.gpu.gpu] = live.get(proxy.gpu.gpu, 0) + held
             for gpu, cap in capacity.items():

@@ -13,8 +13,9 @@ from gpu_pool_support import PythonOnly, Recorder, gpu_action, job, wait_until
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.gpu.inventory import detect_nvml, load_inventory
-from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
+from invoker.gpu.layer import GpuLayer, GpuSettings
 from invoker.gpu.mps import CONTROL_BINARY, MpsDaemon
+from invoker.manifest import StemCell
 
 pytestmark = pytest.mark.gpu
 
@@ -162,12 +163,12 @@ def test_what_torch_holds_on_the_gpu_is_reported_and_flagged_over_the_request(de
 
 def test_a_gpu_stem_cell_has_its_cuda_context_before_it_is_claimed(device_pool):
     _needs_cuda_torch()
-    pool = device_pool("auto", stem_cells=(GpuStemCell("python:3-gpu", 2048, 1),), prewarm=("torch",))
+    pool = device_pool("auto", stem_cells=(StemCell("python:3-gpu", 2048, 1),), prewarm=("torch",))
     wait_until(lambda: any(p.is_prewarm for p in pool._containers), timeout_s=300, what="a GPU stem cell")
     code = "def main(args):\n    import torch\n    return {'initialized': torch.cuda.is_initialized()}\n"
     sink = Recorder()
     result = sink.result(_run(pool, job(gpu_action("ctx", memory=2048, code=code), sink)))
-    assert pool.prewarm_starts == 1 and result["initialized"] is True
+    assert pool.counts.prewarm_starts == 1 and result["initialized"] is True
 
 
 def _run(pool, j):

@@ -15,7 +15,8 @@ from pool_support import make_action
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.gpu.inventory import parse_declared
-from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
+from invoker.gpu.layer import GpuLayer, GpuSettings
+from invoker.manifest import StemCell
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_a_warm_container_holding_the_model_on_a_gpu_is_preferred(gpu_pool):
     pool.run(other)
     holder = sink.result(loader)["pid"]
     assert sink.result(other)["pid"] != holder
-    assert pool.cold_starts == 2
+    assert pool.counts.cold_starts == 2
     for _ in range(3):
         assert sink.result(_run(pool, job(action, sink)))["pid"] == holder
     snapshot = pool.gpu_snapshot()
@@ -77,7 +78,7 @@ def test_gpu_memory_is_never_overcommitted_jobs_wait_and_drain(gpu_pool):
     watch.stop()
     assert watch.violations == []
     assert watch.worst[0] == 600
-    assert pool.gpu_waits >= 1 and pool.gpu_evictions == 1  # the idle first container made room
+    assert pool.counts.gpu_waits >= 1 and pool.counts.gpu_evictions == 1  # the idle first container made room
     assert result["gpu"] == "0"
     (proxy,) = [p for p in pool._containers if p.gpu is not None]
     assert proxy.action.name == "second" and pool.buffered == 0
@@ -96,7 +97,7 @@ def test_requests_no_gpu_can_admit_are_refused_with_a_clear_error(gpu_pool):
     activation = sink.wait_for(bad)
     assert activation.response.status_code == 2
     assert activation.response.result["error"].startswith("The action's GPU request is invalid")
-    assert pool.cold_starts == 0 and pool.gpu_refused == 1
+    assert pool.counts.cold_starts == 0 and pool.counts.gpu_refused == 1
     # The default request is the action's memory limit.
     default = job(gpu_action("default", memory=3072), sink)
     pool.run(default)
@@ -111,7 +112,7 @@ def test_idle_warm_gpu_containers_are_evicted_least_recently_used_first(gpu_pool
         sink.result(_run(pool, job(action, sink)))
     names = {p.action.name for p in pool._containers if p.gpu is not None}
     assert names == {"a", "c"}  # b, the least recently used, went
-    assert pool.gpu_evictions == 1
+    assert pool.counts.gpu_evictions == 1
     assert pool.gpu_snapshot()["gpus"][0]["committed_mb"] == 800
 
 
@@ -230,7 +231,7 @@ def test_an_mps_gpu_never_has_more_containers_than_mps_client_slots(gpu_pool, fa
     sink.result(_run(pool, job(c, sink)))
     sink.result(busy)
     names = {p.action.name for p in pool._containers if p.gpu is not None}
-    assert names == {"b", "c"} and pool.gpu_evictions == 1 and pool.gpu_waits >= 1
+    assert names == {"b", "c"} and pool.counts.gpu_evictions == 1 and pool.counts.gpu_waits >= 1
     gpu0 = pool.gpu_snapshot()["gpus"][0]
     assert gpu0["mps_client_slots"] == 2 and len(gpu0["containers"]) == 2 and gpu0["committed_mb"] == 200
 
@@ -264,7 +265,7 @@ def test_gpu_containers_are_asked_to_run_as_the_mps_user_with_the_mps_directorie
 
 
 def test_gpu_stem_cells_are_prewarmed_per_gpu_claimed_and_replenished(gpu_pool):
-    pool = gpu_pool("0:4GiB,1:4GiB", stem_cells=(GpuStemCell("python:3-gpu", 256, 1),), prewarm=("torch",))
+    pool = gpu_pool("0:4GiB,1:4GiB", stem_cells=(StemCell("python:3-gpu", 256, 1),), prewarm=("torch",))
 
     def stems() -> list:
         with pool._lock:
@@ -275,13 +276,13 @@ def test_gpu_stem_cells_are_prewarmed_per_gpu_claimed_and_replenished(gpu_pool):
     assert pool.gpu_snapshot()["gpus"][0]["committed_mb"] == 256  # a stem cell holds its GPU memory
     sink = Recorder()
     result = sink.result(_run(pool, job(gpu_action("warmish", memory=256), sink)))
-    assert pool.prewarm_starts == 1 and pool.cold_starts == 0
+    assert pool.counts.prewarm_starts == 1 and pool.counts.cold_starts == 0
     assert result["torch_loaded"] is True  # imported before the stem cell was claimed
     assert result["env"] == {"OW_GPU_PREWARM": "torch"}
     wait_until(lambda: len(stems()) == 2, timeout_s=120, what="the claimed stem cell replaced")
     # A stem cell's MPS limits were fixed when it was created: another request cannot use it.
     sink.result(_run(pool, job(gpu_action("other-sm", memory=256, gpu={"sm": 50}), sink)))
-    assert pool.cold_starts == 1 and pool.prewarm_starts == 1
+    assert pool.counts.cold_starts == 1 and pool.counts.prewarm_starts == 1
 
 
 def test_concurrent_burst_drains_without_overcommit(gpu_pool):
@@ -303,12 +304,12 @@ def test_concurrent_burst_drains_without_overcommit(gpu_pool):
 
 
 def test_idle_stem_cells_of_another_class_give_way_to_a_waiting_job(gpu_pool):
-    pool = gpu_pool("0:1GiB", stem_cells=(GpuStemCell("python:3-gpu", 256, 2),), prewarm=())
+    pool = gpu_pool("0:1GiB", stem_cells=(StemCell("python:3-gpu", 256, 2),), prewarm=())
     wait_until(lambda: sum(p.is_prewarm for p in pool._containers) == 2, what="two stem cells")
     sink = Recorder()
     result = sink.result(_run(pool, job(gpu_action("wide", gpu={"memory": "800 MB"}), sink)))
     assert result["gpu"] == "0"
-    assert pool.gpu_evictions == 2 and pool.prewarm_starts == 0
+    assert pool.counts.gpu_evictions == 2 and pool.counts.prewarm_starts == 0
     # No room for a stem cell next to the 800 MB container: none is started.
     time.sleep(0.5)
     assert not any(p.is_prewarm for p in pool._containers)

@@ -20,12 +20,13 @@ from owruntime.resident import AsleepModel, Residency, ResidentModel
 from invoker.containerpool.container import HttpOutcome, SleepReport
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.containerpool.proxy import ContainerProxy, IllegalTransition, State
+from invoker.containerpool.proxy import ContainerProxy, State
 from invoker.gpu import metrics
 from invoker.gpu.inventory import parse_declared
-from invoker.gpu.layer import GpuLayer, GpuSettings, GpuStemCell
+from invoker.gpu.layer import GpuLayer, GpuSettings
 from invoker.gpu.ledger import GpuLedger
 from invoker.gpu.sleep import MB, asleep_charge_mb, expected_charge_mb, host_mb
+from invoker.manifest import StemCell
 
 pytest.importorskip("torch")
 
@@ -90,7 +91,7 @@ def _only(pool: ContainerPool, name: str) -> ContainerProxy:
 
 def _charge(pool: ContainerPool, proxy: ContainerProxy) -> int:
     with pool._lock:
-        return pool._ledger.charge(proxy).memory_mb
+        return pool.gpu_placer.ledger.charge(proxy).memory_mb
 
 
 def _state(pool: ContainerPool, name: str) -> State | None:
@@ -101,13 +102,13 @@ def _state(pool: ContainerPool, name: str) -> State | None:
 
 def _no_leaks(pool: ContainerPool) -> None:
     """Once idle, the owners of GPU and host memory are exactly the live containers."""
-    wait_until(lambda: pool._ledger.releasing_mb(0) == 0 and not pool.buffered, 30, what="removals done")
+    wait_until(lambda: pool.gpu_placer.ledger.releasing_mb(0) == 0 and not pool.buffered, 30, what="removals done")
     with pool._lock:
         live = set(pool._containers)
-        assert set(pool._ledger._charges) == live
+        assert set(pool.gpu_placer.ledger._charges) == live
         assert set(pool._memory.owners()) == live
         asleep = {p for p in live if p.state is State.ASLEEP}
-        assert set(pool._asleep_host.owners()) == asleep
+        assert set(pool.gpu_placer.asleep_host.owners()) == asleep
 
 
 def test_idle_container_sleeps_and_wakes_with_the_same_result(sleep_pool):
@@ -140,7 +141,7 @@ def test_idle_container_sleeps_and_wakes_with_the_same_result(sleep_pool):
     assert _charge(pool, proxy) == 400  # grown back before its /run
     assert [m.key for m in proxy.container.residency.models] == ["encoder"]
     assert proxy.container.residency.asleep == ()
-    assert (pool.gpu_sleeps, pool.gpu_wakes, pool.cold_starts) == (1, 1, 1)
+    assert (pool.counts.gpu_sleeps, pool.counts.gpu_wakes, pool.counts.cold_starts) == (1, 1, 1)
     _no_leaks(pool)
 
 
@@ -150,9 +151,9 @@ def test_a_paused_container_is_resumed_to_sleep(sleep_pool):
     action = model_action("enc")
     first = sink.result(_run(pool, job(action, sink)), timeout_s=120)
     proxy = _only(pool, "enc")
-    wait_until(lambda: proxy.suspended, 15, what="paused")
+    wait_until(lambda: proxy.state is State.PAUSED, 15, what="paused")
     wait_until(lambda: _state(pool, "enc") is State.ASLEEP, 30, what="asleep")
-    assert not proxy.suspended
+    assert proxy.state is State.ASLEEP  # resumed before its /sleep: a paused one cannot answer
     assert sink.result(_run(pool, job(action, sink))) == first
 
 
@@ -164,12 +165,12 @@ def test_a_job_for_a_container_going_to_sleep_waits_for_it_and_wakes_it(sleep_po
     proxy = _only(pool, "enc")
     with proxy.pause_lock:  # holds the sleep task before its /sleep
         with pool._lock:
-            pool._start_sleep(proxy)
-        assert pool._ledger.releasing_mb(0) == 400 - CONTEXT_MB  # on its way
+            pool.gpu_placer.start_sleep(proxy)
+        assert pool.gpu_placer.ledger.releasing_mb(0) == 400 - CONTEXT_MB  # on its way
         waiting = _run(pool, job(action, sink))
         assert pool.buffered == 1 and proxy.state is State.SLEEPING
     assert sink.result(waiting) == first  # the same process, woken
-    assert (pool.gpu_sleeps, pool.gpu_wakes, pool.cold_starts) == (1, 1, 1)
+    assert (pool.counts.gpu_sleeps, pool.counts.gpu_wakes, pool.counts.cold_starts) == (1, 1, 1)
     _no_leaks(pool)
 
 
@@ -180,7 +181,7 @@ def test_an_asleep_container_is_removed_at_the_idle_timeout(sleep_pool):
     wait_until(lambda: _state(pool, "enc") is State.ASLEEP, 30, what="asleep")
     wait_until(lambda: _state(pool, "enc") is None, 30, what="removed")
     _no_leaks(pool)
-    assert pool._ledger.committed_mb(0) == 0 and pool._asleep_host.used_mb == 0
+    assert pool.gpu_placer.ledger.committed_mb(0) == 0 and pool.gpu_placer.asleep_host.used_mb == 0
 
 
 def test_over_the_host_budget_the_least_recently_used_asleep_container_goes(sleep_pool):
@@ -193,23 +194,23 @@ def test_over_the_host_budget_the_least_recently_used_asleep_container_goes(slee
     sink.result(_run(pool, job(model_action("new"), sink)), timeout_s=120)
     wait_until(lambda: _state(pool, "new") is State.ASLEEP, 30, what="new asleep")
     wait_until(lambda: _state(pool, "old") is None, 10, what="old removed")
-    assert pool.gpu_sleep_removals == 1 and pool._asleep_host.used_mb == 1
+    assert pool.counts.gpu_sleep_removals == 1 and pool.gpu_placer.asleep_host.used_mb == 1
     _no_leaks(pool)
 
 
 def test_asleep_with_the_model_comes_before_a_stem_cell_and_a_cold_start(sleep_pool):
-    pool = sleep_pool("0:2GiB", sleep_after_s=0.3, stem_cells=(GpuStemCell("python:3-gpu", 256, 1),))
+    pool = sleep_pool("0:2GiB", sleep_after_s=0.3, stem_cells=(StemCell("python:3-gpu", 256, 1),))
     sink = Recorder()
     action = gpu_action("enc", memory=256, code=MODEL)  # the stem cell's request class
     wait_until(lambda: any(p.is_prewarm for p in pool._containers), 60, what="stem cell")
     # The stem cell takes the first call (no warm container yet); a new one is started.
     first = sink.result(_run(pool, job(action, sink)), timeout_s=120)
-    assert pool.prewarm_starts == 1
+    assert pool.counts.prewarm_starts == 1
     wait_until(lambda: _state(pool, "enc") is State.ASLEEP, 30, what="asleep")
     wait_until(lambda: any(p.is_prewarm for p in pool._containers), 60, what="stem cell again")
     again = sink.result(_run(pool, job(action, sink)))
     assert again == first  # the same process: woken, not a stem cell, not a cold start
-    assert (pool.prewarm_starts, pool.cold_starts, pool.gpu_wakes) == (1, 0, 1)
+    assert (pool.counts.prewarm_starts, pool.counts.cold_starts, pool.counts.gpu_wakes) == (1, 0, 1)
 
 
 def test_pressure_puts_idle_containers_to_sleep_before_destroying_any(sleep_pool):
@@ -222,17 +223,17 @@ def test_pressure_puts_idle_containers_to_sleep_before_destroying_any(sleep_pool
     result_a = sink.result(_run(pool, job(a, sink)), timeout_s=120)
     result_b = sink.result(_run(pool, job(b, sink)), timeout_s=120)
     sink.result(_run(pool, job(gpu_action("c", gpu={"memory": "400 MB"}), sink)))
-    assert pool.gpu_evictions == 0 and pool.gpu_sleeps == 1
+    assert pool.counts.gpu_evictions == 0 and pool.counts.gpu_sleeps == 1
     assert _state(pool, "a") is State.ASLEEP and _state(pool, "b") is State.READY
-    assert pool._ledger.committed_mb(0) == CONTEXT_MB + 400 + 400
+    assert pool.gpu_placer.ledger.committed_mb(0) == CONTEXT_MB + 400 + 400
     # a again: waking needs 350 MB more; b (idle, with a model) sleeps to make room.
     assert sink.result(_run(pool, job(a, sink))) == result_a
-    assert _state(pool, "b") is State.ASLEEP and pool.gpu_evictions == 0 and pool.gpu_wakes == 1
+    assert _state(pool, "b") is State.ASLEEP and pool.counts.gpu_evictions == 0 and pool.counts.gpu_wakes == 1
     assert sink.result(_run(pool, job(b, sink))) == result_b  # and b wakes a's way: c has no model
     watch.stop()
     assert watch.violations == []
     with pool._lock:
-        assert pool._ledger.committed_mb(0) <= pool._ledger.capacity_mb(0)
+        assert pool.gpu_placer.ledger.committed_mb(0) <= pool.gpu_placer.ledger.capacity_mb(0)
     _no_leaks(pool)
 
 
@@ -246,7 +247,7 @@ def test_where_sleeps_are_not_enough_a_container_that_cannot_sleep_goes_first(sl
     sink.result(_run(pool, job(gpu_action("plain", gpu={"memory": "300 MB"}), sink)))
     result = sink.result(_run(pool, job(model_action("m"), sink)), timeout_s=120)
     sink.result(_run(pool, job(gpu_action("big", gpu={"memory": "800 MB"}), sink)))
-    assert (pool.gpu_sleeps, pool.gpu_evictions) == (1, 1)
+    assert (pool.counts.gpu_sleeps, pool.counts.gpu_evictions) == (1, 1)
     assert _state(pool, "plain") is None and _state(pool, "m") is State.ASLEEP
     watch.stop()
     assert watch.violations == []
@@ -263,10 +264,10 @@ def test_mps_client_slots_stay_counted_while_asleep(sleep_pool, fake_mps_control
         sink.result(_run(pool, job(model_action(name), sink)), timeout_s=120)
     wait_until(lambda: _state(pool, "a") is State.ASLEEP and _state(pool, "b") is State.ASLEEP, 30,
                what="both asleep")
-    assert pool._ledger.clients(0) == 2 and pool._ledger.free_clients(0) == 0
+    assert pool.gpu_placer.ledger.clients(0) == 2 and pool.gpu_placer.ledger.free_clients(0) == 0
     sink.result(_run(pool, job(gpu_action("c", gpu={"memory": "100 MB"}), sink)))
-    assert pool.gpu_evictions == 1 and _state(pool, "a") is None  # the least recently used went
-    assert pool._ledger.clients(0) == 2
+    assert pool.counts.gpu_evictions == 1 and _state(pool, "a") is None  # the least recently used went
+    assert pool.gpu_placer.ledger.clients(0) == 2
     _no_leaks(pool)
 
 
@@ -276,11 +277,11 @@ def test_a_sleep_that_gives_nothing_back_leaves_it_awake_and_it_is_evicted_inste
     sink = Recorder()
     sink.result(_run(pool, job(gpu_action("own", gpu={"memory": "600 MB"}), sink, {"load": "m"})))
     proxy = _only(pool, "own")
-    wait_until(lambda: pool.gpu_sleep_failures == 1, 30, what="a sleep that gave nothing back")
+    wait_until(lambda: pool.counts.gpu_sleep_failures == 1, 30, what="a sleep that gave nothing back")
     assert proxy.state is State.READY and proxy.sleepless and _charge(pool, proxy) == 600
     assert [m.key for m in proxy.container.residency.models] == ["m"]
     sink.result(_run(pool, job(gpu_action("next", gpu={"memory": "600 MB"}, code=PROBE), sink)))
-    assert pool.gpu_evictions == 1 and _state(pool, "own") is None and pool.gpu_sleeps == 0
+    assert pool.counts.gpu_evictions == 1 and _state(pool, "own") is None and pool.counts.gpu_sleeps == 0
     _no_leaks(pool)
 
 
@@ -290,7 +291,7 @@ def test_a_sleep_that_times_out_counts_as_awake(sleep_pool):
     action = model_action("enc")
     first = sink.result(_run(pool, job(action, sink)), timeout_s=120)
     proxy = _only(pool, "enc")
-    wait_until(lambda: pool.gpu_sleep_failures == 1, 30, what="the timed-out sleep")
+    wait_until(lambda: pool.counts.gpu_sleep_failures == 1, 30, what="the timed-out sleep")
     assert proxy.state is State.READY and _charge(pool, proxy) == 400
     again = sink.result(_run(pool, job(action, sink)))
     # Whether the runtime slept after the invoker gave up is not known: a model called whole
@@ -348,22 +349,3 @@ def test_ledger_counts_a_sleep_under_way_as_on_its_way_and_keeps_the_slot():
     ledger.mark_shrinking("a", 50)
     ledger.mark_shrinking("a", None)  # the sleep gave nothing back
     assert ledger.releasing_mb(0) == 0 and ledger.committed_mb(0) == 100
-
-
-def test_states_change_only_as_the_table_allows():
-    class Dummy:
-        id = "c"
-
-        def set_max_concurrency(self, n):
-            pass
-
-    proxy = ContainerProxy(Dummy(), "python:3-gpu", 256, prewarmed=False)
-    for step in (State.RUNNING, State.READY, State.PAUSED, State.SLEEPING, State.ASLEEP, State.RUNNING,
-                 State.READY, State.SLEEPING, State.READY, State.REMOVING):
-        proxy.move_to(step)
-    proxy = ContainerProxy(Dummy(), "python:3-gpu", 256, prewarmed=True)
-    with pytest.raises(IllegalTransition):
-        proxy.move_to(State.SLEEPING)  # a stem cell has nothing to sleep
-    proxy.move_to(State.RUNNING)
-    with pytest.raises(IllegalTransition):
-        proxy.move_to(State.ASLEEP)  # only through SLEEPING, never under a run

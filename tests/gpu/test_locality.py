@@ -16,9 +16,10 @@ from pool_support import make_action
 
 from invoker.cli import build_invoker
 from invoker.config import ConfigError, load_config
+from invoker.containerpool import rules
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.containerpool.proxy import State
+from invoker.containerpool.states import State
 from invoker.embedded.controller import EmbeddedController, result_of
 from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS
 from invoker.entities import action_document
@@ -95,7 +96,7 @@ class _Proxy:
     (_Proxy(state=State.REMOVING), False),
 ])
 def test_which_containers_hold_their_model(proxy: _Proxy, holds: bool) -> None:
-    assert locality.holds_model(proxy) is holds
+    assert rules.holds_model(proxy) is holds
 
 
 # --------------------------------------------------------------------------- the controller's walk, in Python

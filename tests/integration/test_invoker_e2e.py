@@ -17,7 +17,8 @@ import zipfile
 
 import pytest
 
-from invoker.containerpool.proxy import Messages
+from invoker.containerpool.activation import Messages
+from invoker.containerpool.states import State
 from invoker.messages import (
     CombinedCompletionAndResultMessage,
     CompletionMessage,
@@ -285,9 +286,9 @@ def test_paused_container_is_resumed_for_the_next_call(deployment_factory, backe
     assert deployment.record(msg)["response"]["result"] == {"n": 1}
     pool = deployment.invoker.pool
     deadline = time.monotonic() + 20
-    while not any(p.suspended for p in pool._containers) and time.monotonic() < deadline:
+    while not any(p.state is State.PAUSED for p in pool._containers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    (paused,) = [p for p in pool._containers if p.suspended]
+    (paused,) = [p for p in pool._containers if p.state is State.PAUSED]
     if backend == "docker":
         paused.container.handle.reload()
         assert paused.container.handle.status == "paused"  # the engine's word, not the pool's

@@ -70,12 +70,12 @@ def test_a_change_to_the_pools_placement_order_changes_the_result(monkeypatch):
 def test_warm_reuse_is_the_pools_own(monkeypatch):
     # A pool that never finds a warm container (the warm branch of ContainerPool._place needs
     # has_capacity) makes every call pay /init: the simulator has no placement of its own.
-    from invoker.containerpool.proxy import ContainerProxy
+    from invoker.containerpool import rules
 
     pop = population(n=5, max_model_mb=100)
     arrivals = poisson(rate=2.0, duration_s=60, seed=4)
     assert run(1, "classic", pop, arrivals).summary()["cold_start_share"] < 0.5
-    monkeypatch.setattr(ContainerProxy, "has_capacity", lambda self: False)
+    monkeypatch.setattr(rules, "has_capacity", lambda member: False)
     assert run(1, "classic", pop, arrivals).summary()["cold_start_share"] == 1.0
 
 
@@ -192,4 +192,4 @@ def test_a_failed_invoker_gets_no_new_work_and_its_actions_walk_on():
     assert result.window.paid_init == 1  # the next invoker in the walk starts it once
     pool = cluster.invokers[home].pool
     before = sum(1 for t, _ in arrivals if t < 60.0)
-    assert pool.warm_starts + pool.cold_starts + pool.prewarm_starts == before  # nothing placed there after
+    assert pool.counts.warm_starts + pool.counts.cold_starts + pool.counts.prewarm_starts == before  # nothing placed there after
