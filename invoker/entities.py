@@ -14,16 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from invoker.messages import ActivationMessage, JsonObject, MessageError
+from invoker.errors import DocumentUnreadable
+from invoker.messages import ActivationMessage, JsonObject
 
 # Limits defaults (OpenWhisk application.conf, PROTOCOL.md §7.6).
 DEFAULT_LOGS_MB = 10
 DEFAULT_CONCURRENCY = 1
-
-
-class DocumentUnreadable(MessageError):
-    """The action document cannot be read (e.g. unknown kind): status 3,
-    "Action version is not compatible and cannot be invoked."."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from invoker.errors import InvokerError
+from invoker.errors import MessageError
 
 __all__ = [
     "MessageError",
@@ -35,10 +35,6 @@ __all__ = [
 ]
 
 JsonObject = dict[str, Any]
-
-
-class MessageError(InvokerError, ValueError):
-    """A message or document does not have the shape OpenWhisk defines."""
 
 
 def _require(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:

@@ -40,6 +40,7 @@ from invoker.containerpool.container import (
 )
 from invoker.containerpool.logs import MAX_LINE_BYTES
 from invoker.containerpool.network import ActionNetworks, NetworkError, engine_is_podman
+from invoker.errors import EngineUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ LABEL_INVOKER = "org.openwhisk.invoker"
 LABEL_ACTION = "org.openwhisk.action"
 LABEL_KIND = "org.openwhisk.kind"
 IMAGE_RECHECK_S = 30.0
-
-
-class EngineUnreachable(ContainerError):
-    """The engine's API did not answer (socket gone, connection refused or cut)."""
 
 
 class Sweeper:

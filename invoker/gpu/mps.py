@@ -31,16 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from invoker.errors import MpsError
 from invoker.gpu.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
 CONTROL_BINARY = "nvidia-cuda-mps-control"
 Mode = Literal["auto", "on", "off"]
-
-
-class MpsError(RuntimeError):
-    """The MPS control daemon could not be started, reached or stopped."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from invoker.errors import DocumentTypeMismatch, UnsupportedAttachmentStore
 from invoker.store.database import Database, DocumentConflict, DocumentNotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,6 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_INLINE_LIMIT = 16 * 1024
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-
-
-class DocumentTypeMismatch(StoreError):
-    """The document is not an action (wrong ``entityType``) or its ``exec`` cannot be read.
-
-    The invoker answers this with "Action version is not compatible" (whisk error)."""
-
-
-class UnsupportedAttachmentStore(StoreError):
-    """The code lives in an external attachment store (``s3:``, ``az:``) this invoker cannot read."""
 
 
 @dataclass(frozen=True)
