@@ -151,7 +151,6 @@ class WhiskAction:
     rev: str | None
     parameters: tuple[Parameter, ...] = ()
     annotations: tuple[Parameter, ...] = ()
-    raw_exec: JsonObject = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_document(cls, doc: JsonObject, code: str | None) -> WhiskAction:
@@ -179,7 +178,6 @@ class WhiskAction:
             rev=doc.get("_rev"),
             parameters=parse_key_values(doc.get("parameters")),
             annotations=parse_key_values(doc.get("annotations")),
-            raw_exec=exec_,
         )
 
     @property
@@ -243,10 +241,6 @@ class ActivationResponse:
     @classmethod
     def whisk_error(cls, error: Any) -> ActivationResponse:
         return cls(WHISK_ERROR, {"error": error})
-
-    @property
-    def is_success(self) -> bool:
-        return self.status_code == SUCCESS
 
     @property
     def is_whisk_error(self) -> bool:

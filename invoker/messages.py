@@ -194,9 +194,6 @@ class FullyQualifiedEntityName:
     def namespace(self) -> str:
         return self.path.split("/", 1)[0]
 
-    def qualified_name_with_leading_slash(self) -> str:
-        return f"/{self.docid}"
-
     def to_json(self) -> JsonObject:
         out: JsonObject = {"path": self.path, "name": self.name}
         _put_optional(out, "version", self.version)
@@ -369,10 +366,6 @@ class ActivationMessage:
         except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
             # One seam: any shape the field readers did not foresee is still a bad message.
             raise MessageError(f"not an activation message: {type(error).__name__}: {error}") from error
-
-    @property
-    def completed_topic_suffix(self) -> str:
-        return self.root_controller_index.as_string
 
     def to_json(self) -> JsonObject:
         out: JsonObject = {
