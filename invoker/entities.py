@@ -1,6 +1,7 @@
 """Entity documents the invoker reads (``WhiskAction``) and writes (``WhiskActivation``).
 
-See PROTOCOL.md §3.2 and §3.5. Parsing is strict where the Scala reader is strict
+Their shapes are OpenWhisk's ``WhiskAction.scala`` and ``WhiskActivation.scala``
+(``common/scala/src/main/scala/org/apache/openwhisk/core/entity/``). Parsing is strict where the Scala reader is strict
 (``timeout``/``memory`` limits, ``entityType``) and lenient where it is lenient.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from invoker.errors import DocumentUnreadable
 from invoker.messages import ActivationMessage, JsonObject
 
-# Limits defaults (OpenWhisk application.conf, PROTOCOL.md §7.6).
+# Limits defaults, OpenWhisk's (``LogLimit.scala``, ``ConcurrencyLimit.scala``).
 DEFAULT_LOGS_MB = 10
 DEFAULT_CONCURRENCY = 1
 
@@ -257,7 +258,7 @@ class ActivationResponse:
 
 @dataclass
 class WhiskActivation:
-    """The activation record (PROTOCOL.md §3.5)."""
+    """The activation record (``WhiskActivation.scala``)."""
 
     namespace: str
     name: str
@@ -375,7 +376,7 @@ def action_document(namespace: str, name: str, kind: str, main: str | None = Non
                     parameters: list[dict] | None = None, limits: dict | None = None, version: str = "0.0.1",
                     publish: bool = False, annotations: list[dict] | None = None) -> dict:
     """An action document as the controller writes it to the entity store, without its code
-    (PROTOCOL.md §3.1). Default annotations are the ones ``wsk action create`` leaves."""
+    (``WhiskAction.scala``). Default annotations are the ones ``wsk action create`` leaves."""
     exec_: dict[str, Any] = {"kind": kind, "binary": binary}
     if main:
         exec_["main"] = main

@@ -1,6 +1,7 @@
 """OpenWhisk wire types: what travels on Kafka between controller and invoker.
 
-Serialization follows spray-json as OpenWhisk writes it (PROTOCOL.md §0): ``None``
+Serialization follows spray-json as OpenWhisk writes it (``Message.scala`` in
+``common/scala/src/main/scala/org/apache/openwhisk/core/connector/``): ``None``
 options are omitted, non-option fields always written, ``ByteSize`` as strings
 such as ``"2048 MB"``, instants as epoch milliseconds, and the ``name`` key of a
 ping. Every type has ``from_json`` (a parsed JSON value) and ``to_json`` (a JSON
@@ -307,7 +308,7 @@ class InvokerInstanceId:
 
 @dataclass(frozen=True)
 class ActivationMessage:
-    """Controller → ``invoker{N}`` (PROTOCOL.md §1.4)."""
+    """Controller → ``invoker{N}`` (``ActivationMessage`` in ``Message.scala``)."""
 
     transid: TransactionId
     action: FullyQualifiedEntityName

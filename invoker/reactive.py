@@ -274,7 +274,7 @@ class InvokerReactive:
     def _health_shortcut(self, record: FeedRecord, msg: ActivationMessage, action: WhiskAction,
                          end: RecordEnd) -> None:
         """The controller's health test action is ``nodejs:default`` echoing its input
-        (§1.7.3). A node without that runtime answers it as it would."""
+        (``InvokerHealthTestAction.scala``). A node without that runtime answers it as it would."""
         result: Any = msg.content if msg.content is not None else {}
         response = ActivationResponse.success(result, len(serialize(result)))
         activation = instant_activation(msg, response, action, now_ms())
@@ -346,7 +346,7 @@ class InvokerReactive:
 
 
 class Acknowledgements:
-    """The ack sequence of one activation (PROTOCOL.md §1.6.2), its record, and the
+    """The ack sequence of one activation (as ``InvokerReactive.scala`` sends them), its record, and the
     record's end once both have landed. Implements the pool's ``ActivationSink``:
     its methods never raise into the pool, and a second completion is logged and ignored."""
 

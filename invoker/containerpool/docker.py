@@ -331,7 +331,7 @@ class DockerContainerFactory(ContainerFactory):
                 environment["CUDA_VISIBLE_DEVICES"] = spec.gpu
         if spec.mounts:
             # MPS clients reach the host's control daemon through its pipe directory and
-            # shared memory (gpu-facts §4): bind the directories, share the host IPC namespace.
+            # shared memory (NVIDIA's Multi-Process Service documentation): bind the directories, share the host IPC namespace.
             # Read-only: a client opens the daemon's FIFOs and sockets (allowed on a read-only
             # mount) but cannot delete or replace them (invoker/gpu/README.md, "Isolation").
             kwargs["volumes"] = {path: {"bind": path, "mode": "ro"} for path in spec.mounts}

@@ -1,6 +1,6 @@
 """Reading (and, for tests and the standalone mode, writing) action documents.
 
-Follows PROTOCOL.md §1.5 step 3 and §3.3: fetch by id and revision, check the entity
+Follows OpenWhisk's ``InvokerReactive.scala`` and ``WhiskAction.scala``: fetch by id and revision, check the entity
 type, and resolve the code wherever the controller put it (inline string, ``mem:``
 URI, CouchDB attachment, or a legacy attachment name).
 """
@@ -49,7 +49,7 @@ class EntityStore:
     """Actions from the whisks database, cached by (docid, rev).
 
     An action is immutable per revision, so cached entries never need invalidating;
-    a fetch without a revision always goes to the database (PROTOCOL.md §3.3 step 4).
+    a fetch without a revision always goes to the database.
     """
 
     def __init__(self, db: Database, cache_size: int = 1024,
