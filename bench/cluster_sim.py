@@ -7,7 +7,7 @@ For each cluster size N: offered load = N x ``--rate-per-gpu`` calls/s from the 
 trace (sim/workload.py), 2,000 functions (Zipf 1.0, models 5 MB - 6 GB), each policy run on the
 same arrivals. ``--ladder N``: the same offered load as size N run on 0.5N, N, 2N, 4N GPUs, for
 "GPUs needed". The cost table is written beside the results. Needs the trace
-(``../shared/traces`` or ``$SIM_TRACE_DIR``) and ``greenlet`` (extra ``sim``).
+(``$SIM_TRACE_DIR``; sim/README.md says where to get it) and ``greenlet`` (extra ``sim``).
 """
 
 from __future__ import annotations

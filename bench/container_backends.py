@@ -30,6 +30,12 @@ IMAGE = "owgpu/action-python-v3:latest"
 NOOP = {"name": "noop", "main": "main", "binary": False, "env": {}, "code": "def main(args):\n    return args\n"}
 
 
+def _docker_host() -> str:
+    """``DOCKER_HOST`` with this checkout's path left out: results name no machine's paths."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return os.environ.get("DOCKER_HOST", "").replace(root, "<checkout>")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -106,7 +112,7 @@ def main() -> None:
         "benchmark": "container_backends",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "docker_host": os.environ.get("DOCKER_HOST", "")},
+                    "cpus": os.cpu_count(), "docker_host": _docker_host()},
         "engine": _engine_name(),
         "rounds": args.rounds, "warm_runs_per_round": args.warm,
         "summary": summary,

@@ -1,6 +1,7 @@
 """Entity documents the invoker reads (``WhiskAction``) and writes (``WhiskActivation``).
 
-See PROTOCOL.md §3.2 and §3.5. Parsing is strict where the Scala reader is strict
+Their shapes are OpenWhisk's ``WhiskAction.scala`` and ``WhiskActivation.scala``
+(``common/scala/src/main/scala/org/apache/openwhisk/core/entity/``). Parsing is strict where the Scala reader is strict
 (``timeout``/``memory`` limits, ``entityType``) and lenient where it is lenient.
 """
 
@@ -14,16 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from invoker.messages import ActivationMessage, JsonObject, MessageError
+from invoker.errors import DocumentUnreadable
+from invoker.messages import ActivationMessage, JsonObject
 
-# Limits defaults (OpenWhisk application.conf, PROTOCOL.md §7.6).
+# Limits defaults, OpenWhisk's (``LogLimit.scala``, ``ConcurrencyLimit.scala``).
 DEFAULT_LOGS_MB = 10
 DEFAULT_CONCURRENCY = 1
-
-
-class DocumentUnreadable(MessageError):
-    """The action document cannot be read (e.g. unknown kind): status 3,
-    "Action version is not compatible and cannot be invoked."."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,6 @@ class WhiskAction:
     rev: str | None
     parameters: tuple[Parameter, ...] = ()
     annotations: tuple[Parameter, ...] = ()
-    raw_exec: JsonObject = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_document(cls, doc: JsonObject, code: str | None) -> WhiskAction:
@@ -183,7 +179,6 @@ class WhiskAction:
             rev=doc.get("_rev"),
             parameters=parse_key_values(doc.get("parameters")),
             annotations=parse_key_values(doc.get("annotations")),
-            raw_exec=exec_,
         )
 
     @property
@@ -249,10 +244,6 @@ class ActivationResponse:
         return cls(WHISK_ERROR, {"error": error})
 
     @property
-    def is_success(self) -> bool:
-        return self.status_code == SUCCESS
-
-    @property
     def is_whisk_error(self) -> bool:
         return self.status_code == WHISK_ERROR
 
@@ -267,7 +258,7 @@ class ActivationResponse:
 
 @dataclass
 class WhiskActivation:
-    """The activation record (PROTOCOL.md §3.5)."""
+    """The activation record (``WhiskActivation.scala``)."""
 
     namespace: str
     name: str
@@ -385,7 +376,7 @@ def action_document(namespace: str, name: str, kind: str, main: str | None = Non
                     parameters: list[dict] | None = None, limits: dict | None = None, version: str = "0.0.1",
                     publish: bool = False, annotations: list[dict] | None = None) -> dict:
     """An action document as the controller writes it to the entity store, without its code
-    (PROTOCOL.md §3.1). Default annotations are the ones ``wsk action create`` leaves."""
+    (``WhiskAction.scala``). Default annotations are the ones ``wsk action create`` leaves."""
     exec_: dict[str, Any] = {"kind": kind, "binary": binary}
     if main:
         exec_["main"] = main

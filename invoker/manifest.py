@@ -1,4 +1,5 @@
-"""The runtimes manifest (``RUNTIMES_MANIFEST``, PROTOCOL.md §4): which kinds exist,
+"""The runtimes manifest (``RUNTIMES_MANIFEST``; OpenWhisk's
+``ExecManifest.scala`` and ``ansible/files/runtimes.json``): which kinds exist,
 which image each runs, and which stem cells to prewarm."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """OpenWhisk wire types: what travels on Kafka between controller and invoker.
 
-Serialization follows spray-json as OpenWhisk writes it (PROTOCOL.md §0): ``None``
+Serialization follows spray-json as OpenWhisk writes it (``Message.scala`` in
+``common/scala/src/main/scala/org/apache/openwhisk/core/connector/``): ``None``
 options are omitted, non-option fields always written, ``ByteSize`` as strings
 such as ``"2048 MB"``, instants as epoch milliseconds, and the ``name`` key of a
 ping. Every type has ``from_json`` (a parsed JSON value) and ``to_json`` (a JSON
@@ -14,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from invoker.errors import InvokerError
+from invoker.errors import MessageError
 
 __all__ = [
     "MessageError",
@@ -35,10 +36,6 @@ __all__ = [
 ]
 
 JsonObject = dict[str, Any]
-
-
-class MessageError(InvokerError, ValueError):
-    """A message or document does not have the shape OpenWhisk defines."""
 
 
 def _require(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -198,9 +195,6 @@ class FullyQualifiedEntityName:
     def namespace(self) -> str:
         return self.path.split("/", 1)[0]
 
-    def qualified_name_with_leading_slash(self) -> str:
-        return f"/{self.docid}"
-
     def to_json(self) -> JsonObject:
         out: JsonObject = {"path": self.path, "name": self.name}
         _put_optional(out, "version", self.version)
@@ -314,7 +308,7 @@ class InvokerInstanceId:
 
 @dataclass(frozen=True)
 class ActivationMessage:
-    """Controller → ``invoker{N}`` (PROTOCOL.md §1.4)."""
+    """Controller → ``invoker{N}`` (``ActivationMessage`` in ``Message.scala``)."""
 
     transid: TransactionId
     action: FullyQualifiedEntityName
@@ -373,10 +367,6 @@ class ActivationMessage:
         except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
             # One seam: any shape the field readers did not foresee is still a bad message.
             raise MessageError(f"not an activation message: {type(error).__name__}: {error}") from error
-
-    @property
-    def completed_topic_suffix(self) -> str:
-        return self.root_controller_index.as_string
 
     def to_json(self) -> JsonObject:
         out: JsonObject = {

@@ -1,6 +1,7 @@
 """Kafka: the ``invoker{N}`` feed, the ack/ping producer and topic creation.
 
-Delivery differs from the Scala invoker on purpose (PROTOCOL.md §1.1): Scala
+Delivery differs from the Scala invoker on purpose (``InvokerReactive.scala`` and its
+``MessageFeed``, in ``MessageConsumer.scala``): Scala
 commits right after each poll (at-most-once, a crash loses what was peeked).
 This feed commits an offset only when every activation up to it is *done* —
 acked and recorded — so a crash loses nothing; the reactive layer makes the

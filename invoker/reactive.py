@@ -32,7 +32,7 @@ from invoker.entities import (
     instant_activation,
     stringify_env_value,
 )
-from invoker.errors import BrokerUnavailable, RecordTooLarge
+from invoker.errors import BrokerUnavailable, RecordTooLarge, activation_response_for
 from invoker.manifest import RuntimesManifest
 from invoker.messages import (
     ActivationMessage,
@@ -49,7 +49,7 @@ from invoker.messages import (
 from invoker.messaging import FeedRecord, Producer
 from invoker.store.activations import ActivationStore
 from invoker.store.database import DocumentNotFound, StoreError
-from invoker.store.entities import DocumentTypeMismatch, EntityStore
+from invoker.store.entities import EntityStore
 from invoker.supervision import submit_logged
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class InvokerReactive:
                 return
             log.exception("activation %s failed in the invoker", msg.activation_id)
             try:
-                self._fallback(record, msg, ActivationResponse.whisk_error(Messages.abnormal_run), end)
+                self._fallback(record, msg, activation_response_for(error), end)
             except BaseException:
                 log.exception("activation %s: the fallback failed too; dropping record %s",
                               msg.activation_id, where(record))
@@ -245,16 +245,10 @@ class InvokerReactive:
             action = WhiskAction.from_document(document.doc, document.code)
             if self.manifest.resolve(action.kind) is None and action.kind != "blackbox":
                 raise DocumentUnreadable(f"unknown kind {action.kind!r}")
-        except DocumentNotFound:
-            self._fallback(record, msg, ActivationResponse.application_error(Messages.action_not_found), end)
-            return None
-        except (DocumentUnreadable, MessageError, DocumentTypeMismatch) as error:
-            log.warning("action %s is unreadable: %s", msg.action.docid, error)
-            self._fallback(record, msg, ActivationResponse.whisk_error(Messages.action_incompatible), end)
-            return None
-        except StoreError as error:
-            log.warning("action %s could not be fetched: %s", msg.action.docid, error)
-            self._fallback(record, msg, ActivationResponse.whisk_error(Messages.action_fetch_failed), end)
+        except (StoreError, MessageError) as error:  # DocumentUnreadable is a MessageError
+            if not isinstance(error, DocumentNotFound):
+                log.warning("action %s could not be fetched or read: %r", msg.action.docid, error)
+            self._fallback(record, msg, activation_response_for(error), end)
             return None
         if action.is_sequence:
             self._fallback(record, msg, ActivationResponse.whisk_error(Messages.action_fetch_failed), end)
@@ -280,7 +274,7 @@ class InvokerReactive:
     def _health_shortcut(self, record: FeedRecord, msg: ActivationMessage, action: WhiskAction,
                          end: RecordEnd) -> None:
         """The controller's health test action is ``nodejs:default`` echoing its input
-        (§1.7.3). A node without that runtime answers it as it would."""
+        (``InvokerHealthTestAction.scala``). A node without that runtime answers it as it would."""
         result: Any = msg.content if msg.content is not None else {}
         response = ActivationResponse.success(result, len(serialize(result)))
         activation = instant_activation(msg, response, action, now_ms())
@@ -352,7 +346,7 @@ class InvokerReactive:
 
 
 class Acknowledgements:
-    """The ack sequence of one activation (PROTOCOL.md §1.6.2), its record, and the
+    """The ack sequence of one activation (as ``InvokerReactive.scala`` sends them), its record, and the
     record's end once both have landed. Implements the pool's ``ActivationSink``:
     its methods never raise into the pool, and a second completion is logged and ignored."""
 

@@ -1,4 +1,4 @@
-"""Wire types against the example messages of PROTOCOL.md (copied into tests/fixtures)."""
+"""Wire types against example messages in OpenWhisk's shapes (``Message.scala``), in tests/fixtures."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The container pool on the process backend: warm reuse, memory accounting, the
-run buffer, eviction, concurrency and idle removal (PROTOCOL.md §6.2)."""
+run buffer, eviction, concurrency and idle removal (``ContainerPool.scala``)."""
 
 from __future__ import annotations
 

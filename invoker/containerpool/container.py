@@ -24,13 +24,9 @@ from owruntime.resident import Residency, parse_header
 
 from invoker.containerpool.logs import LogBuffer
 
-
-class ContainerError(Exception):
-    """A backend could not create or drive a container."""
-
-
-class ContainerStartError(ContainerError):
-    """The container could not be provisioned (status 3, "Failed to provision ...")."""
+# The backends' errors belong to the invoker's one tree (invoker.errors); importable from here too.
+from invoker.errors import ContainerError as ContainerError
+from invoker.errors import ContainerStartError as ContainerStartError
 
 
 @dataclass(frozen=True)

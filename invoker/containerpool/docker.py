@@ -40,6 +40,7 @@ from invoker.containerpool.container import (
 )
 from invoker.containerpool.logs import MAX_LINE_BYTES
 from invoker.containerpool.network import ActionNetworks, NetworkError, engine_is_podman
+from invoker.errors import EngineUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ LABEL_INVOKER = "org.openwhisk.invoker"
 LABEL_ACTION = "org.openwhisk.action"
 LABEL_KIND = "org.openwhisk.kind"
 IMAGE_RECHECK_S = 30.0
-
-
-class EngineUnreachable(ContainerError):
-    """The engine's API did not answer (socket gone, connection refused or cut)."""
 
 
 class Sweeper:
@@ -334,7 +331,7 @@ class DockerContainerFactory(ContainerFactory):
                 environment["CUDA_VISIBLE_DEVICES"] = spec.gpu
         if spec.mounts:
             # MPS clients reach the host's control daemon through its pipe directory and
-            # shared memory (gpu-facts §4): bind the directories, share the host IPC namespace.
+            # shared memory (NVIDIA's Multi-Process Service documentation): bind the directories, share the host IPC namespace.
             # Read-only: a client opens the daemon's FIFOs and sockets (allowed on a read-only
             # mount) but cannot delete or replace them (invoker/gpu/README.md, "Isolation").
             kwargs["volumes"] = {path: {"bind": path, "mode": "ro"} for path in spec.mounts}

@@ -1,4 +1,5 @@
-"""Activation log collection with the sentinel protocol (PROTOCOL.md §6.7).
+"""Activation log collection with the sentinel protocol (OpenWhisk's ``docs/actions-new.md``,
+"Logs"; ``ACTIVATION_LOG_SENTINEL`` in ``Container.scala``).
 
 Backends push the lines their container writes into a ``LogBuffer`` (a reader
 thread per stream for processes, the log stream for Docker). After each

@@ -17,14 +17,12 @@ from typing import Any, Literal
 
 from docker.errors import APIError, DockerException, NotFound
 
+from invoker.errors import NetworkError
+
 log = logging.getLogger(__name__)
 
 LABEL_NETWORK = "org.openwhisk.invoker.network"
 Mode = Literal["no-icc", "per-container"]
-
-
-class NetworkError(RuntimeError):
-    """The isolating network could not be created."""
 
 
 def engine_is_podman(client: Any) -> bool:

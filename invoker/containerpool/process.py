@@ -202,7 +202,3 @@ class ProcessContainerFactory(ContainerFactory):
             self._live.clear()
         for container in live:
             container.destroy()
-
-    def forget(self, container: Container) -> None:
-        with self._lock:
-            self._live.pop(container.id, None)

@@ -13,15 +13,12 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from invoker.errors import InventoryError
 from invoker.gpu.request import GpuRequestError, parse_size_mb
 
 log = logging.getLogger(__name__)
 
 Source = Literal["nvml", "declared", "none"]
-
-
-class InventoryError(ValueError):
-    """The declared inventory cannot be read."""
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
+from invoker.errors import AdmissionError
 from invoker.gpu.inventory import GpuDevice, Inventory
-
-
-class AdmissionError(ValueError):
-    """A charge that would overflow a GPU (a bug in the caller: check ``free_mb`` first)."""
 
 
 @dataclass

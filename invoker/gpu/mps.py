@@ -1,7 +1,7 @@
 """NVIDIA MPS: the control daemon's life and the environment of its clients.
 
 The invoker owns the daemon, so users do not have to (the pitfalls are in
-``/work/shared/notes/gpu-facts.md`` §4): it starts ``nvidia-cuda-mps-control -d`` with its
+NVIDIA's Multi-Process Service documentation): it starts ``nvidia-cuda-mps-control -d`` with its
 own pipe and log directories (not ``/tmp/nvidia-mps``, which the NVIDIA container runtime
 mounts into every GPU container), checks it answers, and stops it (``quit``) at shutdown.
 GPU containers get the two directories mounted, the host IPC namespace, and their limits:
@@ -31,16 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from invoker.errors import MpsError
 from invoker.gpu.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
 CONTROL_BINARY = "nvidia-cuda-mps-control"
 Mode = Literal["auto", "on", "off"]
-
-
-class MpsError(RuntimeError):
-    """The MPS control daemon could not be started, reached or stopped."""
 
 
 @dataclass(frozen=True)

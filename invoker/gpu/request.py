@@ -25,14 +25,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from invoker.errors import GpuRequestError
+
 ANNOTATION = "gpu"
 MIN_SM_PERCENT = 10
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 _FACTOR_MB = {"": 1 / 1024**2, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
-
-
-class GpuRequestError(ValueError):
-    """The ``gpu`` annotation or a GPU size cannot be read."""
 
 
 def parse_size_mb(value: Any, bare_unit: str = "M") -> int:

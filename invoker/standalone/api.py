@@ -45,7 +45,6 @@ from invoker.store.database import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 30
 # Largest body read at all: the code limit plus room for the JSON around it.

@@ -1,4 +1,4 @@
-"""Writing activation records (PROTOCOL.md §3.5, §1.6.3).
+"""Writing activation records (``WhiskActivation.scala``; when, per ``ActivationStoreLevel.scala``).
 
 Records go through ``_bulk_docs`` in batches, like the Scala invoker's batcher: a writer
 thread takes whatever is queued (up to ``batch_size``), writes it in one request and

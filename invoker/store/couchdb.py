@@ -143,12 +143,6 @@ class CouchServer:
         if response.status_code not in (200, 202, 404):
             raise _failure(response, f"DELETE {name}")
 
-    def all_dbs(self) -> list[str]:
-        response = self.request("GET", "_all_dbs", what="GET _all_dbs")
-        if response.status_code != 200:
-            raise _failure(response, "GET _all_dbs")
-        return list(json.loads(response.content))
-
     def request(
         self,
         method: str,

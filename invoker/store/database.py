@@ -10,21 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-
-class StoreError(Exception):
-    """Base class of every store failure."""
-
-
-class DocumentNotFound(StoreError):
-    """The document (or the requested revision, or the attachment) does not exist."""
-
-
-class DocumentConflict(StoreError):
-    """A write lost against an existing revision (HTTP 409)."""
-
-
-class StoreUnavailable(StoreError):
-    """The database could not be reached or kept failing after all retries."""
+# The store's errors belong to the invoker's one tree (invoker.errors); importable from here too.
+from invoker.errors import DocumentConflict as DocumentConflict
+from invoker.errors import DocumentNotFound as DocumentNotFound
+from invoker.errors import StoreError as StoreError
+from invoker.errors import StoreUnavailable as StoreUnavailable
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Reading (and, for tests and the standalone mode, writing) action documents.
 
-Follows PROTOCOL.md §1.5 step 3 and §3.3: fetch by id and revision, check the entity
+Follows OpenWhisk's ``InvokerReactive.scala`` and ``WhiskAction.scala``: fetch by id and revision, check the entity
 type, and resolve the code wherever the controller put it (inline string, ``mem:``
 URI, CouchDB attachment, or a legacy attachment name).
 """
@@ -19,6 +19,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from invoker.errors import DocumentTypeMismatch, UnsupportedAttachmentStore
 from invoker.store.database import Database, DocumentConflict, DocumentNotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,6 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_INLINE_LIMIT = 16 * 1024
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-
-
-class DocumentTypeMismatch(StoreError):
-    """The document is not an action (wrong ``entityType``) or its ``exec`` cannot be read.
-
-    The invoker answers this with "Action version is not compatible" (whisk error)."""
-
-
-class UnsupportedAttachmentStore(StoreError):
-    """The code lives in an external attachment store (``s3:``, ``az:``) this invoker cannot read."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +49,7 @@ class EntityStore:
     """Actions from the whisks database, cached by (docid, rev).
 
     An action is immutable per revision, so cached entries never need invalidating;
-    a fetch without a revision always goes to the database (PROTOCOL.md §3.3 step 4).
+    a fetch without a revision always goes to the database.
     """
 
     def __init__(self, db: Database, cache_size: int = 1024,

@@ -95,7 +95,7 @@ def test_a_gpu_process_runs_as_an_mps_client_with_its_limits(device_pool):
     result = sink.result(_run(pool, job(gpu_action("probe", gpu={"memory": "2 GB", "sm": 30}, code=PROBE_CUDA), sink)))
     assert result["env"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "30"
     assert result["env"]["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=2048MB"
-    # Under MPS, cudaMemGetInfo clips free memory to the pinned limit (gpu-facts §4).
+    # Under MPS, cudaMemGetInfo clips free memory to the pinned limit (NVIDIA's Multi-Process Service documentation).
     assert result["free_mb"] <= 2048 < result["total_mb"]
     assert pool.gpu_snapshot()["sharing"]["mode"] == "mps"
 

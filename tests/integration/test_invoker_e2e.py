@@ -1,8 +1,8 @@
 """The invoker end to end: real broker, real CouchDB API, real action code.
 
-What a controller sees (the acks of PROTOCOL.md §1.6.2, transid echoed) and
-what lands in the activations database (§3.5), for every code form and for
-each failure of §6.6.
+What a controller sees (the acks of ``InvokerReactive.scala``, transid echoed) and
+what lands in the activations database (``WhiskActivation.scala``), for every code form and for
+each failure ``ContainerProxy.scala`` answers.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_sequence_component_records_cause_and_binding(deployment):
     assert notes["path"] == "guest/pkg/component"
 
 
-# ---------------------------------------------------------------- failures of §6.6
+# ---------------------------------------------------------------- failures (ContainerProxy.scala)
 
 
 def expect(deployment, msg, acks, status, error):

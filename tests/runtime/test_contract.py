@@ -3,7 +3,7 @@ the runtime image (``owgpu/action-python-v3``, started with testcontainers).
 
 BasicActionRunnerTests (the canonical suite of apache/openwhisk), and PythonBasicTests,
 PythonAdvancedTests and Python3Tests (apache/openwhisk-runtime-python), with the expectations of
-today's ActionLoop Python runtime (RUNTIME-CONTRACT.md). Where upstream accepts several answers,
+today's ActionLoop Python runtime. Where upstream accepts several answers,
 these tests assert the exact one this runtime gives.
 """
 

@@ -1,4 +1,4 @@
-"""ActivationStore: batched record writes, duplicates, outages, and the store policy (§3.5)."""
+"""ActivationStore: batched record writes, duplicates, outages, and the store policy (``ActivationStoreLevel.scala``)."""
 
 from __future__ import annotations
 

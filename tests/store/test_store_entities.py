@@ -1,4 +1,4 @@
-"""EntityStore: reading actions and their code (PROTOCOL.md §1.5 step 3, §3.3), on both backends."""
+"""EntityStore: reading actions and their code (as ``InvokerReactive.scala`` fetches them), on both backends."""
 
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def test_put_action_overwrites_and_drops_the_old_attachment(db: Database) -> Non
     assert "_attachments" not in doc
     rev3 = store.put_action(action_doc(), "y = 2\n" * 4000, binary=False)
     doc = db.get("alice_dev/hello")
-    assert len(doc["_attachments"]) == 1  # §3.3: exactly one
+    assert len(doc["_attachments"]) == 1  # exactly one, as ``WhiskAction.scala`` attaches code
     assert store.get_action("alice_dev/hello", rev3).code == "y = 2\n" * 4000
     # The revision a message named before the update still reads its own code.
     assert store.get_action("alice_dev/hello", rev2).code == "def main(a): return a\n"

@@ -1,7 +1,7 @@
 """OpenWhisk action runtime for Python (kinds ``python:3`` and ``python:3-gpu``).
 
 An HTTP server answering ``POST /init`` and ``POST /run`` as OpenWhisk's action-runtime contract
-requires (see ``/work/shared/openwhisk/RUNTIME-CONTRACT.md`` and ``runtimes/python/README.md``),
+requires (see OpenWhisk's ``docs/actions-new.md`` and ``runtimes/python/README.md``),
 compatible with today's ActionLoop Python runtime. Standard library only. Start it with
 ``python -m owruntime [--host 0.0.0.0] [--port 8080]``.
 

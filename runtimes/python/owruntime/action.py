@@ -2,7 +2,8 @@
 
 The action is executed in this process (module-level state, e.g. a model resident on a GPU,
 survives between runs), imported as a module named ``main__`` like today's ActionLoop Python
-runtime does. Status codes and error texts follow ActionLoop (RUNTIME-CONTRACT.md §2.3, §2.4, §3.2);
+runtime does. Status codes and error texts follow ActionLoop (``openwhisk/initHandler.go`` and
+``runHandler.go`` in apache/openwhisk-runtime-go);
 where this runtime deliberately differs, the docstrings say so (see also ../README.md).
 
 :class:`ActionRuntime` is not thread-safe for /init; the server calls :meth:`init` from one

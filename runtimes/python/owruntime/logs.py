@@ -3,7 +3,7 @@
 The action writes to the process's own stdout and stderr (the container's log streams). After every
 activation the runtime writes the line ``XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX`` once to stdout and
 once to stderr, after everything the action wrote, so that the invoker can cut the streams into
-per-activation logs (RUNTIME-CONTRACT.md §4). The invoker's Kubernetes/line-based readers compare
+per-activation logs (OpenWhisk's ``docs/actions-new.md``, "Logs"). The invoker's Kubernetes/line-based readers compare
 whole lines, so the sentinel must start a line: :func:`install` replaces ``sys.stdout`` and
 ``sys.stderr`` with text wrappers that remember whether the last character written was a newline,
 and :func:`end_activation` adds one when it was not (``print("x", end="")`` in an action).
