@@ -220,6 +220,43 @@ DEVELOPER_ERROR = 2
 WHISK_ERROR = 3
 
 
+class Messages:
+    """OpenWhisk's own error texts (``Messages.scala``), word for word."""
+
+    @staticmethod
+    def timed_out(timeout_ms: int, init: bool) -> str:
+        suffix = " during initialization." if init else "."
+        return f"The action exceeded its time limits of {timeout_ms} milliseconds{suffix}"
+
+    @staticmethod
+    def truncated(length: int, limit: int, prefix: str) -> str:
+        return (
+            f"The action produced a response that exceeded the allowed length: {length} > {limit} bytes. "
+            f"The truncated response was: {prefix}"
+        )
+
+    @staticmethod
+    def invalid_run_response(body: str) -> str:
+        if body:
+            return f"The action did not produce a valid JSON or JSON Array response: {body}"
+        return "The action did not produce a valid JSON or JSON Array response."
+
+    @staticmethod
+    def invalid_init_response(body: str) -> str:
+        if body:
+            return f"The action failed during initialization: {body}"
+        return "The action failed during initialization."
+
+    memory_exhausted = "The action exhausted its memory and was aborted."
+    abnormal_run = "The action did not produce a valid response and exited unexpectedly."
+    abnormal_init = "The action did not initialize and exited unexpectedly."
+    resource_error = "Failed to provision resources to run the action."
+    action_not_found = "Action could not be found or may have been deleted."
+    action_incompatible = "Action version is not compatible and cannot be invoked."
+    action_fetch_failed = "Action could not be fetched."
+    blacklisted = "The action was not invoked due to a blacklisted namespace."
+
+
 @dataclass(frozen=True)
 class ActivationResponse:
     status_code: int

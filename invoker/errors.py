@@ -36,7 +36,7 @@ Each class is defined here and re-exported by the module named beside it, so bot
 work. The builtin bases in parentheses stay because callers catch them (``ValueError`` in
 configuration parsing, for instance). An error not in the tree is answered as an invoker bug
 (whisk error: abnormal_run). The texts are OpenWhisk's (``Messages`` in
-``invoker.containerpool.proxy``, after ``Messages.scala``); the mapping follows
+``invoker.entities``, after ``Messages.scala``); the mapping follows
 ``InvokerReactive.scala`` (a failed action fetch) and ``ContainerProxy.scala`` (a failed
 container start).
 
@@ -141,9 +141,8 @@ class MpsError(GpuError, RuntimeError):
 def activation_response_for(error: BaseException) -> ActivationResponse:
     """The activation response OpenWhisk gives for ``error``: the entry of its nearest class
     in the table below (the tree above, right column); anything else is an invoker bug."""
-    # Imported here, not above: every module imports this one, and the texts live higher up.
-    from invoker.containerpool.proxy import Messages
-    from invoker.entities import ActivationResponse
+    # Imported here, not above: entities imports this module (a cycle at import time).
+    from invoker.entities import ActivationResponse, Messages
 
     answers: dict[type[BaseException], Callable[[BaseException], ActivationResponse]] = {
         # InvokerReactive.scala: NoDocumentException, DocumentTypeMismatchException and

@@ -21,12 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from invoker.containerpool.activation import Job, Messages
+from invoker.containerpool.activation import Job
 from invoker.containerpool.container import now_ms
 from invoker.containerpool.pool import ContainerPool
 from invoker.entities import (
     ActivationResponse,
     DocumentUnreadable,
+    Messages,
     WhiskAction,
     WhiskActivation,
     instant_activation,

@@ -8,8 +8,7 @@ import importlib
 import pytest
 
 from invoker import errors
-from invoker.containerpool.proxy import Messages
-from invoker.entities import APPLICATION_ERROR, DEVELOPER_ERROR, WHISK_ERROR
+from invoker.entities import APPLICATION_ERROR, DEVELOPER_ERROR, WHISK_ERROR, Messages
 
 # (class, its parent in the tree, a builtin base callers catch, the modules that export it)
 TREE = [

@@ -133,6 +133,9 @@ def test_idle_containers_are_removed_after_the_idle_timeout(pool_factory):
     while pool._containers and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pool._containers
+    # Destroyed by an executor task once it has left the pool: wait for that, not for a race.
+    while proxy.container.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not proxy.container.is_alive()
 
 

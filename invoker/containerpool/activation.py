@@ -1,7 +1,7 @@
 """What happens to one activation on a container: the ``/init`` and ``/run`` payloads, how
 the runtime's answers become OpenWhisk's responses, the activation record and its logs.
 
-The error texts are OpenWhisk's own (``Messages.scala``) and the mapping of answers to
+The error texts are OpenWhisk's own (``invoker.entities.Messages``) and the mapping of answers to
 responses follows ``ContainerProxy.scala`` and ``ActivationResponse.scala``, so a record
 written here cannot be told from one the Scala invoker writes. Pure functions of their
 arguments: ``ContainerProxy.execute`` makes the calls and hands their outcomes here.
@@ -24,45 +24,8 @@ from invoker.containerpool.logs import (
     LogBuffer,
     note_line,
 )
-from invoker.entities import ActivationResponse, WhiskAction, WhiskActivation
+from invoker.entities import ActivationResponse, Messages, WhiskAction, WhiskActivation
 from invoker.messages import ActivationMessage
-
-
-class Messages:
-    """OpenWhisk's own error texts (``Messages.scala``), word for word."""
-
-    @staticmethod
-    def timed_out(timeout_ms: int, init: bool) -> str:
-        suffix = " during initialization." if init else "."
-        return f"The action exceeded its time limits of {timeout_ms} milliseconds{suffix}"
-
-    @staticmethod
-    def truncated(length: int, limit: int, prefix: str) -> str:
-        return (
-            f"The action produced a response that exceeded the allowed length: {length} > {limit} bytes. "
-            f"The truncated response was: {prefix}"
-        )
-
-    @staticmethod
-    def invalid_run_response(body: str) -> str:
-        if body:
-            return f"The action did not produce a valid JSON or JSON Array response: {body}"
-        return "The action did not produce a valid JSON or JSON Array response."
-
-    @staticmethod
-    def invalid_init_response(body: str) -> str:
-        if body:
-            return f"The action failed during initialization: {body}"
-        return "The action failed during initialization."
-
-    memory_exhausted = "The action exhausted its memory and was aborted."
-    abnormal_run = "The action did not produce a valid response and exited unexpectedly."
-    abnormal_init = "The action did not initialize and exited unexpectedly."
-    resource_error = "Failed to provision resources to run the action."
-    action_not_found = "Action could not be found or may have been deleted."
-    action_incompatible = "Action version is not compatible and cannot be invoked."
-    action_fetch_failed = "Action could not be fetched."
-    blacklisted = "The action was not invoked due to a blacklisted namespace."
 
 
 @dataclass

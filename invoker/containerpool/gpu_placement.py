@@ -31,6 +31,7 @@ from invoker.containerpool.memory import MemoryLedger
 from invoker.containerpool.proxy import ContainerProxy
 from invoker.containerpool.states import State
 from invoker.entities import ActivationResponse, WhiskAction
+from invoker.errors import activation_response_for
 from invoker.gpu.layer import GpuLayer, GpuPlacement
 from invoker.gpu.ledger import Charge, GpuLedger
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
@@ -102,7 +103,7 @@ class GpuPlacer:
         try:
             request = self.request(action)
         except GpuRequestError as error:
-            return ActivationResponse.developer_error(f"The action's GPU request is invalid: {error}.")
+            return activation_response_for(error)
         with self.pool._lock:
             if self.ledger.fits_anywhere(request.memory_mb):
                 return None

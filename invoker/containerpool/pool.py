@@ -33,13 +33,20 @@ from typing import Any
 
 from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool import rules
-from invoker.containerpool.activation import Job, Messages, PoolLimits
+from invoker.containerpool.activation import Job, PoolLimits
 from invoker.containerpool.container import ContainerFactory, ContainerSpec, now_ms
 from invoker.containerpool.gpu_placement import GpuPlacer
 from invoker.containerpool.memory import MemoryLedger
 from invoker.containerpool.proxy import ContainerProxy
 from invoker.containerpool.states import Due, State, Timeouts
-from invoker.entities import ActivationResponse, LimitBounds, WhiskAction, instant_activation
+from invoker.entities import (
+    ActivationResponse,
+    LimitBounds,
+    Messages,
+    WhiskAction,
+    instant_activation,
+)
+from invoker.errors import ContainerStartError, activation_response_for
 from invoker.gpu import locality
 from invoker.gpu.layer import GpuLayer, GpuPlacement
 from invoker.manifest import StemCell
@@ -93,10 +100,6 @@ def sanitize(name: str) -> str:
 class _Waiting:
     arrival: int  # order of arrival across buffers: the oldest head is tried first
     job: Job
-
-
-class _StartFailed(Exception):
-    """A cold start's container could not be created (the cause is chained)."""
 
 
 class ContainerPool:
@@ -328,12 +331,12 @@ class ContainerPool:
                 retry = True
             if not retry:
                 _, reusable = proxy.execute(job, self.config.limits)
-        except _StartFailed as error:
+        except ContainerStartError as error:
             log.warning("cold start of %s failed: %s", job.action.path, error.__cause__ or error)
-            self.fail(job, ActivationResponse.whisk_error(Messages.resource_error))
-        except Exception:  # an invoker bug must not lose the activation
+            self.fail(job, activation_response_for(error))
+        except Exception as error:  # an invoker bug must not lose the activation
             log.exception("activation %s failed inside the invoker", job.msg.activation_id)
-            self.fail(job, ActivationResponse.whisk_error(Messages.abnormal_run))
+            self.fail(job, activation_response_for(error))
             reusable = False
         finally:
             self._release(proxy, reusable)
@@ -342,8 +345,8 @@ class ContainerPool:
         self.drain()
 
     def _started_for(self, proxy: ContainerProxy, job: Job) -> bool:
-        """The first job of a STARTING member creates its container (``_StartFailed`` if that
-        fails); a later one waits for it: False when it was not created (run the job elsewhere)."""
+        """The first job of a STARTING member creates its container (``ContainerStartError`` if
+        that fails); a later one waits for it: False when it was not created (run the job elsewhere)."""
         with self._lock:
             creator = proxy.take_start()
         if not creator:
@@ -355,7 +358,7 @@ class ContainerPool:
                              proxy.gpu)
             proxy.start(self.factory, spec)
         except Exception as error:  # an engine that went away raises what it likes
-            raise _StartFailed(str(error)) from error
+            raise ContainerStartError(str(error)) from error
         finally:
             proxy.start_done.set()
         return True

@@ -20,10 +20,9 @@ from fault_support import OwnPodmanService
 from pool_support import PythonOnly, Recorder, job, make_action
 from services import RUNTIME_IMAGE
 
-from invoker.containerpool.activation import Messages
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
-from invoker.entities import WHISK_ERROR, WhiskAction
+from invoker.entities import WHISK_ERROR, Messages, WhiskAction
 from invoker.gpu.inventory import parse_declared
 from invoker.gpu.layer import GpuLayer, GpuSettings
 

@@ -17,8 +17,8 @@ import zipfile
 
 import pytest
 
-from invoker.containerpool.activation import Messages
 from invoker.containerpool.states import State
+from invoker.entities import Messages
 from invoker.messages import (
     CombinedCompletionAndResultMessage,
     CompletionMessage,
