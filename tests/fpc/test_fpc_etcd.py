@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 import pytest
 from fpc_support import EtcdServer
 
+from invoker.embedded.child import free_port
 from invoker.fpc.etcd import EtcdClient, EtcdEndpoint, EtcdUnavailable, LeaseNotFound
 from invoker.fpc.keys import EtcdKeys
 from invoker.fpc.lease import LeaseConfig, LeaseKeeper
 from invoker.fpc.messages import InvokerResourceMessage, InvokerStatus, SchedulerEndpoints
 from invoker.fpc.registry import InvokerRegistration, LeaseBoundKeys, read_queue_leader
-from invoker.embedded.child import free_port
 from invoker.messages import ByteSize, FullyQualifiedEntityName, InvokerInstanceId
 
 TTL_S = 2  # etcd's smallest useful TTL here (its minimum is 1.5 election timeouts)
