@@ -106,6 +106,8 @@ class LeaseKeeper:
         if revoke and lease_id is not None:
             try:
                 self.client.revoke(lease_id)
+            except LeaseNotFound:
+                pass  # already gone, and its keys with it
             except EtcdError as error:
                 log.warning("could not revoke etcd lease %x; its keys expire within %d s: %s",
                             lease_id, self.config.ttl_s, error)
