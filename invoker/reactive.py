@@ -14,15 +14,14 @@ import logging
 import random
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from invoker.clock import SYSTEM_CLOCK, Clock, now_ms
 from invoker.containerpool.activation import Job
-from invoker.containerpool.container import now_ms
 from invoker.containerpool.pool import ContainerPool
 from invoker.entities import (
     ActivationResponse,
@@ -111,8 +110,10 @@ class InvokerReactive:
         store_policy: StorePolicy = StorePolicy(),
         prepare_workers: int = 16,
         ack_policy: AckPolicy = AckPolicy(),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance = instance
+        self.clock = clock
         self.producer = producer
         self.entities = entities
         self.activations = activations
@@ -299,7 +300,7 @@ class InvokerReactive:
         policy = self.ack_policy
         topic = self.completed_topic(controller)
         outer: Future = Future()
-        deadline = time.monotonic() + policy.deadline_s
+        deadline = self.clock.monotonic() + policy.deadline_s
         current = [ack]
         shrunk = [False]
 
@@ -322,7 +323,7 @@ class InvokerReactive:
                 return
             ceiling = min(policy.backoff_max_s, policy.backoff_initial_s * (2 ** tries))
             delay = ceiling / 2 + self._random.uniform(0, ceiling / 2)
-            if time.monotonic() + delay > deadline:
+            if self.clock.monotonic() + delay > deadline:
                 log.error("ack for %s could not be sent within %.0f s: %s", activation_id, policy.deadline_s, error)
                 failure = BrokerUnavailable(f"ack for {activation_id} not sent within {policy.deadline_s:.0f} s: {error}")
                 failure.__cause__ = error
@@ -331,9 +332,7 @@ class InvokerReactive:
             if tries == 0:
                 log.warning("ack for %s failed (%s); retrying until it is sent", activation_id, error)
             self.acks_retried += 1
-            timer = threading.Timer(delay, attempt, args=(tries + 1,))
-            timer.daemon = True
-            timer.start()
+            self.clock.call_later(delay, attempt, tries + 1)
 
         attempt(0)
         return outer

@@ -78,6 +78,9 @@ class SimClock:
         kernel.after(max(0.0, seconds), current.switch)
         kernel.hub.switch()
 
+    def call_later(self, seconds: float, fn: Callable[..., Any], *args: Any) -> None:
+        self.kernel.after(max(0.0, seconds), fn, *args)
+
 
 class SimFuture:
     """What ``submit`` returns: enough of ``concurrent.futures.Future`` for the pool

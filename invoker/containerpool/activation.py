@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from owruntime.guard import split_env
 
-from invoker.containerpool.container import HttpOutcome, now_ms
+from invoker.clock import now_ms
+from invoker.containerpool.container import HttpOutcome
 from invoker.containerpool.logs import (
     COLLECTION_ISSUE,
     DEVELOPER_ERROR_NOTE,

@@ -13,7 +13,6 @@ import http.client
 import json
 import queue
 import socket
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from owruntime.guard import SECRET_HEADER
 from owruntime.resident import HEADER as RESIDENT_HEADER
 from owruntime.resident import Residency, parse_header
 
+from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool.logs import LogBuffer
 
 # The backends' errors belong to the invoker's one tree (invoker.errors); importable from here too.
@@ -110,8 +110,6 @@ class SleepReport:
             return cls(False, problem=f"unreadable answer: {error}")
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 DEADLINE_SLACK_S = 0.01
@@ -122,9 +120,10 @@ class _DeadlineSocket(socket.socket):
     a response dripped a byte at a time cannot outlive it, as it would a per-read timeout."""
 
     deadline = float("inf")
+    clock: Clock = SYSTEM_CLOCK  # the client's: its deadline is on this clock
 
     def _remaining(self) -> None:
-        remaining = self.deadline - time.monotonic()
+        remaining = self.deadline - self.clock.monotonic()
         if remaining <= 0:
             raise TimeoutError("the exchange's deadline has passed")
         current = self.gettimeout()
@@ -150,11 +149,13 @@ class _DeadlineConnection(http.client.HTTPConnection):
     """``HTTPConnection`` on a ``_DeadlineSocket``; ``deadline`` is set per exchange."""
 
     deadline = float("inf")
+    clock: Clock = SYSTEM_CLOCK
 
     def connect(self) -> None:
-        timeout = max(0.001, self.deadline - time.monotonic())
+        timeout = max(0.001, self.deadline - self.clock.monotonic())
         raw = socket.create_connection((self.host, self.port), timeout)
         sock = _DeadlineSocket(fileno=raw.detach())
+        sock.clock = self.clock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
 
@@ -164,8 +165,10 @@ class RuntimeClient:
     exchanges at once (intra-container concurrency). Each exchange has one wall-clock
     deadline, and reads at most ``max_body`` + 1 bytes of the response body."""
 
-    def __init__(self, host: str, port: int, max_connections: int = 1, secret: str | None = None) -> None:
+    def __init__(self, host: str, port: int, max_connections: int = 1, secret: str | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.host = host
+        self.clock = clock  # deadlines, retry pauses and the outcome's timestamps
         self.port = port
         self.secret = secret  # the container's caller secret (owruntime.guard), sent on every POST
         self._idle: queue.LifoQueue[_DeadlineConnection] = queue.LifoQueue()
@@ -177,6 +180,7 @@ class RuntimeClient:
             conn = self._idle.get_nowait()
         except queue.Empty:
             conn = _DeadlineConnection(self.host, self.port)
+            conn.clock = self.clock
         conn.deadline = deadline
         if isinstance(conn.sock, _DeadlineSocket):
             conn.sock.deadline = deadline
@@ -198,15 +202,15 @@ class RuntimeClient:
         then resets connections until the runtime listens). ``alive`` stops the retries as soon
         as the container is gone."""
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        start = now_ms()
-        deadline = time.monotonic() + timeout_s
+        start = self.clock.wall_ms()
+        deadline = self.clock.monotonic() + timeout_s
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.secret is not None:
             headers[SECRET_HEADER] = self.secret
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
-                return HttpOutcome(start, now_ms(), timed_out=True)
+                return HttpOutcome(start, self.clock.wall_ms(), timed_out=True)
             conn = self._connection(deadline)
             try:
                 if conn.sock is None:
@@ -217,7 +221,7 @@ class RuntimeClient:
                 data = response.read() if max_body is None else response.read(max_body + 1)
                 status = response.status
                 reported = response.getheader(RESIDENT_HEADER)
-                end = now_ms()
+                end = self.clock.wall_ms()
                 length = None
                 if not response.isclosed():  # cut at max_body + 1: the rest is never read
                     declared = response.getheader("Content-Length", "")
@@ -230,20 +234,20 @@ class RuntimeClient:
                 return HttpOutcome(start, end, status=status, body=data, resident_header=reported, length=length)
             except TimeoutError:
                 conn.close()
-                return HttpOutcome(start, now_ms(), timed_out=True)
+                return HttpOutcome(start, self.clock.wall_ms(), timed_out=True)
             except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
                 conn.close()
                 if retry_refused and (alive is None or alive()):
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline - self.clock.monotonic()
                     if remaining <= 0.05:  # still not listening when time is up: a timeout, as in OpenWhisk
-                        time.sleep(max(0.0, remaining))
-                        return HttpOutcome(start, now_ms(), timed_out=True)
-                    time.sleep(0.05)
+                        self.clock.sleep(max(0.0, remaining))
+                        return HttpOutcome(start, self.clock.wall_ms(), timed_out=True)
+                    self.clock.sleep(0.05)
                     continue
-                return HttpOutcome(start, now_ms(), connection_lost=True)
+                return HttpOutcome(start, self.clock.wall_ms(), connection_lost=True)
             except (http.client.HTTPException, OSError):
                 conn.close()
-                return HttpOutcome(start, now_ms(), connection_lost=True)
+                return HttpOutcome(start, self.clock.wall_ms(), connection_lost=True)
 
     def get_status(self, path: str, timeout_s: float) -> tuple[int, bytes] | None:
         """One GET on a fresh connection; None when the runtime does not answer (yet)."""
@@ -270,10 +274,11 @@ class Container(ABC):
     """One running action runtime. Created by a ``ContainerFactory``."""
 
     def __init__(self, container_id: str, spec: ContainerSpec, host: str, port: int,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.id = container_id
         self.spec = spec
-        self.client = RuntimeClient(host, port, secret=secret)
+        self.clock = clock
+        self.client = RuntimeClient(host, port, secret=secret, clock=clock)
         self.logs = LogBuffer()
         self.residency = Residency()  # as last reported by the runtime
         self._resident_header: str | None = None
@@ -306,16 +311,16 @@ class Container(ABC):
         """Until the runtime answers ``GET /ready`` with 200 (its warm-up, e.g. the CUDA
         context and framework imports of a GPU stem cell, has finished). Returns the
         runtime's readiness report, or None when it did not get ready in time or died."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.is_alive():
-            answer = self.client.get_status("/ready", timeout_s=min(5.0, max(0.1, deadline - time.monotonic())))
+        deadline = self.clock.monotonic() + timeout_s
+        while self.clock.monotonic() < deadline and self.is_alive():
+            answer = self.client.get_status("/ready", timeout_s=min(5.0, max(0.1, deadline - self.clock.monotonic())))
             if answer is not None and answer[0] == 200:
                 try:
                     report = json.loads(answer[1])
                 except ValueError:
                     report = {}
                 return report if isinstance(report, dict) else {}
-            time.sleep(0.05)
+            self.clock.sleep(0.05)
         return None
 
     def set_max_concurrency(self, n: int) -> None:

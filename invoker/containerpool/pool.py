@@ -34,7 +34,7 @@ from typing import Any
 from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool import rules
 from invoker.containerpool.activation import Job, PoolLimits
-from invoker.containerpool.container import ContainerFactory, ContainerSpec, now_ms
+from invoker.containerpool.container import ContainerFactory, ContainerSpec
 from invoker.containerpool.gpu_placement import GpuPlacer
 from invoker.containerpool.memory import MemoryLedger
 from invoker.containerpool.proxy import ContainerProxy
@@ -398,7 +398,7 @@ class ContainerPool:
         """An activation that never reached a container (start failure, no room, refused).
         Guarded: a sink that raises must not skip the caller's release."""
         try:
-            job.sink.completed(job, instant_activation(job.msg, response, job.action, now_ms()))
+            job.sink.completed(job, instant_activation(job.msg, response, job.action, self.clock.wall_ms()))
         except Exception:
             log.exception("reporting activation %s failed", job.msg.activation_id)
 
