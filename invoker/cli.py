@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from invoker.config import ConfigError, InvokerConfig, load_config
+from invoker.containerpool.backends import BACKENDS, BackendOptions
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import PoolConfig
 from invoker.gpu.inventory import load_inventory
@@ -27,24 +28,13 @@ log = logging.getLogger("invoker")
 
 
 def make_factory(config: InvokerConfig, env: Mapping[str, str]) -> ContainerFactory:
-    owner = f"wsk{config.unique_name or ''}{config.instance}"
-    if config.backend == "docker":
-        from invoker.containerpool.docker import DockerContainerFactory  # needs the docker SDK
-
-        return DockerContainerFactory(
-            name_prefix=owner,
-            api_host=config.resolved_api_host(env),
-            network=config.docker_network,
-            publish_host=config.docker_publish_host,
-            ulimits=config.docker_ulimits,
-            tmpfs_mb=config.docker_tmpfs,
-            log_max_mb=config.docker_log_max,
-            storage_mb=config.docker_storage,
-        )
-    from invoker.containerpool.process import ProcessContainerFactory, start_process_backend
-
-    start_process_backend()
-    return ProcessContainerFactory(api_host=config.resolved_api_host(env), extra_env={"__OW_INVOKER": owner})
+    options = BackendOptions(
+        owner=f"wsk{config.unique_name or ''}{config.instance}", api_host=config.resolved_api_host(env),
+        docker_network=config.docker_network, docker_publish_host=config.docker_publish_host,
+        docker_ulimits=config.docker_ulimits, docker_tmpfs_mb=config.docker_tmpfs,
+        docker_log_max_mb=config.docker_log_max, docker_storage_mb=config.docker_storage,
+    )
+    return BACKENDS[config.backend].create(options)
 
 
 def make_gpu_layer(config: InvokerConfig, manifest: RuntimesManifest, factory: ContainerFactory) -> GpuLayer | None:
@@ -112,7 +102,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
             user_memory_mb=config.user_memory.megabytes,
             pause_grace_s=config.pause_grace,
             idle_timeout_s=config.idle_container,
-            stem_cells=manifest.stem_cells() if factory.name != "process" else (),
+            stem_cells=manifest.stem_cells() if factory.prewarms_stem_cells else (),
             limits=pool_limits(config.payload_max),
             bounds=config.limit_bounds(),
             container_prefix=f"wsk{config.unique_name or ''}{config.instance}",

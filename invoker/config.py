@@ -17,11 +17,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from invoker.containerpool.backends import BACKENDS
+from invoker.containerpool.pool import PoolConfig
 from invoker.entities import LimitBounds
 from invoker.gpu.inventory import parse_declared
+from invoker.gpu.layer import GpuSettings
+from invoker.gpu.locality import MAX_HELD
 from invoker.gpu.request import parse_size_mb
 from invoker.manifest import StemCell
 from invoker.messages import ByteSize
+
+# The defaults are the pool's and the GPU layer's own, written once there.
+_POOL = PoolConfig()
+_GPU = GpuSettings()
 
 
 class ConfigError(ValueError):
@@ -163,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("embedded_activations_ttl", "--embedded-activations-ttl", ("INVOKER_EMBEDDED_ACTIVATIONS_TTL",), None,
             "Embedded store: age after which an activation record is purged, e.g. '7 days' (unset: no age bound).",
             parse_positive_duration_s),
-    Setting("user_memory", "--user-memory", ("CONFIG_whisk_containerPool_userMemory",), "1024 m",
+    Setting("user_memory", "--user-memory", ("CONFIG_whisk_containerPool_userMemory",), f"{_POOL.user_memory_mb} m",
             "Memory for action containers, advertised to the controller (e.g. 2048m).",
             lambda t: ByteSize.parse(t)),
     Setting("tags", "--tags", ("CONFIG_whisk_invoker_resource_tags",), "",
@@ -174,10 +182,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Runtimes manifest JSON text. Unset: the project's invoker/runtimes.json."),
     Setting("api_host", "--api-host", ("__OW_API_HOST",), None,
             "API host given to actions as __OW_API_HOST (else built from WHISK_API_HOST_PROTO/NAME/PORT)."),
-    Setting("pause_grace", "--pause-grace", ("CONFIG_whisk_containerProxy_timeouts_pauseGrace",), "10 seconds",
+    Setting("pause_grace", "--pause-grace", ("CONFIG_whisk_containerProxy_timeouts_pauseGrace",), f"{_POOL.pause_grace_s:g} seconds",
             "Idle time before a warm container is paused.", parse_duration_s),
     Setting("idle_container", "--idle-container", ("CONFIG_whisk_containerProxy_timeouts_idleContainer",),
-            "10 minutes", "Idle time before a warm container is removed.", parse_duration_s),
+            f"{_POOL.idle_timeout_s:g} seconds", "Idle time before a warm container is removed.", parse_duration_s),
     Setting("payload_max", "--payload-max", ("CONFIG_whisk_activation_payload_max",), "1048576 B",
             "Largest activation result kept whole.", lambda t: ByteSize.parse(t)),
     # Action limits, checked again before a run (the controller checks them on write): the same
@@ -213,7 +221,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("invoker_password", "--invoker-password", ("CONFIG_whisk_invoker_password",), "invoker.pass",
             "Basic-auth password of /enable and /disable (never logged).", str, True),
     Setting("backend", "--backend", ("INVOKER_BACKEND",), "process",
-            "Container backend: process (runtimes as child processes) or docker."),
+            "Container backend: " + "; ".join(f"{b.name} ({b.summary})" for b in BACKENDS.values()) + "."),
     Setting("docker_network", "--docker-network", ("CONFIG_whisk_containerFactory_containerArgs_network",), None,
             "Docker backend: network for action containers, reached at their container address. "
             "Unset: the default network, reached through a port published on --docker-publish-host."),
@@ -253,7 +261,7 @@ SETTINGS: tuple[Setting, ...] = (
             "UID every GPU container runs as under MPS with the docker backend (MPS serves one user at "
             "a time; 10001 is the runtime images' user); the MPS directories are given to it. The "
             "process backend runs them as the invoker's own user.", int),
-    Setting("gpu_mps_max_clients", "--gpu-mps-max-clients", ("INVOKER_GPU_MPS_MAX_CLIENTS",), 48,
+    Setting("gpu_mps_max_clients", "--gpu-mps-max-clients", ("INVOKER_GPU_MPS_MAX_CLIENTS",), _GPU.mps_max_clients,
             "Most containers on one MPS-shared GPU: the MPS server's client limit (48 on Volta and later up "
             "to CUDA 13.0, 60 in later releases); one more would fail to create its CUDA context.", int),
     Setting("gpu_reserved", "--gpu-reserved-memory", ("INVOKER_GPU_RESERVED_MEMORY",), "512 MB",
@@ -261,22 +269,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,
             "Prewarmed GPU containers per GPU: kind:memory:count[,...] (e.g. python:3-gpu:2048MB:1). "
             "Unset: the stemCells of GPU kinds in the runtimes manifest, counted per GPU.", parse_gpu_stem_cells),
-    Setting("gpu_held_tags", "--gpu-held-tags", ("INVOKER_GPU_HELD_TAGS",), 256,
+    Setting("gpu_held_tags", "--gpu-held-tags", ("INVOKER_GPU_HELD_TAGS",), MAX_HELD,
             "GPU invokers: most held:<digest> tags in health pings, one per action whose model a warm GPU "
             "container holds (most recently used first), for a controller that prefers holders "
             "(whisk.loadbalancer.gpu-routing.prefer-holders); 0: none.", parse_non_negative_int),
-    Setting("gpu_prewarm", "--gpu-prewarm", ("INVOKER_GPU_PREWARM",), "torch,onnxruntime",
+    Setting("gpu_prewarm", "--gpu-prewarm", ("INVOKER_GPU_PREWARM",), ",".join(_GPU.prewarm),
             "What a GPU stem cell imports and initialises (CUDA context) before it counts as ready.", parse_list),
-    Setting("gpu_sleep_on_pressure", "--gpu-sleep-on-pressure", ("INVOKER_GPU_SLEEP_ON_PRESSURE",), "true",
+    Setting("gpu_sleep_on_pressure", "--gpu-sleep-on-pressure", ("INVOKER_GPU_SLEEP_ON_PRESSURE",), str(_GPU.sleep_on_pressure).lower(),
             "GPU sleep: to make room on a GPU, put idle warm GPU containers holding models to sleep (their "
             "models' GPU memory back, the models kept in host memory) before destroying any.", parse_bool),
-    Setting("gpu_sleep_after", "--gpu-sleep-after", ("INVOKER_GPU_SLEEP_AFTER",), "0 s",
+    Setting("gpu_sleep_after", "--gpu-sleep-after", ("INVOKER_GPU_SLEEP_AFTER",), f"{_GPU.sleep_after_s:g} s",
             "GPU sleep: idle this long, a GPU container holding models sleeps even without pressure "
             "(0: only under pressure); shorter than --idle-container, which still removes it.", parse_duration_s),
-    Setting("gpu_sleep_host_budget", "--gpu-sleep-host-budget", ("INVOKER_GPU_SLEEP_HOST_BUDGET",), "8 GB",
+    Setting("gpu_sleep_host_budget", "--gpu-sleep-host-budget", ("INVOKER_GPU_SLEEP_HOST_BUDGET",), f"{_GPU.sleep_host_budget_mb} MB",
             "GPU sleep: host memory the models of all sleeping containers may hold; beyond it the least "
             "recently used asleep containers are removed.", parse_size_mb),
-    Setting("gpu_sleep_context", "--gpu-sleep-context-memory", ("INVOKER_GPU_SLEEP_CONTEXT_MEMORY",), "300 MB",
+    Setting("gpu_sleep_context", "--gpu-sleep-context-memory", ("INVOKER_GPU_SLEEP_CONTEXT_MEMORY",), f"{_GPU.sleep_context_mb} MB",
             "GPU sleep: GPU memory an asleep container is assumed to keep (its CUDA context) when its sleep "
             "report does not measure it.", parse_size_mb),
 )
@@ -393,6 +401,6 @@ def load_config(argv: list[str] | None = None, env: Mapping[str, str] | None = N
             )
         instance = 0
     check_admin_credentials(values)
-    if values["backend"] not in ("process", "docker"):
-        raise ConfigError(f"--backend must be process or docker, not {values['backend']!r}")
+    if values["backend"] not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {values['backend']!r}")
     return InvokerConfig(instance, args.unique_name, args.displayed_name, values)

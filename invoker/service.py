@@ -51,8 +51,9 @@ class ManifestImages(ImageResolver):
         runtime = self.manifest.resolve(kind)
         if runtime is None:
             return False
-        if self.backend == "process":  # it runs only the project's own Python runtime
-            return runtime.family == "python"
+        families = self.factory.runtime_families
+        if families is not None:
+            return runtime.family in families
         return self.factory.has_image(runtime.image.resolve(self.registry))
 
     def image_for(self, kind: str) -> str:

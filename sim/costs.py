@@ -1,7 +1,7 @@
 """The one cost table the simulated containers charge, each figure with where it comes from.
 
 Sources are this project's measurements (``bench/results/*.json``, CPU machine, podman) or
-``../shared/notes/gpu-facts.md`` (public GPU figures, not measured here). A figure with
+public GPU figures, each named in its source text (not measured here). A figure with
 neither says ``assumption`` and why: those are the first to replace with a GPU measurement.
 """
 
@@ -40,20 +40,20 @@ class CostTable:
         2.386, "s", "bench/results/image_classifier_cpu_1thread.json: torch cold - stem_cell total_s medians "
         "(12.450 - 10.065): what a stem cell has already paid (2 loaded cores)")
     cuda_context: Figure = Figure(
-        0.5, "s", "gpu-facts.md §2: cuInit 'about 500 ms for a normal GPU' (context creation alone 125-150 ms)")
+        0.5, "s", "cuInit 'about 500 ms for a normal GPU' (context creation alone 125-150 ms)")
     context_memory_mb: Figure = Figure(
-        287, "MB", "gpu-facts.md §2: CUDA context 287 MB with lazy module loading (pytorch PR #86509)")
+        287, "MB", "CUDA context 287 MB with lazy module loading (pytorch PR #86509)")
     cold_load_bandwidth: Figure = Figure(
-        0.51e9, "B/s", "gpu-facts.md §3: a naive loader end to end, 18 GB bf16 CPU->GPU in 35 s (FLUX.2 on Modal)")
+        0.51e9, "B/s", "a naive loader end to end, 18 GB bf16 CPU->GPU in 35 s (FLUX.2 on Modal)")
     pinned_h2d_bandwidth: Figure = Figure(
-        50e9, "B/s", "gpu-facts.md §1: ~50-55 GB/s practical pinned H2D ceiling per H100/H200 (PCIe 5.0 x16)")
+        50e9, "B/s", "~50-55 GB/s practical pinned H2D ceiling per H100/H200 (PCIe 5.0 x16)")
     gpu_memory_mb: Figure = Figure(
-        81559, "MB", "assumption: an 80 GB H100, the GPU gpu-facts.md §1 sizes the host link for; 81,559 MiB is "
+        81559, "MB", "assumption: an 80 GB H100, the GPU the host-link figure above is for; 81,559 MiB is "
         "what NVML reports for one (not measured here)")
     mps_server_memory_mb: Figure = Figure(
-        418, "MB", "gpu-facts.md §2: the MPS server process holds ~418 MiB per GPU (nvidia-docker #868)")
+        418, "MB", "the MPS server process holds ~418 MiB per GPU (nvidia-docker #868)")
     mps_clients: Figure = Figure(
-        48, "contexts", "gpu-facts.md §4: 48 MPS client contexts per device (Volta+, up to CUDA 13.0)")
+        48, "contexts", "48 MPS client contexts per device (Volta+, up to CUDA 13.0)")
     forward_bandwidth: Figure = Figure(
         2.0e12, "B/s", "assumption, not measured: a memory-bound forward pass reads its weights once at "
         "~2 TB/s (60 % of an H100's HBM3 peak)")

@@ -350,8 +350,12 @@ class Container(ABC):
 class ContainerFactory(ABC):
     """Creates containers for one invoker (the Scala ``ContainerFactory`` seam)."""
 
-    #: Kinds this backend can run; ``None`` means any kind it has an image for.
+    #: The backend's name (``invoker.containerpool.backends``).
     name: str = "abstract"
+    #: Runtime families (the manifest's ``python``, ``nodejs``...) it can run; None: any it has an image for.
+    runtime_families: frozenset[str] | None = None
+    #: Whether it starts the manifest's stem cells (a process backend's would only burn memory).
+    prewarms_stem_cells: bool = True
     #: Whether ``ContainerSpec.user`` is honoured (processes run as the invoker's user).
     chooses_user: bool = False
 

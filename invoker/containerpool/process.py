@@ -129,6 +129,8 @@ class ProcessContainerFactory(ContainerFactory):
     interpreter unless configured."""
 
     name = "process"
+    runtime_families = frozenset({"python"})  # only the project's own Python runtime
+    prewarms_stem_cells = False
 
     def __init__(self, python: str | None = None, api_host: str = "", extra_env: dict[str, str] | None = None) -> None:
         self.python = python or sys.executable

@@ -37,7 +37,7 @@ class GpuSettings:
     # backend cannot choose (processes run as the invoker's user).
     mps_client_uid: int | None = None
     # Containers per MPS-shared GPU: the MPS server's client-context limit (48 on Volta and
-    # later up to CUDA 13.0, 60 later; gpu-facts §4).
+    # later up to CUDA 13.0, 60 later: NVIDIA's MPS documentation, "Limitations").
     mps_max_clients: int = 48
     # How often the MPS control daemon is asked whether it still answers (0: never). A client
     # that finds no daemon silently runs without MPS, its memory limit unenforced.
@@ -51,7 +51,9 @@ class GpuSettings:
     # Host memory the models of all sleeping containers may hold; over it, the least recently
     # used asleep containers are removed.
     sleep_host_budget_mb: int = 8192
-    # One CUDA context's memory when a sleep's report does not measure it (invoker.gpu.sleep).
+    # One CUDA context's memory when a sleep's report does not measure it (invoker.gpu.sleep): a
+    # PyTorch process with lazy module loading measured 287 MB (pytorch/pytorch PR #86509; 667 MB
+    # eager), rounded up. Not measured per MPS client on this project's GPUs: configurable.
     sleep_context_mb: int = 300
     sleep_timeout_s: float = 10.0  # a /sleep not answered by then: the container stays awake
 

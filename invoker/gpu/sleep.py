@@ -27,10 +27,6 @@ from invoker.containerpool.container import SleepReport
 
 MB = 1024 * 1024
 
-# One CUDA context of a PyTorch process with lazy module loading: 287 MB measured (pytorch/pytorch
-# PR #86509, 667 MB eager; ../shared/notes/gpu-facts.md §2), rounded up. Not measured per MPS
-# client on this project's GPUs (see invoker/gpu/README.md): a default, configurable.
-DEFAULT_CONTEXT_MB = 300
 
 
 def asleep_charge_mb(admitted_mb: int, report: SleepReport, residency: Residency, context_mb: int) -> tuple[int, bool]:
