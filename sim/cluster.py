@@ -84,7 +84,7 @@ class SimInvoker:
             stem_cells=tuple(StemCell(KIND, mb, count) for mb, count in config.stem_cells),
             prewarm=("torch",), mps_check_interval_s=0, mps_max_clients=int(costs.mps_clients.value),
             sleep_on_pressure=config.sleep_on_pressure, sleep_host_budget_mb=config.sleep_host_budget_mb)
-        layer = GpuLayer(inventory, SharingStatus(True, "simulated MPS", tuple(range(gpus))), settings,
+        layer = GpuLayer(inventory, SharingStatus(True, "simulated MPS", tuple(str(i) for i in range(gpus))), settings,
                          SimMpsDaemon())
         self.factory = SimContainerFactory(clock, costs, functions)
         self.user_memory_mb = gpus * config.host_memory_per_gpu_mb
@@ -188,7 +188,7 @@ class Cluster:
         self._arrivals_done = False
         self._last_arrival = 0.0
         self._gpu_capacity_mb = sum(inv.pool.gpu_placer.ledger.capacity_mb(g) for inv in self.invokers
-                                    for g in range(inv.gpus))
+                                    for g in inv.pool.gpu_placer.ledger.devices)
         self._functions = functions
         self._change: MembershipChange | None = None
         self._window_from = self._window_to = math.inf
@@ -227,7 +227,7 @@ class Cluster:
                                      self.costs, self._functions, self.config)
                 self.invokers.append(invoker)
                 self.slots.add(invoker.user_memory_mb)
-                self._gpu_capacity_mb += sum(invoker.pool.gpu_placer.ledger.capacity_mb(g) for g in range(invoker.gpus))
+                self._gpu_capacity_mb += sum(invoker.pool.gpu_placer.ledger.capacity_mb(g) for g in invoker.pool.gpu_placer.ledger.devices)
                 self.executor.submit(invoker.pool.start, False)
                 self.kernel.after(PING_INTERVAL_S * (k + 1) / change.add_nodes, self._tick, i)
             self.board.grow(len(self.invokers))
@@ -245,7 +245,7 @@ class Cluster:
         live = 0
         for invoker in self.invokers:
             ledger = invoker.pool.gpu_placer.ledger
-            committed += sum(ledger.committed_mb(g) for g in range(invoker.gpus))
+            committed += sum(ledger.committed_mb(g) for g in ledger.devices)
             for proxy in invoker.pool._containers:
                 if proxy.container is None:
                     continue  # decided on, not created yet

@@ -55,9 +55,9 @@ MSG_MPS_DOWN = ("GPU sharing (MPS) is down on this invoker: it admits no GPU act
                 "the controller sends GPU work elsewhere meanwhile.")
 
 
-def gpu_buffer(gpu: int) -> str:
+def gpu_buffer(gpu: str) -> str:
     """The run buffer of the jobs waiting for memory on one GPU."""
-    return f"gpu{gpu}"
+    return f"gpu:{gpu}"
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,8 @@ class GpuPlacer:
     def request(self, action: WhiskAction) -> GpuRequest:
         return parse_request(action.annotation(GPU_ANNOTATION), action.limits.memory_mb)
 
-    def placement(self, gpu: int, request: GpuRequest) -> GpuPlacement:
-        layer = self.layer
-        return GpuPlacement(gpu, layer.device(gpu), request.memory_mb, request.sm_on(layer.memory_total_mb(gpu)))
+    def placement(self, gpu: str, request: GpuRequest) -> GpuPlacement:
+        return GpuPlacement(gpu, request.memory_mb, request.sm_on(self.layer.memory_total_mb(gpu)))
 
     def refusal(self, action: WhiskAction) -> ActivationResponse | None:
         """Why a GPU action can never run here (MPS down, bad request, bigger than every GPU)."""
@@ -122,7 +121,7 @@ class GpuPlacer:
             return None
         return gpu_buffer(self._queue_gpu(self.request(job.action).memory_mb))
 
-    def _queue_gpu(self, request_mb: int) -> int:
+    def _queue_gpu(self, request_mb: int) -> str:
         ledger = self.ledger
         return rules.queue_gpu({g: ledger.capacity_mb(g) for g in ledger.devices},
                                {g: ledger.free_mb(g) + ledger.releasing_mb(g) for g in ledger.devices}, request_mb)
@@ -130,11 +129,11 @@ class GpuPlacer:
     def _members(self) -> list[ContainerProxy]:
         return self.pool._containers
 
-    def _loads(self) -> dict[int, int]:
+    def _loads(self) -> dict[str, int]:
         """Jobs per GPU in created containers. A cold start's job counts once its container
         exists, as before the pool kept starting members (counting it from the start changed
         the 10-GPU simulation by under 1 %: p99 -1 %, cold starts -0.1 %; not adopted here)."""
-        loads: dict[int, int] = {}
+        loads: dict[str, int] = {}
         for proxy in self._members():
             if proxy.gpu is not None and proxy.container is not None:
                 loads[proxy.gpu.gpu] = loads.get(proxy.gpu.gpu, 0) + proxy.active
@@ -195,7 +194,7 @@ class GpuPlacer:
             return gpu_buffer(sleeping[0].gpu.gpu)  # placed on it once its sleep has ended
         return None
 
-    def _make_room(self, needed_mb: int, loads: dict[int, int]) -> int | None:
+    def _make_room(self, needed_mb: int, loads: dict[str, int]) -> str | None:
         """Make room for a new container on the one GPU where that costs least; the GPU where
         room is coming, or None."""
         ledger = self.ledger
@@ -206,7 +205,7 @@ class GpuPlacer:
         self._carry_out(plan)
         return plan.gpu
 
-    def _room_plan(self, gpu: int, needed_mb: int, new_client: bool,
+    def _room_plan(self, gpu: str, needed_mb: int, new_client: bool,
                    spare: ContainerProxy | None = None) -> rules.RoomPlan | None:
         ledger = self.ledger
         slots = ledger.free_clients(gpu)
@@ -219,10 +218,10 @@ class GpuPlacer:
 
     def _carry_out(self, plan: rules.RoomPlan) -> None:
         for proxy in plan.sleeps:
-            log.info("putting idle %s to sleep on GPU %d to make room", proxy, plan.gpu)
+            log.info("putting idle %s to sleep on GPU %s to make room", proxy, plan.gpu)
             self.start_sleep(proxy)
         for proxy in plan.removals:
-            log.info("evicting idle %s from GPU %d to make room", proxy, plan.gpu)
+            log.info("evicting idle %s from GPU %s to make room", proxy, plan.gpu)
             self.pool.counts.gpu_evictions += 1
             self.pool.remove(proxy)
 
@@ -312,7 +311,7 @@ class GpuPlacer:
         self.asleep_host.commit(proxy, host_mb(report, proxy.residency))
         proxy.slept(AsleepRecord(report, held, measured))
         counts.gpu_sleeps += 1
-        log.info("%s asleep: holds %d MB on GPU %d (%s), %d host bytes", proxy, held, proxy.gpu.gpu,
+        log.info("%s asleep: holds %d MB on GPU %s (%s), %d host bytes", proxy, held, proxy.gpu.gpu,
                  "measured" if measured else "estimated", report.host_bytes)
         asleep = {p: self.asleep_host.reserved_mb(p) for p in self.asleep_host.owners()}
         for victim in rules.over_host_budget(asleep, self.settings.sleep_host_budget_mb):
@@ -344,17 +343,20 @@ class GpuPlacer:
         with self.pool._lock:
             gpus = []
             for device in inventory.devices:
-                on_gpu = [p for p in self._members() if p.gpu is not None and p.gpu.gpu == device.index]
+                key = device.key
+                on_gpu = [p for p in self._members() if p.gpu is not None and p.gpu.gpu == key]
                 containers = [_container_json(p, ledger.charge(p)) for p in on_gpu]
                 resident = {m.key for p in on_gpu for m in p.residency.models if m.device.startswith("cuda")}
                 gpus.append({
                     **device.to_json(),
-                    "capacity_mb": ledger.capacity_mb(device.index),
-                    "committed_mb": ledger.committed_mb(device.index),
-                    "releasing_mb": ledger.releasing_mb(device.index),
-                    "free_mb": ledger.free_mb(device.index),
-                    "mps_client_slots": ledger.max_clients.get(device.index),
-                    "mps": self.layer.sharing.mps_on(device.index),
+                    "capacity_mb": ledger.capacity_mb(key),
+                    "committed_mb": ledger.committed_mb(key),
+                    "releasing_mb": ledger.releasing_mb(key),
+                    "free_mb": ledger.free_mb(key),
+                    "key": key,
+                    "mps_client_slots": ledger.max_clients.get(key),
+                    "mps": self.layer.devices[key].mode == "mps",
+                    "sharing": self.layer.devices[key].mode,
                     "active": sum(p.active for p in on_gpu),
                     "containers": containers,
                     "resident_models": sorted(resident),

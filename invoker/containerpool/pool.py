@@ -315,7 +315,7 @@ class ContainerPool:
                                  labels=labels)
         return ContainerSpec(
             name=name, kind=kind, image=image, memory_mb=memory_mb, cpu_shares=shares, labels=labels,
-            env=self.gpu.container_env(placement, stem_cell), gpu=placement.device_id,
+            env=self.gpu.container_env(placement, stem_cell), gpu=placement.gpu,
             mounts=self.gpu.mounts(placement.gpu), user=self.gpu.container_user(placement.gpu),
         )
 

@@ -32,8 +32,9 @@ class GpuDevice:
     mig_enabled: bool = False
 
     @property
-    def device_id(self) -> str:
-        """What a container is given: the UUID where known (stable across reboots), else the index."""
+    def key(self) -> str:
+        """How the invoker names the device everywhere (ledger, placement, sharing) and what a
+        container is given: the UUID where known (stable across reboots), else the index."""
         return self.uuid or str(self.index)
 
     def to_json(self) -> dict:

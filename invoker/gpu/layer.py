@@ -1,5 +1,6 @@
-"""The GPU layer as the pool sees it: inventory, sharing (MPS or time-slicing), settings,
-and what a GPU container is given (device, environment, mounts)."""
+"""The GPU layer as the pool sees it: inventory, each device's sharing mode
+(``invoker.gpu.sharing``), settings, and what a GPU container is given (device, environment,
+mounts, user). Devices are named by their key (``GpuDevice.key``: the UUID, else the index)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from invoker.gpu.mps import (
     MpsDaemon,
     MpsError,
     SharingStatus,
-    client_env,
     start_sharing,
 )
+from invoker.gpu.sharing import DeviceSharing, MpsSharing, TimeSlicing
 from invoker.manifest import StemCell
 
 log = logging.getLogger(__name__)
 
-PREWARM_ENV = "OW_GPU_PREWARM"
-MPS_DOWN_TAG = "gpu-mps-down"  # pinged instead of gpu-mps while the daemon is down: admit no GPU work here  # read by the runtime: modules to import and warm before it is ready
+PREWARM_ENV = "OW_GPU_PREWARM"  # read by the runtime: modules to import and warm before it is ready
+MPS_DOWN_TAG = "gpu-mps-down"  # pinged instead of gpu-mps while the daemon is down: admit no GPU work here
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class GpuSettings:
 class GpuPlacement:
     """Where a GPU container runs and the limits its CUDA context was created with."""
 
-    gpu: int
-    device_id: str
+    gpu: str  # the device's key, which is also what the container is given
     memory_mb: int
     sm_percent: int
 
@@ -83,6 +83,12 @@ class GpuLayer:
         self.listeners: list[Callable[[bool], None]] = []
         self._stopped = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self.inventory_devices = {d.key: d for d in inventory.devices}
+        # Each device's sharing mode, by key: MPS where this layer's daemon serves it.
+        self.devices: dict[str, DeviceSharing] = {
+            d.key: (MpsSharing(daemon, settings.mps_max_clients, settings.mps_client_uid, lambda: self.daemon_up)
+                    if daemon is not None and sharing.mps_on(d.key) else TimeSlicing())
+            for d in inventory.devices}
         if daemon is not None and settings.mps_check_interval_s > 0:
             self._watchdog = threading.Thread(target=self._watch_daemon, name="mps-watchdog", daemon=True)
             self._watchdog.start()
@@ -94,7 +100,7 @@ class GpuLayer:
                                         settings.mps_client_uid)
         if daemon is not None:
             # With CUDA_VISIBLE_DEVICES the daemon sees its GPUs renumbered from 0, in that order.
-            shared = [d for d in inventory.devices if sharing.mps_on(d.index)]
+            shared = [d for d in inventory.devices if sharing.mps_on(d.key)]
             numbered = enumerate(shared) if daemon.visible_devices else ((d.index, d) for d in shared)
             ceilings = {n: max(1, d.memory_total_mb - settings.reserved_mb) for n, d in numbered}
             try:
@@ -152,13 +158,13 @@ class GpuLayer:
             for listener in list(self.listeners):
                 listener(up)
 
-    def paused(self, gpu: int) -> bool:
-        """Whether ``gpu`` takes no new GPU work now: it is shared through MPS, whose daemon is down."""
-        return self._mps(gpu) and not self.daemon_up
+    def paused(self, gpu: str) -> bool:
+        """Whether a GPU takes no new GPU work now (shared through MPS, whose daemon is down)."""
+        return not self.devices[gpu].admitting()
 
     def admitting(self) -> bool:
         """Whether some GPU takes new GPU work now."""
-        return any(not self.paused(d.index) for d in self.inventory.devices)
+        return any(sharing.admitting() for sharing in self.devices.values())
 
     def tag(self) -> str:
         """The resource tag pings carry now."""
@@ -179,36 +185,23 @@ class GpuLayer:
                              "pipe_dir": str(self.daemon.pipe_dir), "started_here": self.daemon.started_here}
         return out
 
-    def _mps(self, gpu: int) -> bool:
-        """Whether containers on ``gpu`` are MPS clients of this layer's daemon."""
-        return self.daemon is not None and self.sharing.mps_on(gpu)
-
-    def device(self, gpu: int) -> str:
-        return next(d.device_id for d in self.inventory.devices if d.index == gpu)
-
-    def memory_total_mb(self, gpu: int) -> int:
-        return next(d.memory_total_mb for d in self.inventory.devices if d.index == gpu)
+    def memory_total_mb(self, gpu: str) -> int:
+        return self.inventory_devices[gpu].memory_total_mb
 
     def container_env(self, placement: GpuPlacement, stem_cell: bool) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if self._mps(placement.gpu):
-            env.update(client_env(self.daemon, placement.memory_mb, placement.sm_percent))
+        env = self.devices[placement.gpu].container_env(placement.memory_mb, placement.sm_percent)
         if stem_cell and self.settings.prewarm:
             env[PREWARM_ENV] = ",".join(self.settings.prewarm)
         return env
 
-    def client_limits(self) -> dict[int, int]:
-        """Most containers per GPU: only MPS-shared GPUs have a limit."""
-        return {d.index: self.settings.mps_max_clients for d in self.inventory.devices if self._mps(d.index)}
+    def client_limits(self) -> dict[str, int]:
+        """Most containers per GPU, where the sharing mode has a limit (MPS)."""
+        return {key: limit for key, sharing in self.devices.items() if (limit := sharing.client_limit()) is not None}
 
-    def container_user(self, gpu: int) -> str | None:
+    def container_user(self, gpu: str) -> str | None:
         """``uid:gid`` a GPU container must run as (None: as its image or backend says)."""
-        if not self._mps(gpu) or self.settings.mps_client_uid is None:
-            return None
-        return f"{self.settings.mps_client_uid}:{self.settings.mps_client_uid}"
+        return self.devices[gpu].user()
 
-    def mounts(self, gpu: int) -> tuple[str, ...]:
+    def mounts(self, gpu: str) -> tuple[str, ...]:
         """Host directories a GPU container needs at the same path (MPS pipe and log)."""
-        if not self._mps(gpu):
-            return ()
-        return (str(self.daemon.pipe_dir), str(self.daemon.log_dir))
+        return self.devices[gpu].mounts()

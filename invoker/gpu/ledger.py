@@ -33,7 +33,7 @@ from invoker.gpu.inventory import GpuDevice, Inventory
 
 @dataclass
 class Charge:
-    gpu: int
+    gpu: str  # the device key
     memory_mb: int
     releasing: bool = False  # its container is being destroyed: still committed until it is gone
     shrinking_to: int | None = None  # its container is going to sleep: what it should keep
@@ -54,42 +54,42 @@ def has_room(free_mb: int, free_slots: int | None, needed_mb: int) -> bool:
 
 
 class GpuLedger:
-    def __init__(self, inventory: Inventory, reserved_mb: int = 0, max_clients: Mapping[int, int] | None = None) -> None:
-        self.devices: dict[int, GpuDevice] = {d.index: d for d in inventory.devices}
+    def __init__(self, inventory: Inventory, reserved_mb: int = 0, max_clients: Mapping[str, int] | None = None) -> None:
+        self.devices: dict[str, GpuDevice] = {d.key: d for d in inventory.devices}
         self.reserved_mb = reserved_mb
         self.max_clients = dict(max_clients or {})  # per GPU; a GPU not named has no limit
         self._charges: dict[Hashable, Charge] = {}
 
-    def capacity_mb(self, gpu: int) -> int:
+    def capacity_mb(self, gpu: str) -> int:
         """What may be committed on a GPU; 0 for a MIG-enabled GPU (its instances are not placed on)."""
         device = self.devices[gpu]
         if device.mig_enabled:
             return 0
         return max(0, device.memory_total_mb - self.reserved_mb)
 
-    def committed_mb(self, gpu: int) -> int:
+    def committed_mb(self, gpu: str) -> int:
         return sum(c.memory_mb for c in self._charges.values() if c.gpu == gpu)
 
-    def releasing_mb(self, gpu: int) -> int:
+    def releasing_mb(self, gpu: str) -> int:
         """Committed memory on its way to being free: removals and sleeps under way."""
         return sum(c.on_its_way_mb for c in self._charges.values() if c.gpu == gpu)
 
-    def free_mb(self, gpu: int) -> int:
+    def free_mb(self, gpu: str) -> int:
         return self.capacity_mb(gpu) - self.committed_mb(gpu)
 
-    def clients(self, gpu: int) -> int:
+    def clients(self, gpu: str) -> int:
         """Containers charged on a GPU, those being removed included (their process still lives)."""
         return sum(1 for c in self._charges.values() if c.gpu == gpu)
 
-    def releasing_clients(self, gpu: int) -> int:
+    def releasing_clients(self, gpu: str) -> int:
         return sum(1 for c in self._charges.values() if c.gpu == gpu and c.releasing)
 
-    def free_clients(self, gpu: int) -> int | None:
+    def free_clients(self, gpu: str) -> int | None:
         """Client slots left on a GPU; None where there is no limit (time-slicing)."""
         limit = self.max_clients.get(gpu)
         return None if limit is None else limit - self.clients(gpu)
 
-    def admits(self, gpu: int, memory_mb: int) -> bool:
+    def admits(self, gpu: str, memory_mb: int) -> bool:
         """Whether one more container of ``memory_mb`` may start on the GPU now."""
         return has_room(self.free_mb(gpu), self.free_clients(gpu), memory_mb)
 
@@ -97,12 +97,13 @@ class GpuLedger:
         """Whether some GPU could ever hold the request (else: fail, do not queue)."""
         return any(self.capacity_mb(g) >= memory_mb for g in self.devices)
 
-    def candidates(self, memory_mb: int, loads: Mapping[int, int]) -> list[int]:
+    def candidates(self, memory_mb: int, loads: Mapping[str, int]) -> list[str]:
         """GPUs that can admit the request now: most free memory first, then least load."""
         fitting = [g for g in self.devices if self.admits(g, memory_mb)]
-        return sorted(fitting, key=lambda g: (-self.free_mb(g), loads.get(g, 0), g))
+        order = list(self.devices)
+        return sorted(fitting, key=lambda g: (-self.free_mb(g), loads.get(g, 0), order.index(g)))
 
-    def commit(self, key: Hashable, gpu: int, memory_mb: int) -> None:
+    def commit(self, key: Hashable, gpu: str, memory_mb: int) -> None:
         if key in self._charges:
             raise AdmissionError(f"{key!r} is already charged on GPU {self._charges[key].gpu}")
         if self.free_mb(gpu) < memory_mb:

@@ -46,7 +46,7 @@ class SharingStatus:
 
     mps: bool
     reason: str
-    gpus: tuple[int, ...] = ()  # GPUs shared through MPS (others: time-slicing)
+    gpus: tuple[str, ...] = ()  # keys of the GPUs shared through MPS (others: time-slicing)
 
     @property
     def mode(self) -> str:
@@ -57,8 +57,8 @@ class SharingStatus:
         """The resource tag pings carry for it (``gpu-mps`` or ``gpu-time-slicing``)."""
         return f"gpu-{self.mode}"
 
-    def mps_on(self, index: int) -> bool:
-        return self.mps and index in self.gpus
+    def mps_on(self, key: str) -> bool:
+        return self.mps and key in self.gpus
 
 
 class MpsDaemon:
@@ -206,7 +206,7 @@ def start_sharing(inventory: Inventory, mode: Mode, control: str, pipe_dir: Path
     binary = shutil.which(control)
     if binary is None:
         return fallback(f"{control} is not installed")
-    daemon = MpsDaemon(binary, pipe_dir, log_dir, tuple(d.device_id for d in usable if d.uuid),
+    daemon = MpsDaemon(binary, pipe_dir, log_dir, tuple(d.key for d in usable if d.uuid),
                        client_uid=client_uid)
     try:
         daemon.start()
@@ -215,4 +215,4 @@ def start_sharing(inventory: Inventory, mode: Mode, control: str, pipe_dir: Path
     skipped = [d.index for d in inventory.devices if d.mig_enabled]
     reason = "MPS control daemon running" + (f"; GPUs {skipped} time-sliced (MIG enabled)" if skipped else "")
     log.info("GPU sharing: MPS on GPUs %s", [d.index for d in usable])
-    return SharingStatus(True, reason, tuple(d.index for d in usable)), daemon
+    return SharingStatus(True, reason, tuple(d.key for d in usable)), daemon

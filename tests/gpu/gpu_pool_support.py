@@ -59,7 +59,7 @@ class GpuWatch:
         self.pool = pool
         self.seen: set = set()
         self.held: dict = {}  # proxy -> its GPU charge when last seen
-        self.worst: dict[int, int] = {}
+        self.worst: dict[str, int] = {}
         self.violations: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -76,7 +76,7 @@ class GpuWatch:
                         self.held[proxy] = charge.memory_mb
                 committed = {g: ledger.committed_mb(g) for g in ledger.devices}
                 capacity = {g: ledger.capacity_mb(g) for g in ledger.devices}
-            live: dict[int, int] = {}
+            live: dict[str, int] = {}
             for proxy in list(self.seen):
                 if proxy.container is not None and proxy.container.is_alive():
                     held = self.held.get(proxy, proxy.gpu.memory_mb)

@@ -119,51 +119,51 @@ def two_gpus(mig_on_1: bool = False) -> Inventory:
 
 def test_ledger_never_commits_more_than_a_gpu_admits():
     ledger = GpuLedger(two_gpus(), reserved_mb=100)
-    assert ledger.capacity_mb(0) == 900
-    ledger.commit("a", 0, 600)
+    assert ledger.capacity_mb("0") == 900
+    ledger.commit("a", "0", 600)
     with pytest.raises(AdmissionError):
-        ledger.commit("b", 0, 301)
-    ledger.commit("b", 0, 300)
-    assert ledger.free_mb(0) == 0
+        ledger.commit("b", "0", 301)
+    ledger.commit("b", "0", 300)
+    assert ledger.free_mb("0") == 0
     with pytest.raises(AdmissionError):
         ledger.resize("b", 301)
     ledger.mark_releasing("a")
-    assert ledger.free_mb(0) == 0 and ledger.releasing_mb(0) == 600  # still held until gone
+    assert ledger.free_mb("0") == 0 and ledger.releasing_mb("0") == 600  # still held until gone
     ledger.release("a")
-    assert ledger.free_mb(0) == 600
+    assert ledger.free_mb("0") == 600
 
 
 def test_candidates_most_free_memory_then_least_load():
     ledger = GpuLedger(two_gpus())
-    assert ledger.candidates(500, {}) == [1, 0]
-    ledger.commit("x", 1, 1000)  # both now have 1000 free
-    assert ledger.candidates(500, {0: 3, 1: 1}) == [1, 0]
-    assert ledger.candidates(500, {0: 1, 1: 3}) == [0, 1]
+    assert ledger.candidates(500, {}) == ["1", "0"]
+    ledger.commit("x", "1", 1000)  # both now have 1000 free
+    assert ledger.candidates(500, {"0": 3, "1": 1}) == ["1", "0"]
+    assert ledger.candidates(500, {"0": 1, "1": 3}) == ["0", "1"]
     assert ledger.candidates(1001, {}) == []
     assert ledger.fits_anywhere(2000) and not ledger.fits_anywhere(2001)
 
 
 def test_an_mps_gpu_admits_no_more_containers_than_mps_has_client_slots():
-    ledger = GpuLedger(two_gpus(), max_clients={0: 2})  # GPU 1 time-sliced: no slot limit
-    ledger.commit("a", 0, 10)
-    ledger.commit("b", 0, 10)
-    assert ledger.free_clients(0) == 0 and ledger.free_mb(0) == 980
-    assert not ledger.admits(0, 10) and ledger.candidates(10, {}) == [1]  # memory left, no slot
+    ledger = GpuLedger(two_gpus(), max_clients={"0": 2})  # GPU 1 time-sliced: no slot limit
+    ledger.commit("a", "0", 10)
+    ledger.commit("b", "0", 10)
+    assert ledger.free_clients("0") == 0 and ledger.free_mb("0") == 980
+    assert not ledger.admits("0", 10) and ledger.candidates(10, {}) == ["1"]  # memory left, no slot
     with pytest.raises(AdmissionError, match="client slots"):
-        ledger.commit("c", 0, 10)
+        ledger.commit("c", "0", 10)
     for key in ("c", "d", "e"):
-        ledger.commit(key, 1, 10)
-    assert ledger.free_clients(1) is None
+        ledger.commit(key, "1", 10)
+    assert ledger.free_clients("1") is None
     ledger.mark_releasing("a")
-    assert ledger.releasing_clients(0) == 1 and not ledger.admits(0, 10)  # its process still lives
+    assert ledger.releasing_clients("0") == 1 and not ledger.admits("0", 10)  # its process still lives
     ledger.release("a")
-    assert ledger.admits(0, 10)
+    assert ledger.admits("0", 10)
 
 
 def test_a_mig_gpu_admits_nothing():
     ledger = GpuLedger(two_gpus(mig_on_1=True))
-    assert ledger.capacity_mb(1) == 0
-    assert ledger.candidates(10, {}) == [0]
+    assert ledger.capacity_mb("1") == 0
+    assert ledger.candidates(10, {}) == ["0"]
 
 
 # ----------------------------------------------------------------------------- MPS (FAKE control program)
@@ -237,8 +237,8 @@ def test_sharing_uses_mps_on_the_gpus_without_mig(fake_mps_control, tmp_path):
                           "nvml")
     status, daemon = start_sharing(inventory, "auto", str(fake_mps_control), tmp_path / "p", tmp_path / "l")
     try:
-        assert status.mps and status.gpus == (0,)
-        assert status.mps_on(0) and not status.mps_on(1)
+        assert status.mps and status.gpus == ("GPU-0",)
+        assert status.mps_on("GPU-0") and not status.mps_on("GPU-1")
         assert "MIG" in status.reason
         assert daemon is not None and daemon.visible_devices == ("GPU-0",)
     finally:
@@ -272,12 +272,12 @@ def test_gpu_containers_run_as_the_mps_user_only_under_mps(tmp_path):
 
     daemon = MpsDaemon("unused", tmp_path / "pipe", tmp_path / "log", client_uid=10001)
     quiet = {"mps_check_interval_s": 0}  # no watchdog asking the "unused" program
-    layer = GpuLayer(two_gpus(), SharingStatus(True, "ok", (0,)), GpuSettings(mps_client_uid=10001, **quiet), daemon)
-    assert layer.container_user(0) == "10001:10001"
-    assert layer.container_user(1) is None  # time-sliced GPU: the image's user
-    assert GpuLayer(two_gpus(), SharingStatus(True, "ok", (0,)), GpuSettings(**quiet), daemon).container_user(0) is None
+    layer = GpuLayer(two_gpus(), SharingStatus(True, "ok", ("0",)), GpuSettings(mps_client_uid=10001, **quiet), daemon)
+    assert layer.container_user("0") == "10001:10001"
+    assert layer.container_user("1") is None  # time-sliced GPU: the image's user
+    assert GpuLayer(two_gpus(), SharingStatus(True, "ok", ("0",)), GpuSettings(**quiet), daemon).container_user("0") is None
     time_sliced = GpuLayer(two_gpus(), SharingStatus(False, "off"), GpuSettings(mps_client_uid=10001))
-    assert time_sliced.container_user(0) is None
+    assert time_sliced.container_user("0") is None
     assert (time_sliced.sharing.tag, layer.sharing.tag) == ("gpu-time-slicing", "gpu-mps")
 
 
@@ -375,15 +375,15 @@ def test_layer_mounts_only_under_mps(tmp_path):
     from invoker.gpu.mps import SharingStatus
 
     daemon = MpsDaemon("unused", tmp_path / "pipe", tmp_path / "log")
-    layer = GpuLayer(two_gpus(), SharingStatus(True, "ok", (0,)), GpuSettings(prewarm=("torch",), mps_check_interval_s=0),
+    layer = GpuLayer(two_gpus(), SharingStatus(True, "ok", ("0",)), GpuSettings(prewarm=("torch",), mps_check_interval_s=0),
                      daemon)
-    placement = GpuPlacement(0, "0", 512, 20)
-    assert layer.mounts(0) == (str(tmp_path / "pipe"), str(tmp_path / "log"))
-    assert layer.mounts(1) == ()
+    placement = GpuPlacement("0", 512, 20)
+    assert layer.mounts("0") == (str(tmp_path / "pipe"), str(tmp_path / "log"))
+    assert layer.mounts("1") == ()
     assert layer.container_env(placement, stem_cell=True)["OW_GPU_PREWARM"] == "torch"
     assert "OW_GPU_PREWARM" not in layer.container_env(placement, stem_cell=False)
-    assert "CUDA_MPS_PIPE_DIRECTORY" not in layer.container_env(GpuPlacement(1, "1", 512, 20), stem_cell=False)
-    assert Path(layer.mounts(0)[0]).name == "pipe"
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in layer.container_env(GpuPlacement("1", 512, 20), stem_cell=False)
+    assert Path(layer.mounts("0")[0]).name == "pipe"
 
 
 def test_gpu_sleep_settings_from_the_command_line_and_the_environment(tmp_path):

@@ -77,7 +77,7 @@ def test_gpu_memory_is_never_overcommitted_jobs_wait_and_drain(gpu_pool):
     sink.result(first)
     watch.stop()
     assert watch.violations == []
-    assert watch.worst[0] == 600
+    assert watch.worst["0"] == 600
     assert pool.counts.gpu_waits >= 1 and pool.counts.gpu_evictions == 1  # the idle first container made room
     assert result["gpu"] == "0"
     (proxy,) = [p for p in pool._containers if p.gpu is not None]
@@ -272,7 +272,7 @@ def test_gpu_stem_cells_are_prewarmed_per_gpu_claimed_and_replenished(gpu_pool):
             return [p for p in pool._containers if p.is_prewarm and p.gpu is not None]
 
     wait_until(lambda: len(stems()) == 2, timeout_s=120, what="a stem cell on each GPU")
-    assert sorted(p.gpu.gpu for p in stems()) == [0, 1]
+    assert sorted(p.gpu.gpu for p in stems()) == ["0", "1"]
     assert pool.gpu_snapshot()["gpus"][0]["committed_mb"] == 256  # a stem cell holds its GPU memory
     sink = Recorder()
     result = sink.result(_run(pool, job(gpu_action("warmish", memory=256), sink)))

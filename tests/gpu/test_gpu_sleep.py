@@ -102,7 +102,7 @@ def _state(pool: ContainerPool, name: str) -> State | None:
 
 def _no_leaks(pool: ContainerPool) -> None:
     """Once idle, the owners of GPU and host memory are exactly the live containers."""
-    wait_until(lambda: pool.gpu_placer.ledger.releasing_mb(0) == 0 and not pool.buffered, 30, what="removals done")
+    wait_until(lambda: pool.gpu_placer.ledger.releasing_mb("0") == 0 and not pool.buffered, 30, what="removals done")
     with pool._lock:
         live = set(pool._containers)
         assert set(pool.gpu_placer.ledger._charges) == live
@@ -166,7 +166,7 @@ def test_a_job_for_a_container_going_to_sleep_waits_for_it_and_wakes_it(sleep_po
     with proxy.pause_lock:  # holds the sleep task before its /sleep
         with pool._lock:
             pool.gpu_placer.start_sleep(proxy)
-        assert pool.gpu_placer.ledger.releasing_mb(0) == 400 - CONTEXT_MB  # on its way
+        assert pool.gpu_placer.ledger.releasing_mb("0") == 400 - CONTEXT_MB  # on its way
         waiting = _run(pool, job(action, sink))
         assert pool.buffered == 1 and proxy.state is State.SLEEPING
     assert sink.result(waiting) == first  # the same process, woken
@@ -181,7 +181,7 @@ def test_an_asleep_container_is_removed_at_the_idle_timeout(sleep_pool):
     wait_until(lambda: _state(pool, "enc") is State.ASLEEP, 30, what="asleep")
     wait_until(lambda: _state(pool, "enc") is None, 30, what="removed")
     _no_leaks(pool)
-    assert pool.gpu_placer.ledger.committed_mb(0) == 0 and pool.gpu_placer.asleep_host.used_mb == 0
+    assert pool.gpu_placer.ledger.committed_mb("0") == 0 and pool.gpu_placer.asleep_host.used_mb == 0
 
 
 def test_over_the_host_budget_the_least_recently_used_asleep_container_goes(sleep_pool):
@@ -225,7 +225,7 @@ def test_pressure_puts_idle_containers_to_sleep_before_destroying_any(sleep_pool
     sink.result(_run(pool, job(gpu_action("c", gpu={"memory": "400 MB"}), sink)))
     assert pool.counts.gpu_evictions == 0 and pool.counts.gpu_sleeps == 1
     assert _state(pool, "a") is State.ASLEEP and _state(pool, "b") is State.READY
-    assert pool.gpu_placer.ledger.committed_mb(0) == CONTEXT_MB + 400 + 400
+    assert pool.gpu_placer.ledger.committed_mb("0") == CONTEXT_MB + 400 + 400
     # a again: waking needs 350 MB more; b (idle, with a model) sleeps to make room.
     assert sink.result(_run(pool, job(a, sink))) == result_a
     assert _state(pool, "b") is State.ASLEEP and pool.counts.gpu_evictions == 0 and pool.counts.gpu_wakes == 1
@@ -233,7 +233,7 @@ def test_pressure_puts_idle_containers_to_sleep_before_destroying_any(sleep_pool
     watch.stop()
     assert watch.violations == []
     with pool._lock:
-        assert pool.gpu_placer.ledger.committed_mb(0) <= pool.gpu_placer.ledger.capacity_mb(0)
+        assert pool.gpu_placer.ledger.committed_mb("0") <= pool.gpu_placer.ledger.capacity_mb("0")
     _no_leaks(pool)
 
 
@@ -264,10 +264,10 @@ def test_mps_client_slots_stay_counted_while_asleep(sleep_pool, fake_mps_control
         sink.result(_run(pool, job(model_action(name), sink)), timeout_s=120)
     wait_until(lambda: _state(pool, "a") is State.ASLEEP and _state(pool, "b") is State.ASLEEP, 30,
                what="both asleep")
-    assert pool.gpu_placer.ledger.clients(0) == 2 and pool.gpu_placer.ledger.free_clients(0) == 0
+    assert pool.gpu_placer.ledger.clients("0") == 2 and pool.gpu_placer.ledger.free_clients("0") == 0
     sink.result(_run(pool, job(gpu_action("c", gpu={"memory": "100 MB"}), sink)))
     assert pool.counts.gpu_evictions == 1 and _state(pool, "a") is None  # the least recently used went
-    assert pool.gpu_placer.ledger.clients(0) == 2
+    assert pool.gpu_placer.ledger.clients("0") == 2
     _no_leaks(pool)
 
 
@@ -339,13 +339,13 @@ def test_sleep_report_parse():
 
 
 def test_ledger_counts_a_sleep_under_way_as_on_its_way_and_keeps_the_slot():
-    ledger = GpuLedger(parse_declared("0:1GiB"), 0, {0: 2})
-    ledger.commit("a", 0, 600)
+    ledger = GpuLedger(parse_declared("0:1GiB"), 0, {"0": 2})
+    ledger.commit("a", "0", 600)
     ledger.mark_shrinking("a", 100)
-    assert ledger.releasing_mb(0) == 500 and ledger.free_mb(0) == 424 and ledger.releasing_clients(0) == 0
+    assert ledger.releasing_mb("0") == 500 and ledger.free_mb("0") == 424 and ledger.releasing_clients("0") == 0
     ledger.resize("a", 100)
-    assert ledger.releasing_mb(0) == 0 and ledger.free_mb(0) == 924 and ledger.clients(0) == 1
+    assert ledger.releasing_mb("0") == 0 and ledger.free_mb("0") == 924 and ledger.clients("0") == 1
     assert ledger.can_grow("a", 600) and not ledger.can_grow("a", 1025)
     ledger.mark_shrinking("a", 50)
     ledger.mark_shrinking("a", None)  # the sleep gave nothing back
-    assert ledger.releasing_mb(0) == 0 and ledger.committed_mb(0) == 100
+    assert ledger.releasing_mb("0") == 0 and ledger.committed_mb("0") == 100

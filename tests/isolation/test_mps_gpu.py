@@ -69,7 +69,7 @@ def ceiling_layer(tmp_path):
 
 
 def _client(layer: GpuLayer, read_only: bool) -> dict:
-    env = {**os.environ, **layer.daemon.env(), "CUDA_VISIBLE_DEVICES": layer.inventory.devices[0].device_id,
+    env = {**os.environ, **layer.daemon.env(), "CUDA_VISIBLE_DEVICES": layer.inventory.devices[0].key,
            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=100G", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "100"}
     command = [sys.executable, "-c", CLIENT] + (["--unlink"] if read_only else [])
     if read_only:
