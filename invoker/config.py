@@ -264,7 +264,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpu_mps_max_clients", "--gpu-mps-max-clients", ("INVOKER_GPU_MPS_MAX_CLIENTS",), _GPU.mps_max_clients,
             "Most containers on one MPS-shared GPU: the MPS server's client limit (48 on Volta and later up "
             "to CUDA 13.0, 60 in later releases); one more would fail to create its CUDA context.", int),
-    Setting("gpu_reserved", "--gpu-reserved-memory", ("INVOKER_GPU_RESERVED_MEMORY",), "512 MB",
+    Setting("gpu_reserved", "--gpu-reserved-memory", ("INVOKER_GPU_RESERVED_MEMORY",), f"{_GPU.reserved_mb} MB",
             "GPU memory per GPU never admitted to actions (driver, MPS server).", parse_size_mb),
     Setting("gpu_stem_cells", "--gpu-stem-cells", ("INVOKER_GPU_STEM_CELLS",), None,
             "Prewarmed GPU containers per GPU: kind:memory:count[,...] (e.g. python:3-gpu:2048MB:1). "

@@ -30,7 +30,7 @@ MPS_DOWN_TAG = "gpu-mps-down"  # pinged instead of gpu-mps while the daemon is d
 
 @dataclass(frozen=True)
 class GpuSettings:
-    reserved_mb: int = 0  # per GPU, never admitted (driver, MPS server ~0.4 GB)
+    reserved_mb: int = 512  # per GPU, never admitted (driver, the MPS server's ~0.4 GB)
     stem_cells: tuple[StemCell, ...] = ()  # each on every GPU
     prewarm: tuple[str, ...] = ("torch", "onnxruntime")
     ready_timeout_s: float = 300.0  # a stem cell that has not finished warming by then is dropped

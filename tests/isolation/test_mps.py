@@ -58,7 +58,7 @@ def _alive(mps: Path) -> bool:
 
 def test_gpu_work_stops_while_the_mps_daemon_is_down_and_resumes(tmp_path, fake_control):
     mps = tmp_path / "mps"
-    layer = GpuLayer.start(parse_declared("0:2GiB"), GpuSettings(mps_check_interval_s=0), "on",
+    layer = GpuLayer.start(parse_declared("0:2GiB"), GpuSettings(reserved_mb=0, mps_check_interval_s=0), "on",
                            str(fake_control), mps)
     pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "mpsdown"}), PythonOnly(),
                          PoolConfig(user_memory_mb=8192), gpu=layer)
