@@ -68,6 +68,8 @@ class FakeActivationService(pb_grpc.ActivationServiceServicer):
             self.requests.append(fetch)
         if self.answer_raw is not None:
             return pb.FetchResponse(activationMessage=self.answer_raw)
+        if not fetch.alive:  # a container going away: nothing more for it
+            return pb.FetchResponse(activationMessage=encode_fetch_response(NoActivationMessage()))
         found = self._queue(fetch.invocation_namespace, fetch.action, fetch.revision)
         if isinstance(found, queue.Queue):
             try:
