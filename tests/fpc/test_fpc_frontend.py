@@ -247,3 +247,52 @@ def test_python_m_invoker_scheduler_fpc_starts_registers_and_leaves_cleanly(kafk
         client.close()
         log.close()
 
+
+
+def test_no_memory_queue_reads_the_leader_from_etcd_and_pulls_there(fpc: FpcDeployment, cluster: str):
+    fqn, rev, doc = fpc.deploy("moved")
+    leader = SchedulerServer().start()  # the queue lives here; the creation names the other scheduler
+    try:
+        leader.service.add_queue("guest", fqn, rev)
+        fpc.etcd.put(fpc.names.queue_leader("guest", fqn), json.dumps({"host": leader.host, "rpcPort": leader.port,
+                                                                      "pekkoPort": 0}))
+        assert fpc.create(fqn, rev, doc)[1].succeeded  # fpc.scheduler has no queue: NoMemoryQueue
+        msg = fpc.controller.message(fqn, rev, {"where": "leader"})
+        leader.service.enqueue("guest", msg)
+        book = fpc.controller.wait_for(msg.activation_id, 30)
+        assert book.acks[0].response["response"]["result"] == {"echo": {"where": "leader"}}
+    finally:
+        leader.stop()
+
+
+def test_an_activation_a_dead_container_fetched_is_given_back_and_the_container_goes(fpc: FpcDeployment):
+    fqn, rev, doc = fpc.deploy("dies")
+    fpc.scheduler.service.add_queue("guest", fqn, rev)
+    assert fpc.create(fqn, rev, doc)[1].succeeded
+    (member,) = fpc.invoker.pool.members
+    os.killpg(member.container.pid, signal.SIGKILL)  # the runtime dies while idle
+    wait_until(lambda: not member.container.is_alive(), what="the runtime dead")
+    msg = fpc.controller.message(fqn, rev, {})
+    fpc.scheduler.service.enqueue("guest", msg)
+    wait_until(lambda: not fpc.invoker.pool.members, what="the dead container removed")
+    wait_until(lambda: not fpc.container_keys(fqn, rev), what="its key removed")
+    # Given back, not answered: the scheduler's queue holds it again for another container.
+    queued = fpc.scheduler.service._queue("guest", fqn, rev)
+    assert queued.get(timeout=5).activation_id == msg.activation_id
+    assert fpc.controller.acks(msg.activation_id).acks == []
+
+
+def test_the_scheduler_going_away_mid_fetch_is_ridden_out(fpc: FpcDeployment):
+    fqn, rev, doc = fpc.deploy("outage")
+    fpc.scheduler.service.add_queue("guest", fqn, rev)
+    assert fpc.create(fqn, rev, doc)[1].succeeded
+    port = fpc.scheduler.port
+    fpc.scheduler.stop(grace_s=0)  # fetches in flight are cut; the next ones find nobody
+    time.sleep(1.5)
+    assert len(fpc.invoker.pool.members) == 1  # the container waits for its scheduler
+    fpc.scheduler = SchedulerServer(port=port).start()
+    fpc.scheduler.service.add_queue("guest", fqn, rev)
+    msg = fpc.controller.message(fqn, rev, {"after": "outage"})
+    fpc.scheduler.service.enqueue("guest", msg)
+    book = fpc.controller.wait_for(msg.activation_id, 30)
+    assert book.acks[0].response["response"]["result"] == {"echo": {"after": "outage"}}
