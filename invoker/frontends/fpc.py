@@ -166,6 +166,11 @@ class FpcFrontEnd:
                 self._delete(message)
             elif message.is_warm_up:
                 log.debug("dropping the scheduler's warm-up creation %s", message.creation_id)
+            elif not message.scheduler_host or not message.rpc_port:
+                # Nowhere to pull from: a container made for it would wait for nothing.
+                self.malformed += 1
+                log.error("dropping creation %s of %s: no scheduler endpoint (%r:%d)", message.creation_id,
+                          message.action.docid, message.scheduler_host, message.rpc_port)
             else:
                 self._create(message)
         finally:

@@ -48,6 +48,7 @@ class PullSettings:
     fetch_timeout_s: float = 30.0
     retry_delay_s: float = 1.0  # after a failed fetch, before the next
     leader_tries: int = 3  # NoMemoryQueue answers without a queue leader before the container goes
+    unreachable_s: float = 60.0  # fetches failing this long: the scheduler is gone, and so is the container
 
 
 @dataclass(frozen=True)
@@ -126,15 +127,24 @@ class PullingContainer:
     def _pull(self) -> None:
         last_duration: int | None = None
         no_leader = 0
+        failing_since: float | None = None
         while not self._stop.is_set():
             try:
                 result = self._current().fetch(self._request(last_duration), self.settings.fetch_timeout_s)
             except (SchedulerError, MessageError) as error:
                 if self._stop.is_set():
                     return
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= self.settings.unreachable_s:
+                    log.error("%r: fetches failing for %.0f s (%s); removing the container", self,
+                              now - failing_since, error)
+                    self._stop.set()
+                    return
                 log.warning("%r: fetch failed: %s", self, error)
                 self._stop.wait(self.settings.retry_delay_s)
                 continue
+            failing_since = None
             if isinstance(result, ActivationMessage):
                 no_leader = 0
                 started = time.monotonic()

@@ -5,6 +5,7 @@ controller's side is the embedded controller: it reads ``completed{C}``."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -206,12 +207,13 @@ def test_malformed_and_warm_up_messages_are_dropped_and_the_next_creation_still_
     no_action = {k: v for k, v in good.to_json().items() if k != "action"}
     warm_up = {**good.to_json(), "action": {"path": "whisk.system", "name": "warmUp"},
                "creationId": "0" * 32}
+    nowhere = {**good.to_json(), "schedulerHost": "", "rpcPort": 0, "creationId": "1" * 32}
     for value in (b"\xff\x00 not json", b"[]", json.dumps(bad_id).encode(), json.dumps(no_action).encode(),
-                  json.dumps(warm_up).encode()):
+                  json.dumps(warm_up).encode(), json.dumps(nowhere).encode()):
         fpc.send(value)
     fpc.send(good)
     assert fpc.acks.wait_for(good.creation_id).succeeded
-    assert fpc.invoker.frontend.malformed == 4
+    assert fpc.invoker.frontend.malformed == 5
     assert [a.creation_id for a in fpc.acks.acks] == [good.creation_id]  # no ack for the warm-up
     assert len(fpc.invoker.pool.members) == 1
 
@@ -296,3 +298,15 @@ def test_the_scheduler_going_away_mid_fetch_is_ridden_out(fpc: FpcDeployment):
     fpc.scheduler.service.enqueue("guest", msg)
     book = fpc.controller.wait_for(msg.activation_id, 30)
     assert book.acks[0].response["response"]["result"] == {"echo": {"after": "outage"}}
+
+
+def test_a_scheduler_that_never_comes_back_takes_its_containers_with_it(fpc: FpcDeployment):
+    front = fpc.invoker.frontend
+    front.settings = dataclasses.replace(front.settings, pull=dataclasses.replace(front.settings.pull,
+                                                                                 unreachable_s=1.0))
+    fqn, rev, doc = fpc.deploy("orphan")
+    fpc.scheduler.service.add_queue("guest", fqn, rev)
+    assert fpc.create(fqn, rev, doc)[1].succeeded
+    fpc.scheduler.stop(grace_s=0)
+    wait_until(lambda: not fpc.invoker.pool.members, 20, "the orphaned container removed")
+    wait_until(lambda: not fpc.container_keys(fqn, rev), what="its key removed")
