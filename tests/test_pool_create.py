@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pool_support import PythonOnly, Recorder, job, make_action
 
@@ -118,3 +120,38 @@ def test_delete_while_running_removes_it_once_the_run_ends(pool_factory):
     runner.join(30)
     assert sink.result(j) == {"ok": True}  # it finished its activation
     assert proxy not in pool.members and pool.free_memory_mb == 1024
+
+
+def test_a_gpu_creation_is_admitted_by_gpu_memory_and_refused_when_the_gpus_are_full(tmp_path):
+    from invoker.gpu.inventory import parse_declared
+    from invoker.gpu.layer import GpuLayer, GpuSettings
+
+    layer = GpuLayer.start(parse_declared("0:2GiB"), GpuSettings(reserved_mb=0, stem_cells=(), mps_check_interval_s=0),
+                           "off", mps_dir=tmp_path)
+    pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "pooltest"}), PythonOnly(),
+                         PoolConfig(user_memory_mb=4096), layer)
+    pool.start(janitor=False)
+    try:
+        action = make_action("infer", memory=1024, kind="python:3-gpu")
+        first = pool.create(action, "guest", init_for(action))
+        assert first.gpu is not None and first.gpu.gpu == 0
+        second = pool.create(action, "guest", init_for(action))  # 2 GiB: two of 1 GiB
+        with pytest.raises(NoRoom, match="GPU"):
+            pool.create(action, "guest", init_for(action))
+        assert pool.free_memory_mb == 4096 - 2048  # host memory: only what was admitted
+        pool.delete(second)
+        deadline = time.monotonic() + 20
+        while True:  # its GPU memory counts as used until its container is gone
+            try:
+                third = pool.create(action, "guest", init_for(action))
+                break
+            except NoRoom:
+                assert time.monotonic() < deadline, "the deleted container's GPU memory never came back"
+                time.sleep(0.05)
+        assert third.gpu.gpu == 0
+        too_big = make_action("huge", memory=4096, kind="python:3-gpu")
+        with pytest.raises(NoRoom):  # larger than every GPU
+            pool.create(too_big, "guest", init_for(too_big))
+    finally:
+        pool.shutdown()
+        layer.stop()
