@@ -10,19 +10,23 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoker.config import ConfigError, InvokerConfig, load_config
 from invoker.containerpool.backends import BACKENDS, BackendOptions
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import PoolConfig
+from invoker.frontends.completions import AckPolicy, StorePolicy
 from invoker.gpu.inventory import load_inventory
 from invoker.gpu.layer import GpuLayer, GpuSettings
 from invoker.gpu.mps import MpsError
 from invoker.manifest import RuntimesManifest
 from invoker.messaging import KafkaSettings
-from invoker.reactive import AckPolicy, StorePolicy
 from invoker.service import Invoker, InvokerSettings, instance_id, pool_limits
 from invoker.store.database import Database
+
+if TYPE_CHECKING:
+    from invoker.frontends.fpc import FpcSettings
 
 log = logging.getLogger("invoker")
 
@@ -116,8 +120,21 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
         ack_policy=AckPolicy(deadline_s=config.ack_deadline),
         store_deadline_s=config.store_deadline,
         held_tags=config.gpu_held_tags,
+        scheduler=config.scheduler,
+        fpc=fpc_settings(config) if config.scheduler == "fpc" else None,
     )
     return Invoker(settings, factory, manifest, whisks, activations, gpu=gpu)
+
+
+def fpc_settings(config: InvokerConfig) -> FpcSettings:
+    """The FPC front end's settings (imported here: grpc and etcd only where FPC is spoken)."""
+    from invoker.fpc.lease import LeaseConfig
+    from invoker.frontends.fpc import FpcSettings
+    from invoker.frontends.fpc_container import PullSettings
+
+    return FpcSettings(etcd_hosts=config.etcd_hosts, cluster_name=config.cluster_name,
+                       lease=LeaseConfig(ttl_s=config.etcd_lease_timeout),
+                       pull=PullSettings(fetch_timeout_s=config.fpc_fetch_timeout))
 
 
 @contextlib.contextmanager

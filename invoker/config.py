@@ -71,6 +71,13 @@ def parse_positive_duration_s(text: str) -> float:
     return value
 
 
+def parse_etcd_hosts(text: str) -> str:
+    from invoker.fpc.etcd import EtcdEndpoint  # checked here, connected to by the FPC front end
+
+    EtcdEndpoint.parse_hosts(text)
+    return text
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     """OpenWhisk passes tags as ``gpu,fast`` (and Ansible as ``['gpu']``)."""
     cleaned = text.strip().strip("[]")
@@ -123,6 +130,24 @@ def parse_mps_mode(text: str) -> str:
     return mode
 
 
+SCHEDULERS = ("classic", "fpc")
+
+
+def parse_scheduler(text: str) -> str:
+    """``classic`` or ``fpc``, or OpenWhisk's own ``whisk.spi.InvokerProvider`` class name: one
+    ending in ``FPCInvokerReactive`` speaks FPC, ``InvokerReactive`` the classic protocol."""
+    value = text.strip()
+    if value.lower() in SCHEDULERS:
+        return value.lower()
+    last = value.rsplit(".", 1)[-1]
+    if last.endswith("FPCInvokerReactive"):
+        return "fpc"
+    if last == "InvokerReactive":
+        return "classic"
+    raise ConfigError(f"must be classic, fpc, or an InvokerProvider class (…InvokerReactive, "
+                      f"…FPCInvokerReactive), not {text!r}")
+
+
 @dataclass(frozen=True)
 class Setting:
     dest: str
@@ -135,6 +160,19 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
+    Setting("scheduler", "--scheduler", ("INVOKER_SCHEDULER", "CONFIG_whisk_spi_InvokerProvider"), "classic",
+            "Protocol: classic (OpenWhisk 1.0: activations pushed on invokerN, health pings) or fpc "
+            "(OpenWhisk 2.0's scheduler: containers created on invokerN, activations pulled over gRPC, "
+            "registration in etcd). OpenWhisk's InvokerProvider class names are read too.", parse_scheduler),
+    Setting("etcd_hosts", "--etcd-hosts", ("CONFIG_whisk_etcd_hosts",), "127.0.0.1:2379",
+            "FPC: etcd endpoints, host:port comma-separated.", parse_etcd_hosts),
+    Setting("cluster_name", "--cluster-name", ("CONFIG_whisk_cluster_name",), "whisk",
+            "FPC: the cluster name every etcd key starts with."),
+    Setting("etcd_lease_timeout", "--etcd-lease-timeout", ("CONFIG_whisk_etcd_lease_timeout",), 10,
+            "FPC: TTL in seconds of the invoker's etcd lease (its keys vanish this long after it dies).",
+            parse_positive_int),
+    Setting("fpc_fetch_timeout", "--fpc-fetch-timeout", ("INVOKER_FPC_FETCH_TIMEOUT",), "30 s",
+            "FPC: deadline of one long poll to the scheduler.", parse_positive_duration_s),
     Setting("kafka_hosts", "--kafka-hosts", ("KAFKA_HOSTS",), None,
             "Kafka bootstrap servers, host:port[,host:port]. Unset: start the embedded broker."),
     Setting("topic_prefix", "--topic-prefix", ("CONFIG_whisk_kafka_topics_prefix",), "", "Prefix of every Kafka topic."),

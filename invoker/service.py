@@ -1,5 +1,5 @@
-"""The invoker service: wires messaging, stores, pool and health together, and
-serves the invoker's small HTTP API (``/ping``, ``/enable``, ``/disable``,
+"""The invoker service: wires the pool, stores, broker and one protocol front end
+(``invoker.frontends``: classic or fpc, ``--scheduler``) together, and serves the invoker's small HTTP API (``/ping``, ``/enable``, ``/disable``,
 ``/isEnabled``) like ``DefaultInvokerServer``, plus ``/pool``, ``/gpus`` (per-GPU
 state as JSON) and ``/metrics`` (Prometheus text)."""
 
@@ -13,29 +13,26 @@ import logging
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from invoker.containerpool.activation import PoolLimits
 from invoker.containerpool.container import ContainerFactory
 from invoker.containerpool.pool import ContainerPool, ImageResolver, PoolConfig
+from invoker.frontends.base import CLASSIC, FPC, SCHEDULERS, FrontEnd, InvokerParts
+from invoker.frontends.classic import ClassicFrontEnd, ClassicSettings
+from invoker.frontends.completions import AckPolicy, StorePolicy
 from invoker.gpu import locality, metrics
 from invoker.gpu.layer import GpuLayer
 from invoker.manifest import RuntimesManifest
-from invoker.messages import ByteSize, InvokerInstanceId, PingMessage, serialize
-from invoker.messaging import (
-    INVOKER_TOPIC_CONFIG,
-    ActivationFeed,
-    KafkaSettings,
-    Producer,
-    ensure_topic,
-)
-from invoker.reactive import AckPolicy, InvokerReactive, StorePolicy
+from invoker.messages import ByteSize, InvokerInstanceId
+from invoker.messaging import ActivationFeed, KafkaSettings, Producer
+from invoker.reactive import InvokerReactive
 from invoker.store.activations import ActivationStore
 from invoker.store.database import Database
 from invoker.store.entities import EntityStore
 
 log = logging.getLogger(__name__)
 
-MIN_ACTION_MEMORY_MB = 128
 
 
 class ManifestImages(ImageResolver):
@@ -83,6 +80,8 @@ class InvokerSettings:
     store_outage_unhealthy_s: float = 5.0
     # GPU invokers: at most this many held:<digest> tags in pings (invoker.gpu.locality); 0: none.
     held_tags: int = locality.MAX_HELD
+    scheduler: str = CLASSIC  # the protocol front end (invoker.frontends): classic or fpc
+    fpc: Any = None  # FpcSettings (invoker.frontends.fpc) when scheduler is fpc
 
 
 class Invoker:
@@ -107,41 +106,48 @@ class Invoker:
         self.entity_store = EntityStore(whisks)
         self.activation_store = ActivationStore(activations, deadline_s=settings.store_deadline_s,
                                                 on_fatal=self._fatal("activation record writer"))
-        self.reactive = InvokerReactive(
-            instance=settings.instance,
-            producer=self.producer,
-            entities=self.entity_store,
-            activations=self.activation_store,
-            pool=self.pool,
-            manifest=manifest,
-            runnable_kind=images.runnable,
-            topic_prefix=settings.kafka.topic_prefix,
-            store_policy=settings.store_policy,
-            ack_policy=settings.ack_policy,
+        self.parts = InvokerParts(
+            instance=settings.instance, kafka=settings.kafka, pool=self.pool, producer=self.producer,
+            entities=self.entity_store, activations=self.activation_store, manifest=manifest,
+            runnable_kind=images.runnable, describe=self.instance_now, fatal=self._fatal, failed=self.failed,
+            store_policy=settings.store_policy, ack_policy=settings.ack_policy,
         )
-        user_memory_mb = settings.instance.user_memory.megabytes
-        max_peek = settings.max_peek or max(user_memory_mb // MIN_ACTION_MEMORY_MB, 16)
-        self.topic = settings.kafka.topic(f"invoker{settings.instance.instance}")
-        self.feed = ActivationFeed(settings.kafka, self.topic, max_peek, self.reactive.handle,
-                                   on_fatal=self._fatal("activation feed"))
-        self.reactive.done = self.feed.done
-        self.enabled = True
-        self._stop = threading.Event()
-        self._pinger = threading.Thread(target=self._ping_loop, name="health-ping", daemon=True)
+        self.frontend: FrontEnd = make_frontend(settings, self.parts)
         self._http: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------ the classic front end's parts
+
+    def _classic(self) -> ClassicFrontEnd:
+        if not isinstance(self.frontend, ClassicFrontEnd):
+            raise AttributeError(f"the {self.frontend.name} front end has no classic feed")
+        return self.frontend
+
+    @property
+    def feed(self) -> ActivationFeed:
+        return self._classic().feed
+
+    @property
+    def reactive(self) -> InvokerReactive:
+        return self._classic().reactive
+
+    @property
+    def topic(self) -> str:
+        return self._classic().topic
+
+    @property
+    def enabled(self) -> bool:
+        return self.frontend.enabled
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        ensure_topic(self.settings.kafka, self.topic, configs=INVOKER_TOPIC_CONFIG)
         self.pool.start()
-        self.feed.start()
-        self._pinger.start()  # after the feed: it pings only while the feed consumes
+        self.frontend.start()
         if self.settings.http_port is not None:
             self._start_http()
         log.info(
-            "invoker%d up: consuming %s, userMemory %s, tags %s, backend %s, GPUs: %s",
-            self.settings.instance.instance, self.topic, self.settings.instance.user_memory.to_json(),
+            "invoker%d up (%s scheduler): userMemory %s, tags %s, backend %s, GPUs: %s",
+            self.settings.instance.instance, self.frontend.name, self.settings.instance.user_memory.to_json(),
             list(self.settings.instance.tags), self.pool.factory.name,
             f"{self.gpu.inventory.describe()}, {self.gpu.sharing.mode} ({self.gpu.sharing.reason})"
             if self.gpu is not None else "none",
@@ -149,16 +155,13 @@ class Invoker:
 
     def stop(self) -> None:
         """Graceful: stop taking work, say we are disabled, finish what is in flight."""
-        self._stop.set()
-        self.feed.stop()
-        self.reactive.close()
+        self.frontend.stop()
         self.pool.shutdown()
         if self.gpu is not None:
             self.gpu.stop()
         self.activation_store.close(timeout=30)  # records still failing stay uncommitted: replayed
         try:
-            self.producer.send(self.settings.kafka.topic("health"),
-                               serialize(PingMessage(self.settings.instance, False).to_json()))
+            self.frontend.close()
             self.producer.flush()
         finally:
             self.producer.close()
@@ -173,34 +176,13 @@ class Invoker:
 
     @property
     def healthy(self) -> bool:
-        """Pinging is a promise to take work: only while the feed consumes and records land."""
-        if self.failed.is_set() or not self.feed.consuming:
-            return False
-        return self.activation_store.outage_s < self.settings.store_outage_unhealthy_s
+        return self.frontend.healthy
 
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
-        """Until the feed has its partitions (group join can take seconds)."""
-        return self.feed.ready.wait(timeout_s)
+        """Until the front end takes work (a consumer group joined, a lease granted)."""
+        return self.frontend.wait_ready(timeout_s)
 
     # ------------------------------------------------------------------ health
-
-    def _ping_loop(self) -> None:
-        topic = self.settings.kafka.topic("health")
-        was_healthy = True
-        while not self._stop.is_set():
-            healthy = self.healthy
-            if healthy != was_healthy and not self._stop.is_set():
-                log.log(logging.INFO if healthy else logging.ERROR, "health pings %s: feed %s, records %s",
-                        "resume" if healthy else "stop", "consuming" if self.feed.consuming else "not consuming",
-                        f"failing for {self.activation_store.outage_s:.0f} s" if self.activation_store.outage_s
-                        else "landing")
-                was_healthy = healthy
-            if self.enabled and healthy:
-                try:
-                    self.producer.send(topic, serialize(PingMessage(self.instance_now()).to_json()))
-                except Exception as error:  # the broker may be away; keep pinging
-                    log.warning("health ping failed: %s", error)
-            self._stop.wait(self.settings.ping_interval_s)
 
     def instance_now(self) -> InvokerInstanceId:
         """This invoker as pings show it. On a GPU invoker: its GPU sharing tag says whether MPS
@@ -217,10 +199,7 @@ class Invoker:
         return instance if tags == instance.tags else dataclasses.replace(instance, tags=tags)
 
     def set_enabled(self, enabled: bool) -> None:
-        if self.enabled and not enabled:
-            self.producer.send(self.settings.kafka.topic("health"),
-                               serialize(PingMessage(self.settings.instance, False).to_json()))
-        self.enabled = enabled
+        self.frontend.set_enabled(enabled)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -273,6 +252,18 @@ class Invoker:
 
         self._http = ThreadingHTTPServer((self.settings.http_bind, self.settings.http_port), Handler)
         threading.Thread(target=self._http.serve_forever, name="invoker-http", daemon=True).start()
+
+
+def make_frontend(settings: InvokerSettings, parts: InvokerParts) -> FrontEnd:
+    """The front end ``settings.scheduler`` names (OpenWhisk's InvokerProvider SPI)."""
+    if settings.scheduler == CLASSIC:
+        return ClassicFrontEnd(parts, ClassicSettings(settings.max_peek, settings.ping_interval_s,
+                                                      settings.store_outage_unhealthy_s))
+    if settings.scheduler == FPC:
+        from invoker.frontends.fpc import FpcFrontEnd  # grpc and etcd only where FPC is spoken
+
+        return FpcFrontEnd(parts, settings.fpc)
+    raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {settings.scheduler!r}")
 
 
 def instance_id(instance: int, user_memory: ByteSize, tags=(), dedicated=(), unique_name=None,

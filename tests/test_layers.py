@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "invoker.containerpool.backends", "invoker.gpu", "invoker.store", "invoker.messaging",
         "invoker.embedded.child", "invoker.embedded.broker", "invoker.fpc")),
     ("the pool", ("invoker.containerpool",)),
-    ("protocol front ends", ("invoker.reactive", "invoker.embedded.controller")),
+    ("protocol front ends", ("invoker.reactive", "invoker.frontends", "invoker.embedded.controller")),
     ("assembly: the service, configuration, entry points, standalone mode", ("invoker",)),
 ]
 

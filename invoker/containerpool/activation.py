@@ -10,8 +10,8 @@ arguments: ``ContainerProxy.execute`` makes the calls and hands their outcomes h
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from owruntime.guard import split_env
@@ -64,8 +64,33 @@ class PoolLimits:
     truncation_bytes: int = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class InitContext:
+    """What ``/init`` needs: the action, and who and what it is initialised for. Under the
+    classic protocol that is the container's first activation (``for_job``); under FPC the
+    container is initialised at its creation, before any activation: no activation id, and no
+    API key (each ``/run`` still carries its own)."""
+
+    action: WhiskAction
+    namespace: str  # the invocation namespace
+    transaction_id: str = ""
+    activation_id: str = ""
+    api_key: str | None = None
+    init_env: Mapping[str, str] = field(default_factory=dict)  # initArgs, stringified
+
+    @classmethod
+    def for_job(cls, job: Job) -> InitContext:
+        msg = job.msg
+        return cls(job.action, msg.user.namespace_name, msg.transid.id, msg.activation_id, msg.user.api_key,
+                   job.init_env)
+
+
 def init_payload(job: Job) -> dict[str, Any]:
-    action = job.action
+    return init_payload_for(InitContext.for_job(job))
+
+
+def init_payload_for(init: InitContext) -> dict[str, Any]:
+    action = init.action
     payload: dict[str, Any] = {
         "name": action.name,
         "binary": action.binary,
@@ -73,33 +98,33 @@ def init_payload(job: Job) -> dict[str, Any]:
     }
     if action.code is not None:
         payload["code"] = action.code
-    env, _ = split_env(job.init_env)  # no GPU/MPS or runtime variable: set at creation (stock images too)
-    env.update(_context(job, prefix=True))
+    env, _ = split_env(dict(init.init_env))  # no GPU/MPS or runtime variable: set at creation (stock images too)
+    context = _context_of(action, init.namespace, init.activation_id, init.transaction_id, init.api_key)
+    env.update({f"__OW_{k.upper()}": v for k, v in context.items()})
     payload["env"] = env
     return payload
 
 
 def run_payload(job: Job) -> dict[str, Any]:
     payload: dict[str, Any] = {"value": job.arguments}
-    payload.update(_context(job, prefix=False))
+    msg = job.msg
+    payload.update(_context_of(job.action, msg.user.namespace_name, msg.activation_id, msg.transid.id,
+                               msg.user.api_key))
     return payload
 
 
-def _context(job: Job, prefix: bool) -> dict[str, str]:
-    action, msg = job.action, job.msg
+def _context_of(action: WhiskAction, namespace: str, activation_id: str, transaction_id: str,
+                api_key: str | None) -> dict[str, str]:
     context = {
-        "namespace": msg.user.namespace_name,
+        "namespace": namespace,
         "action_name": action.fully_qualified_name,
         "action_version": action.version,
-        "activation_id": msg.activation_id,
-        "transaction_id": msg.transid.id,
+        "activation_id": activation_id,
+        "transaction_id": transaction_id,
         "deadline": str(now_ms() + action.limits.timeout_ms),
     }
-    api_key = msg.user.api_key
     if action.provide_api_key and api_key is not None:
         context["api_key"] = api_key
-    if prefix:
-        return {f"__OW_{k.upper()}": v for k, v in context.items()}
     return context
 
 

@@ -33,8 +33,9 @@ from typing import Any
 
 from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool import rules
-from invoker.containerpool.activation import Job, PoolLimits
+from invoker.containerpool.activation import InitContext, Job, PoolLimits
 from invoker.containerpool.container import ContainerFactory, ContainerSpec
+from invoker.containerpool.creation import InitFailed, LimitsRefused, MemberGone, NoRoom
 from invoker.containerpool.gpu_placement import GpuPlacer
 from invoker.containerpool.memory import MemoryLedger
 from invoker.containerpool.proxy import ContainerProxy
@@ -46,7 +47,7 @@ from invoker.entities import (
     WhiskAction,
     instant_activation,
 )
-from invoker.errors import ContainerStartError, activation_response_for
+from invoker.errors import ContainerStartError, GpuRequestError, activation_response_for
 from invoker.gpu import locality
 from invoker.gpu.layer import GpuLayer, GpuPlacement
 from invoker.manifest import StemCell
@@ -238,7 +239,8 @@ class ContainerPool:
         """The member a job runs in, claimed for it (a new one is STARTING), or the name of the
         run buffer it waits in (lock held)."""
         action = job.action
-        warm = rules.warm_for(self._containers, job.invocation_namespace, action)
+        unpinned = [p for p in self._containers if not p.pinned]  # a front end's own serve only it
+        warm = rules.warm_for(unpinned, job.invocation_namespace, action)
         if warm is not None:
             self.claim(warm)
             self.counts.warm_starts += 1
@@ -271,7 +273,8 @@ class ContainerPool:
         capacity, used = self.config.user_memory_mb, self._memory.used_mb
         if rules.fits(used, capacity, memory_mb):
             return True
-        for proxy in rules.host_evictions(self._containers, memory_mb - (capacity - used)) or ():
+        evictable = [p for p in self._containers if not p.pinned]  # a front end's own stay
+        for proxy in rules.host_evictions(evictable, memory_mb - (capacity - used)) or ():
             self.remove(proxy)
         return rules.fits(self._memory.used_mb, capacity, memory_mb)
 
@@ -415,6 +418,108 @@ class ContainerPool:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    # ------------------------------------------------------------------ members a front end owns (FPC)
+
+    def create(self, action: WhiskAction, invocation_namespace: str, init: InitContext) -> ContainerProxy:
+        """A member for ``action`` before any activation (FPC): admitted (host, and GPU memory),
+        started (or a stem cell taken), ``/init`` run; pinned: only ``delete`` removes it. Raises
+        ``LimitsRefused``, ``NoRoom``, ``ContainerStartError`` or ``InitFailed`` (nothing left)."""
+        self._check_creatable(action)
+        with self._lock:
+            proxy = self._admit(action, invocation_namespace)
+        reusable = False
+        try:
+            if proxy.container is None:
+                try:
+                    spec = self.spec(action.kind, action.limits.memory_mb,
+                                     f"{invocation_namespace}_{action.name}", proxy.gpu)
+                    proxy.start(self.factory, spec)
+                except Exception as error:  # an engine that went away raises what it likes
+                    raise ContainerStartError(str(error)) from error
+            failure = proxy.initialize(init, self.config.limits)
+            if failure is not None:
+                raise InitFailed(failure)
+            reusable = True
+        finally:
+            self._release(proxy, reusable)  # not reusable: removed, its memory given back
+        return proxy
+
+    def _check_creatable(self, action: WhiskAction) -> None:
+        problem = self.config.bounds.violation(action.limits, action.code)
+        if problem is not None:
+            raise LimitsRefused(problem)
+        if self.gpu_placer is not None and self.gpu_placer.is_gpu(action):
+            try:
+                self.gpu_placer.request(action)
+            except GpuRequestError as error:
+                raise LimitsRefused(str(error)) from error
+            refusal = self.gpu_placer.refusal(action)  # MPS down, or larger than every GPU
+            if refusal is not None:
+                raise NoRoom(str(refusal.result))
+
+    def _admit(self, action: WhiskAction, namespace: str) -> ContainerProxy:
+        """A claimed, pinned member for a creation (lock held), or ``NoRoom``."""
+        memory = action.limits.memory_mb
+        placement = None
+        if self.gpu_placer is not None and self.gpu_placer.is_gpu(action):
+            placer = self.gpu_placer
+            request = placer.request(action)
+            gpus = [g for g in placer.ledger.candidates(request.memory_mb, {}) if not placer.layer.paused(g)]
+            if not gpus:
+                raise NoRoom(f"no GPU has {request.memory_mb} MB of GPU memory free")
+            placement = placer.placement(gpus[0], request)
+        else:
+            stems = [p for p in rules.stem_cells(self._containers, action.kind, memory) if p.gpu is None]
+            if stems:
+                self.counts.prewarm_starts += 1
+                self.submit(self.replenish_stem_cells)
+                return self._pin(stems[0], action, namespace)
+        if not self.make_host_room(memory):
+            raise NoRoom(f"{memory} MB of host memory is not free "
+                         f"({self.config.user_memory_mb - self._memory.used_mb} MB are)")
+        proxy = self.add_member(None, action.kind, memory, placement)
+        if placement is not None:
+            self.gpu_placer.charge(proxy, placement)
+        self.counts.cold_starts += 1
+        return self._pin(proxy, action, namespace)
+
+    @staticmethod
+    def _pin(proxy: ContainerProxy, action: WhiskAction, namespace: str) -> ContainerProxy:
+        proxy.bind(action, namespace)
+        proxy.claim()  # while it starts and initialises
+        proxy.pinned = True
+        return proxy
+
+    def run_on(self, proxy: ContainerProxy, job: Job) -> bool:
+        """Run ``job`` on a created member now, on the caller's thread; whether it can take another
+        (if not, it is removed). ``MemberGone``: it could not take this one (nothing ran)."""
+        with self._lock:
+            if proxy.state is State.REMOVING or proxy not in self._containers:
+                raise MemberGone(f"{proxy!r} is being removed")
+            proxy.claim()
+        reusable = False
+        try:
+            if not proxy.resume_for_run():
+                raise MemberGone(f"{proxy!r} died")
+            _, reusable = proxy.execute(job, self.config.limits)
+        except MemberGone:
+            raise
+        except Exception as error:  # an invoker bug must not lose the activation
+            log.exception("activation %s failed inside the invoker", job.msg.activation_id)
+            self.fail(job, activation_response_for(error))
+        finally:
+            self._release(proxy, reusable)
+            self.drain()
+        return reusable
+
+    def delete(self, proxy: ContainerProxy) -> None:
+        """Remove a created member: at once when idle, else once its running activations end."""
+        with self._lock:
+            if proxy.active:
+                proxy.retire()  # the last release removes it
+            else:
+                self.remove(proxy)
+
     # ------------------------------------------------------------------ stem cells
 
     def replenish_stem_cells(self) -> None:
@@ -473,6 +578,8 @@ class ContainerPool:
         now = self.clock.monotonic()
         with self._lock:
             for proxy in list(self._containers):
+                if proxy.pinned:
+                    continue  # its front end removes it
                 due = rules.due(proxy, now)
                 if due is Due.REMOVE:
                     self.remove(proxy)

@@ -36,7 +36,7 @@ from invoker.containerpool.states import (
     Timeouts,
     deadlines_for,
 )
-from invoker.entities import WhiskAction, WhiskActivation
+from invoker.entities import ActivationResponse, WhiskAction, WhiskActivation
 
 _NOTHING_RESIDENT = Residency()
 
@@ -64,6 +64,9 @@ class ContainerProxy:
         self.activations_run = 0
         self.sleep: Any = None  # the pool's record of its sleep while ASLEEP (invoker.containerpool.gpupool)
         self.sleepless = False  # its last /sleep gave nothing back: not tried again until it runs
+        # A container a front end created for an action (FPC): its front end decides when it goes,
+        # so the janitor never pauses or removes it, and no eviction takes it.
+        self.pinned = False
         self.init_lock = threading.Lock()
         self.pause_lock = threading.Lock()  # held across pause, resume and sleep engine calls
         self.start_done = threading.Event()  # the container exists, or its start failed
@@ -243,6 +246,20 @@ class ContainerProxy:
             self.container.destroy()
 
     # ------------------------------------------------------------------ one activation
+
+    def initialize(self, init: act.InitContext, limits: PoolLimits) -> ActivationResponse | None:
+        """``/init`` before any activation (a container created for an action under FPC): None
+        once it is initialised, else the developer error ``/init`` answered."""
+        assert self.container is not None
+        timeout_ms = init.action.limits.timeout_ms
+        with self.init_lock:
+            if self.initialized:
+                return None
+            outcome = self.container.initialize(act.init_payload_for(init), timeout_ms / 1000,
+                                                max_body=limits.max_payload_bytes)
+            failure = act.init_failure(outcome, timeout_ms)
+            self.initialized = failure is None
+            return failure
 
     def execute(self, job: Job, limits: PoolLimits) -> tuple[WhiskActivation, bool]:
         """Run one activation; returns the final activation and whether the container may be

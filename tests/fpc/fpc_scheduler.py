@@ -68,6 +68,8 @@ class FakeActivationService(pb_grpc.ActivationServiceServicer):
             self.requests.append(fetch)
         if self.answer_raw is not None:
             return pb.FetchResponse(activationMessage=self.answer_raw)
+        if not fetch.alive:  # a container going away: nothing more for it
+            return pb.FetchResponse(activationMessage=encode_fetch_response(NoActivationMessage()))
         found = self._queue(fetch.invocation_namespace, fetch.action, fetch.revision)
         if isinstance(found, queue.Queue):
             try:
@@ -95,14 +97,14 @@ class FakeActivationService(pb_grpc.ActivationServiceServicer):
 
 
 class SchedulerServer:
-    """A gRPC server with a ``FakeActivationService`` on 127.0.0.1 (a port the OS picks)."""
+    """A gRPC server with a ``FakeActivationService`` on 127.0.0.1 (``port``, or one the OS picks)."""
 
-    def __init__(self, service: FakeActivationService | None = None) -> None:
+    def __init__(self, service: FakeActivationService | None = None, port: int = 0) -> None:
         self.service = service or FakeActivationService()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_ActivationServiceServicer_to_server(self.service, self._server)
         self.host = HOST
-        self.port = self._server.add_insecure_port(f"{HOST}:0")
+        self.port = self._server.add_insecure_port(f"{HOST}:{port}")  # 0: one the OS picks
 
     def start(self) -> SchedulerServer:
         self._server.start()
