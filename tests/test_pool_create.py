@@ -134,7 +134,7 @@ def test_a_gpu_creation_is_admitted_by_gpu_memory_and_refused_when_the_gpus_are_
     try:
         action = make_action("infer", memory=1024, kind="python:3-gpu")
         first = pool.create(action, "guest", init_for(action))
-        assert first.gpu is not None and first.gpu.gpu == 0
+        assert first.gpu is not None and first.gpu.gpu == "0"
         second = pool.create(action, "guest", init_for(action))  # 2 GiB: two of 1 GiB
         with pytest.raises(NoRoom, match="GPU"):
             pool.create(action, "guest", init_for(action))
@@ -148,7 +148,7 @@ def test_a_gpu_creation_is_admitted_by_gpu_memory_and_refused_when_the_gpus_are_
             except NoRoom:
                 assert time.monotonic() < deadline, "the deleted container's GPU memory never came back"
                 time.sleep(0.05)
-        assert third.gpu.gpu == 0
+        assert third.gpu.gpu == "0"
         too_big = make_action("huge", memory=4096, kind="python:3-gpu")
         with pytest.raises(NoRoom):  # larger than every GPU
             pool.create(too_big, "guest", init_for(too_big))
