@@ -51,6 +51,7 @@ class M:
     gpu: Any = None
     sleepless: bool = False
     deadlines: tuple = ()
+    pinned: bool = False
     residency: Residency = field(default_factory=Residency)
 
     @property
@@ -329,3 +330,13 @@ def test_a_release_sets_the_idle_deadlines_and_a_failed_one_retires():
 class _Alive:
     def is_alive(self) -> bool:
         return True
+
+
+def test_a_pinned_member_is_its_front_ends_alone():
+    pinned = M(action=A, gpu=Placement(0), residency=ON_CPU, pinned=True)
+    pinned.deadlines = deadlines_for(State.READY, 0, TIMEOUTS, can_sleep=True)
+    assert not rules.serves(pinned, "guest", A)  # no pushed job runs on an FPC container
+    assert not rules.is_idle(pinned) and not rules.sleepable(pinned)
+    assert rules.due(pinned, 10_000) is None
+    assert rules.host_evictions([pinned], 1) is None
+    assert plan([pinned], 100, available_mb=0) is None  # a GPU room plan leaves it alone

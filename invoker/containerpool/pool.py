@@ -239,8 +239,7 @@ class ContainerPool:
         """The member a job runs in, claimed for it (a new one is STARTING), or the name of the
         run buffer it waits in (lock held)."""
         action = job.action
-        unpinned = [p for p in self._containers if not p.pinned]  # a front end's own serve only it
-        warm = rules.warm_for(unpinned, job.invocation_namespace, action)
+        warm = rules.warm_for(self._containers, job.invocation_namespace, action)
         if warm is not None:
             self.claim(warm)
             self.counts.warm_starts += 1
@@ -273,8 +272,7 @@ class ContainerPool:
         capacity, used = self.config.user_memory_mb, self._memory.used_mb
         if rules.fits(used, capacity, memory_mb):
             return True
-        evictable = [p for p in self._containers if not p.pinned]  # a front end's own stay
-        for proxy in rules.host_evictions(evictable, memory_mb - (capacity - used)) or ():
+        for proxy in rules.host_evictions(self._containers, memory_mb - (capacity - used)) or ():
             self.remove(proxy)
         return rules.fits(self._memory.used_mb, capacity, memory_mb)
 
@@ -578,8 +576,6 @@ class ContainerPool:
         now = self.clock.monotonic()
         with self._lock:
             for proxy in list(self._containers):
-                if proxy.pinned:
-                    continue  # its front end removes it
                 due = rules.due(proxy, now)
                 if due is Due.REMOVE:
                     self.remove(proxy)

@@ -44,6 +44,7 @@ class Member(Protocol):
     gpu: Any  # GpuPlacement | None
     sleepless: bool
     deadlines: tuple
+    pinned: bool  # a front end's own (FPC): only that front end runs on it, moves it or removes it
 
     @property
     def residency(self) -> Residency: ...
@@ -56,9 +57,10 @@ class Member(Protocol):
 
 
 def serves(member: Member, namespace: str, action: ActionView) -> bool:
-    """A container is a job's when it runs the same action (same revision) for the same
-    invocation namespace: containers are never shared across namespaces."""
-    return (member.action is not None and member.namespace == namespace
+    """A container is a pushed job's when it runs the same action (same revision) for the same
+    invocation namespace (containers are never shared across namespaces) and no front end has
+    pinned it for its own work."""
+    return (not member.pinned and member.action is not None and member.namespace == namespace
             and member.action.identity_key == action.identity_key)
 
 
@@ -93,20 +95,22 @@ def model_on_gpu(member: Member) -> bool:
 def is_idle(member: Member) -> bool:
     """The one idea of idle, for idling, eviction and the room plan alike: bound to an action
     (stem cells are not), no job, at rest or pausing (a pause is cheap to undo; a sleep under
-    way is not idle until it has ended)."""
-    return not member.is_prewarm and member.active == 0 and (member.state in IDLE or member.state is State.PAUSING)
+    way is not idle until it has ended). A pinned member is its front end's, never the pool's to
+    pause, sleep, evict or time out."""
+    return (not member.is_prewarm and not member.pinned and member.active == 0
+            and (member.state in IDLE or member.state is State.PAUSING))
 
 
 def sleepable(member: Member) -> bool:
     """An idle container holding a model the runtime reports, awake, not known to refuse."""
-    return (holds_model(member) and member.active == 0 and member.state in (State.READY, State.PAUSED)
+    return (holds_model(member) and not member.pinned and member.active == 0 and member.state in (State.READY, State.PAUSED)
             and not member.sleepless and bool(member.residency.models))
 
 
 def due(member: Member, now: float) -> Due | None:
     """What an idle container's state deadlines say is due at ``now`` (a sleep only while it
     can still sleep)."""
-    if member.is_prewarm or member.active:
+    if member.is_prewarm or member.active or member.pinned:
         return None
     deadlines = tuple(d for d in member.deadlines if d.then is not Due.SLEEP or sleepable(member))
     return overdue(deadlines, now)
