@@ -6,6 +6,7 @@ rendered from one snapshot need no dependency and no global registry.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,8 +29,16 @@ class _Family:
         self.samples: list[tuple[dict[str, object], float]] = []
 
     def add(self, value: float | int | None, **labels: object) -> None:
-        if value is not None:
-            self.samples.append((labels, float(value)))
+        """A sample; one that is no finite number (a container's report gone wrong) is left out
+        rather than break the whole exposition."""
+        if value is None:
+            return
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            return
+        if math.isfinite(number):
+            self.samples.append((labels, number))
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
