@@ -33,6 +33,7 @@ from invoker.containerpool.proxy import ContainerProxy
 from invoker.containerpool.states import State
 from invoker.entities import ActivationResponse, WhiskAction
 from invoker.errors import activation_response_for
+from invoker.gpu import metrics
 from invoker.gpu.layer import GpuLayer, GpuPlacement
 from invoker.gpu.ledger import Charge, GpuLedger
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
@@ -416,6 +417,7 @@ def _container_json(proxy: ContainerProxy, charge: Charge | None) -> dict:
     held = sum(n for device, n in residency.held.items() if device.startswith("cuda"))  # it sees one GPU
     return {
         "id": proxy.container.id if proxy.container is not None else None,
+        "metrics_id": metrics.opaque_id(proxy.container.id) if proxy.container is not None else None,
         "action": proxy.action.path if proxy.action else None,
         "stem_cell": proxy.is_prewarm,
         "state": proxy.state.value,

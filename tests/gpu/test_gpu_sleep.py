@@ -133,8 +133,8 @@ def test_idle_container_sleeps_and_wakes_with_the_same_result(sleep_pool):
     assert entry["asleep_charge"] == {"held_mb": CONTEXT_MB, "measured": False}
     text = metrics.render(pool.gpu_snapshot())
     assert "owgpu_gpu_sleeps_total 1" in text
-    assert f'owgpu_container_charge_bytes{{gpu="0",container="{proxy.container.id}",action="guest/enc"}} ' \
-           f'{CONTEXT_MB * MB}' in text
+    assert f'owgpu_container_charge_bytes{{gpu="0",container="{entry["metrics_id"]}"}} {CONTEXT_MB * MB}' in text
+    assert "guest/enc" not in text and proxy.container.id not in text  # an open scrape names no tenant
 
     again = sink.result(_run(pool, job(action, sink)))
     assert again == first  # same process, same model object, same numbers
