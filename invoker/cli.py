@@ -117,6 +117,7 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
         http_port=config.port,
         http_username=config.invoker_username,
         http_password=config.invoker_password,
+        metrics_auth=config.metrics_auth,
         ack_policy=AckPolicy(deadline_s=config.ack_deadline),
         store_deadline_s=config.store_deadline,
         held_tags=config.gpu_held_tags,

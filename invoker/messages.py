@@ -244,6 +244,12 @@ class Identity:
         return f"Identity(subject={self.subject!r}, namespace={self.namespace_name!r})"
 
 
+# Kafka refuses longer topic names; a controller's acks go to ``completed<id>`` (as in
+# OpenWhisk's ``ControllerInstanceId.MAX_NAME_LENGTH``).
+MAX_TOPIC_NAME = 249
+MAX_CONTROLLER_ID = MAX_TOPIC_NAME - len("completed")
+
+
 @dataclass(frozen=True)
 class ControllerInstanceId:
     as_string: str
@@ -256,6 +262,9 @@ class ControllerInstanceId:
             raise MessageError(f"not a controller instance: {kind!r}")
         if not re.fullmatch(r"[a-zA-Z0-9._-]+", as_string):
             raise MessageError(f"invalid controller id {as_string!r}")
+        if len(as_string) > MAX_CONTROLLER_ID:  # its acks could go to no topic: nobody to answer
+            raise MessageError(f"controller id of {len(as_string)} characters: its topic completed<id> would exceed "
+                               f"Kafka's {MAX_TOPIC_NAME}-character limit")
         return cls(as_string)
 
     def to_json(self) -> JsonObject:

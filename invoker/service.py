@@ -1,7 +1,8 @@
 """The invoker service: wires the pool, stores, broker and one protocol front end
 (``invoker.frontends``: classic or fpc, ``--scheduler``) together, and serves the invoker's small HTTP API (``/ping``, ``/enable``, ``/disable``,
 ``/isEnabled``) like ``DefaultInvokerServer``, plus ``/pool``, ``/gpus`` (per-GPU
-state as JSON) and ``/metrics`` (Prometheus text)."""
+state as JSON) and ``/metrics`` (Prometheus text). Only ``/ping`` and ``/metrics`` answer
+without the basic auth (``/metrics`` too with ``metrics_auth``)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ class InvokerSettings:
     http_port: int | None = None  # None: no HTTP endpoint
     http_username: str = "invoker.user"
     http_password: str = "invoker.pass"
+    # /metrics behind the same basic auth; off: open to a scrape without credentials (it names
+    # no tenant's action, container or model, see invoker.gpu.metrics).
+    metrics_auth: bool = False
     ping_interval_s: float = 1.0
     ack_policy: AckPolicy = AckPolicy()
     # How long an activation record is retried before it is given up (None: until written).
@@ -233,12 +237,15 @@ class Invoker:
                 elif self.path == "/isEnabled":
                     if self._authorized():
                         self._reply(200, json.dumps({"enabled": invoker.enabled}).encode())
-                elif self.path == "/pool":
-                    self._reply(200, json.dumps(invoker.pool.snapshot()).encode())
-                elif self.path == "/gpus":
-                    self._reply(200, json.dumps(invoker.pool.gpu_snapshot()).encode())
+                elif self.path == "/pool":  # every tenant's actions: the admin's only
+                    if self._authorized():
+                        self._reply(200, json.dumps(invoker.pool.snapshot()).encode())
+                elif self.path == "/gpus":  # every tenant's actions and model paths: the admin's only
+                    if self._authorized():
+                        self._reply(200, json.dumps(invoker.pool.gpu_snapshot()).encode())
                 elif self.path == "/metrics":
-                    self._reply(200, metrics.render(invoker.pool.gpu_snapshot()).encode(), metrics.CONTENT_TYPE)
+                    if not invoker.settings.metrics_auth or self._authorized():
+                        self._reply(200, metrics.render(invoker.pool.gpu_snapshot()).encode(), metrics.CONTENT_TYPE)
                 else:
                     self._reply(404, b'{"error":"not found"}')
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from owruntime.guard import SECRET_HEADER
 from owruntime.resident import HEADER as RESIDENT_HEADER
-from owruntime.resident import Residency, parse_header
+from owruntime.resident import Residency, loads_report, parse_header, reported_bytes
 
 from invoker.clock import SYSTEM_CLOCK, Clock
 from invoker.containerpool.logs import LogBuffer
@@ -96,20 +96,46 @@ class SleepReport:
 
     @classmethod
     def parse(cls, outcome: HttpOutcome) -> SleepReport:
+        """The runtime's answer, every number checked (``reported_bytes``): a wrong type, NaN,
+        a negative or a huge figure makes the whole answer unreadable, so the container counts
+        as awake with its charge unchanged."""
         if outcome.status is None:
             return cls(False, problem="timed out" if outcome.timed_out else "no answer")
         if outcome.status != 200:
             return cls(False, problem=f"answered {outcome.status}")
+        if outcome.length is not None:
+            return cls(False, problem=f"an answer of {outcome.length} bytes, over the {SLEEP_MAX_BODY}-byte cap")
         try:
-            body = json.loads(outcome.body)
-            asleep = tuple(dict(m) for m in body.get("asleep") or ())
+            body = loads_report(outcome.body)
+            asleep = tuple(_sleep_entry(m) for m in body.get("asleep") or ())
             kept = tuple(dict(m) for m in body.get("kept") or ())
-            freed = {str(k): int(v) for k, v in (body.get("freed") or {}).items()}
-            return cls(True, asleep, kept, freed, int(body.get("host_bytes") or 0), float(body.get("seconds") or 0))
-        except (ValueError, TypeError, AttributeError) as error:
+            freed = {str(k): reported_bytes(v) for k, v in (body.get("freed") or {}).items()}
+            return cls(True, asleep, kept, freed, reported_bytes(body.get("host_bytes", 0)),
+                       _seconds(body.get("seconds", 0)))
+        except (ValueError, TypeError, AttributeError, RecursionError) as error:
             return cls(False, problem=f"unreadable answer: {error}")
 
 
+# A sleep report lists a few models (about 150 bytes each): far more than one needs.
+SLEEP_MAX_BODY = 64 * 1024
+_SIZES = ("bytes", "freed", "host_bytes")
+
+
+def _sleep_entry(entry: object) -> dict:
+    """One ``asleep`` entry; its sizes checked as ``reported_bytes``, ``measured`` a bool."""
+    checked = dict(entry)  # type: ignore[call-overload]  # TypeError/ValueError: not an object
+    for name in _SIZES:
+        if name in checked:
+            reported_bytes(checked[name])
+    if not isinstance(checked.get("measured", True), bool):
+        raise ValueError("measured is not a boolean")
+    return checked
+
+
+def _seconds(value: object) -> float:
+    if type(value) not in (int, float) or not 0 <= value < 1e9:  # NaN fails the comparison
+        raise ValueError(f"not a duration: {str(value)[:40]}")
+    return float(value)  # type: ignore[arg-type]
 
 
 DEADLINE_SLACK_S = 0.01
@@ -156,6 +182,7 @@ class _DeadlineConnection(http.client.HTTPConnection):
         raw = socket.create_connection((self.host, self.port), timeout)
         sock = _DeadlineSocket(fileno=raw.detach())
         sock.clock = self.clock
+        sock.deadline = self.deadline
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
 
@@ -249,13 +276,16 @@ class RuntimeClient:
                 conn.close()
                 return HttpOutcome(start, self.clock.wall_ms(), connection_lost=True)
 
-    def get_status(self, path: str, timeout_s: float) -> tuple[int, bytes] | None:
-        """One GET on a fresh connection; None when the runtime does not answer (yet)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
+    def get_status(self, path: str, timeout_s: float, max_body: int = 64 * 1024) -> tuple[int, bytes] | None:
+        """One GET on a fresh connection, over by ``timeout_s`` whatever the runtime drips; None
+        when it does not answer (yet). Reads at most ``max_body`` + 1 bytes of the body."""
+        conn = _DeadlineConnection(self.host, self.port)
+        conn.clock = self.clock
+        conn.deadline = self.clock.monotonic() + timeout_s
         try:
             conn.request("GET", path)
             response = conn.getresponse()
-            return response.status, response.read()
+            return response.status, response.read(max_body + 1)
         except (http.client.HTTPException, OSError):
             return None
         finally:
@@ -296,8 +326,8 @@ class Container(ABC):
         """``POST /sleep``: the models the action loaded through ``owruntime.models`` give their
         device memory back and wait in host memory; the next ``/run`` wakes them. Only for an
         idle, unpaused container (a paused one answers nothing: the call times out)."""
-        outcome = self.client.post("/sleep", {}, timeout_s)
-        if outcome.ok:
+        outcome = self.client.post("/sleep", {}, timeout_s, max_body=SLEEP_MAX_BODY)
+        if outcome.ok and outcome.length is None:
             self._note_residency(outcome)  # asleep models move from ``models`` to ``asleep``
         return SleepReport.parse(outcome)
 
@@ -310,7 +340,8 @@ class Container(ABC):
     def wait_ready(self, timeout_s: float) -> dict | None:
         """Until the runtime answers ``GET /ready`` with 200 (its warm-up, e.g. the CUDA
         context and framework imports of a GPU stem cell, has finished). Returns the
-        runtime's readiness report, or None when it did not get ready in time or died."""
+        runtime's readiness report, or None when it did not get ready in time or died. Every
+        ``GET`` ends by the one deadline, so an answer dripped a byte at a time cannot outlive it."""
         deadline = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < deadline and self.is_alive():
             answer = self.client.get_status("/ready", timeout_s=min(5.0, max(0.1, deadline - self.clock.monotonic())))

@@ -11,7 +11,8 @@ the action's GPU request (``invoker.gpu.request``) and never over-committed: a r
 container's memory, and what a sleep under way will free, count as used until they are.
 
 GPU sleep (``invoker.gpu.sleep``): SLEEPING, then ASLEEP with the charge shrunk to what the
-runtime says it still holds, its MPS client slot still taken, the host memory of its models
+runtime says it still holds as far as the invoker can check it (a report that does not add up
+is ignored), its MPS client slot still taken, the host memory of its models
 counted against ``GpuSettings.sleep_host_budget_mb`` (least recently used asleep containers
 removed beyond it). ``GpuPlacer`` holds the GPU ledgers and works under the pool's lock.
 """
@@ -32,6 +33,7 @@ from invoker.containerpool.proxy import ContainerProxy
 from invoker.containerpool.states import State
 from invoker.entities import ActivationResponse, WhiskAction
 from invoker.errors import activation_response_for
+from invoker.gpu import metrics
 from invoker.gpu.layer import GpuLayer, GpuPlacement
 from invoker.gpu.ledger import Charge, GpuLedger
 from invoker.gpu.request import ANNOTATION as GPU_ANNOTATION
@@ -43,7 +45,7 @@ from invoker.gpu.request import (
     needs_gpu,
     parse_request,
 )
-from invoker.gpu.sleep import asleep_charge_mb, expected_charge_mb, host_mb
+from invoker.gpu.sleep import asleep_charge_mb, expected_charge_mb, host_mb, implausible
 from invoker.manifest import StemCell
 
 if TYPE_CHECKING:
@@ -289,26 +291,47 @@ class GpuPlacer:
                     self.pool.remove(proxy)
         finally:
             with self.pool._lock:
-                self._slept(proxy, report)
+                self._book(proxy, report)
             self.pool.drain()
+
+    def _book(self, proxy: ContainerProxy, report: SleepReport) -> None:
+        """``_slept``, after which the container is out of SLEEPING whatever it raised: a
+        container left there would never run nor be removed (the janitor skips SLEEPING)."""
+        try:
+            self._slept(proxy, report)
+        except Exception:
+            log.exception("booking the sleep of %s failed: removing it (what it holds is unknown)", proxy)
+            if proxy.state is State.SLEEPING:
+                self.pool.remove(proxy)
+
+    def _stays_awake(self, proxy: ContainerProxy) -> None:
+        """SLEEPING -> READY with its whole charge; not tried again until it runs."""
+        self.ledger.mark_shrinking(proxy, None)
+        proxy.stayed_awake()
+        self.pool.counts.gpu_sleep_failures += 1
 
     def _slept(self, proxy: ContainerProxy, report: SleepReport) -> None:
         """Book a sleep's answer (lock held): the charge shrinks only now, to what the runtime
-        says it still holds; nothing given back: awake again, not tried until it runs."""
+        says it still holds as far as the invoker can check it (``invoker.gpu.sleep``); nothing
+        given back, or a report that does not add up: awake again, not tried until it runs."""
         if proxy.state is not State.SLEEPING:
             return  # removed meanwhile: its removal released everything
         counts = self.pool.counts
         if not report.slept:
-            self.ledger.mark_shrinking(proxy, None)
-            proxy.stayed_awake()
-            counts.gpu_sleep_failures += 1
+            self._stays_awake(proxy)
             log.info("%s did not go to sleep (%s): %s", proxy, report.problem or "nothing to sleep",
                      [k.get("reason") for k in report.kept])
             return
-        held, measured = asleep_charge_mb(self.ledger.charge(proxy).memory_mb, report, proxy.residency,
-                                          self.settings.sleep_context_mb)
+        admitted = self.ledger.charge(proxy).memory_mb
+        memory_limit = proxy.container.spec.memory_mb
+        wrong = implausible(report, admitted, memory_limit)
+        if wrong is not None:  # the tenant's process says what it cannot have done
+            self._stays_awake(proxy)
+            log.warning("ignored the sleep report of %s (counted awake): %s", proxy, wrong)
+            return
+        held, measured = asleep_charge_mb(admitted, report, proxy.residency, self.settings.sleep_context_mb)
         self.ledger.resize(proxy, held)
-        self.asleep_host.commit(proxy, host_mb(report, proxy.residency))
+        self.asleep_host.commit(proxy, host_mb(report, proxy.residency, memory_limit))
         proxy.slept(AsleepRecord(report, held, measured))
         counts.gpu_sleeps += 1
         log.info("%s asleep: holds %d MB on GPU %s (%s), %d host bytes", proxy, held, proxy.gpu.gpu,
@@ -394,6 +417,7 @@ def _container_json(proxy: ContainerProxy, charge: Charge | None) -> dict:
     held = sum(n for device, n in residency.held.items() if device.startswith("cuda"))  # it sees one GPU
     return {
         "id": proxy.container.id if proxy.container is not None else None,
+        "metrics_id": metrics.opaque_id(proxy.container.id) if proxy.container is not None else None,
         "action": proxy.action.path if proxy.action else None,
         "stem_cell": proxy.is_prewarm,
         "state": proxy.state.value,

@@ -2,14 +2,30 @@
 
 Written by hand rather than with ``prometheus_client``: a dozen gauges and counters
 rendered from one snapshot need no dependency and no global registry.
+
+A scrape usually comes without credentials, so the text names no tenant: no action path, no
+model key or file, no container name (it holds the action's). A container's series carry its
+``metrics_id`` (``opaque_id``), which ``/gpus`` (basic auth) shows next to the container.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
+import secrets
 from collections.abc import Iterable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MB = 1024 * 1024
+
+# Keyed per process: a metrics_id cannot be recomputed from a guessed action name.
+_ID_KEY = secrets.token_bytes(16)
+
+
+def opaque_id(container_id: str) -> str:
+    """A container's label in the metrics: stable for its life, naming nothing of its tenant."""
+    return hmac.new(_ID_KEY, container_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def _escape(value: str) -> str:
@@ -28,8 +44,16 @@ class _Family:
         self.samples: list[tuple[dict[str, object], float]] = []
 
     def add(self, value: float | int | None, **labels: object) -> None:
-        if value is not None:
-            self.samples.append((labels, float(value)))
+        """A sample; one that is no finite number (a container's report gone wrong) is left out
+        rather than break the whole exposition."""
+        if value is None:
+            return
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            return
+        if math.isfinite(number):
+            self.samples.append((labels, number))
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
@@ -127,7 +151,7 @@ def render(snapshot: dict) -> str:
         for c in gpu["containers"]:
             if c.get("stem_cell") or "id" not in c:
                 continue
-            who = {"gpu": gpu["index"], "container": c["id"], "action": c["action"] or ""}
+            who = {"gpu": gpu["index"], "container": c.get("metrics_id") or opaque_id(str(c["id"]))}
             families["container_charge"].add(c.get("charge_mb", 0) * MB, **who)
             for state, key in (("awake", "awake_bytes"), ("asleep", "asleep_bytes"), ("host", "sleep_host_bytes")):
                 families["container_bytes"].add(c.get(key), **who, state=state)

@@ -12,6 +12,7 @@ import tracemalloc
 import pytest
 from pool_support import PythonOnly, Recorder, job, make_action
 
+from invoker.containerpool.container import ContainerSpec
 from invoker.containerpool.pool import ContainerPool, PoolConfig
 from invoker.containerpool.process import ProcessContainerFactory
 from invoker.entities import APPLICATION_ERROR, DEVELOPER_ERROR
@@ -100,3 +101,38 @@ def test_a_log_line_that_never_ends_is_capped_in_bytes(pool):
         "stderr: Logs were truncated because the total bytes size exceeds the limit of 1048576 bytes.")
     assert sum(len(line) for line in activation.logs) < 2 * MB
     assert peak < 24 * MB, f"the invoker held {peak / MB:.0f} MB for a 48 MB log line"
+
+
+# Replaces the runtime's GET /ready with one that writes a head, then a body byte every 0.25 s
+# (on the handler's own thread: each read gets data long before a per-read timeout would fire).
+DRIPPING_READY = """
+import sys, time
+def main(args):
+    server = sys.modules["owruntime.server"]
+    def do_GET(self):
+        self.wfile.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: 1000\\r\\n\\r\\n")
+        self.wfile.flush()
+        for _ in range(80):
+            self.wfile.write(b" ")
+            self.wfile.flush()
+            time.sleep(0.25)
+    server.Handler.do_GET = do_GET
+    return {"patched": True}
+"""
+
+
+def test_a_dripping_ready_answer_ends_at_the_ready_deadline():
+    factory = ProcessContainerFactory(extra_env={"__OW_INVOKER": "hostile"})
+    container = factory.create(ContainerSpec(name="drip-ready", kind="python:3", image="owruntime", memory_mb=128,
+                                             cpu_shares=2))
+    try:
+        init = container.initialize({"name": "drip", "main": "main", "code": DRIPPING_READY, "binary": False,
+                                     "env": {}}, 30)
+        assert init.ok, init.body
+        assert container.run({"value": {}}, 30).ok
+        started = time.monotonic()
+        assert container.wait_ready(2) is None
+        assert time.monotonic() - started < 4, "a dripping /ready outlived the 2 s deadline"
+    finally:
+        container.destroy()
+        factory.close()

@@ -90,3 +90,21 @@ def test_hostile_burst_is_dropped_answered_and_committed(fault_deployment, kafka
     assert second.reactive.malformed == 0
     assert second.reactive.replayed == 0 and second.reactive.duplicates == 0
     assert all(len(controller.acks(m.activation_id).slot_freeing) == 1 for m in valid)
+
+
+def test_records_of_an_over_long_controller_id_free_their_slots_at_once(fault_deployment, kafka_bootstrap,
+                                                                         couchdb_url):
+    # Their acks could only go to a topic Kafka refuses: answered by nobody, dropped at once.
+    deployment = fault_deployment(kafka_bootstrap, couchdb_url)
+    controller, invoker = deployment.controller, deployment.invoker
+    fqn, rev = deployment.deploy("echo", ECHO, limits={"memory": 128})
+    template = json.loads(controller.message(fqn, rev, {"x": 1}).serialize())
+    for _ in range(invoker.feed.capacity + 4):
+        hostile = dict(template, activationId=new_activation_id(),
+                       rootControllerIndex={"asString": "c" * 300, "instanceType": "controller"})
+        controller._producer.send(invoker.topic, serialize(hostile))
+    valid = [controller.message(fqn, rev, {"n": i}) for i in range(3)]
+    controller.publish_many(deployment.instance, valid)
+    for msg in valid:  # not after the hostile acks' 600 s deadline
+        assert not controller.wait_for(msg.activation_id, timeout_s=30).slot_freeing[0].is_system_error
+    assert invoker.reactive.malformed == invoker.feed.capacity + 4

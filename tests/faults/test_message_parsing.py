@@ -123,3 +123,14 @@ def test_addressee_is_salvaged_from_a_message_with_a_broken_field() -> None:
     assert addressee.activation_id == message["activationId"]
     assert addressee.controller.as_string == message["rootControllerIndex"]["asString"]
     assert salvage_addressee(b"[1,2]") is None
+
+
+def test_a_controller_id_too_long_for_a_kafka_topic_is_a_message_error() -> None:
+    # Acks go to ``completed<id>``: Kafka's topic names end at 249 characters.
+    message = json.loads((FIXTURES / "activation-message-blocking.json").read_text())
+    message["rootControllerIndex"]["asString"] = "c" * (249 - len("completed"))
+    assert ActivationMessage.parse(serialize(message)).root_controller_index.as_string == "c" * 240
+    message["rootControllerIndex"]["asString"] = "c" * 241
+    with pytest.raises(MessageError, match="249"):
+        ActivationMessage.parse(serialize(message))
+    assert salvage_addressee(serialize(message)) is None  # nobody to answer: dropped at once

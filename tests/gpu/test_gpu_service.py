@@ -3,7 +3,10 @@ action invoked through Kafka as the controller does, then ``/gpus`` and ``/metri
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import urllib.error
 import urllib.request
 import uuid
 
@@ -18,6 +21,23 @@ from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import KafkaSettings
 from invoker.store.embedded import EmbeddedServer
 from invoker.store.entities import EntityStore
+
+ADMIN = "invoker.user:invoker.pass"  # the CLI's default credentials of the admin endpoints
+
+
+def _request(url: str, credentials: str | None = None) -> urllib.request.Request:
+    request = urllib.request.Request(url)
+    if credentials is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    return request
+
+
+def _status(url: str, credentials: str | None = None) -> int:
+    try:
+        with urllib.request.urlopen(_request(url, credentials), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def test_gpu_state_on_http_and_as_prometheus_metrics(kafka_bootstrap, tmp_path):
@@ -46,7 +66,11 @@ def test_gpu_state_on_http_and_as_prometheus_metrics(kafka_bootstrap, tmp_path):
         assert ack.result["response"]["result"]["gpu"] == "0"  # the GPU with the most free memory
 
         base = f"http://127.0.0.1:{invoker._http.server_address[1]}"
-        with urllib.request.urlopen(f"{base}/gpus", timeout=10) as response:
+        for path in ("/gpus", "/pool"):  # they list every tenant's actions and models: the admin's only
+            assert _status(f"{base}{path}") == 401
+            assert _status(f"{base}{path}", "invoker.user:wrong") == 401
+            assert _status(f"{base}{path}", ADMIN) == 200
+        with urllib.request.urlopen(_request(f"{base}/gpus", ADMIN), timeout=10) as response:
             state = json.load(response)
         assert state["inventory"]["source"] == "declared"
         assert "declared, not detected" in state["inventory"]["description"]
@@ -67,6 +91,15 @@ def test_gpu_state_on_http_and_as_prometheus_metrics(kafka_bootstrap, tmp_path):
         assert 'owgpu_inventory_info{source="declared",sharing="time-slicing"} 1' in lines
         assert 'owgpu_pool_starts_total{start="cold"} 1' in lines
         assert 'owgpu_gpu_resident_models{gpu="0",uuid=""} 1' in lines
+        # Open to a scrape without credentials, so it names no tenant's action, container or model.
+        assert "gpuprobe" not in text and "guest" not in text and "m1" not in text
+        assert 'owgpu_container_charge_bytes{gpu="0",container="' + container["metrics_id"] + '"} 1073741824' \
+            in lines
+
+        # --metrics-auth: /metrics behind the same basic auth.
+        assert load_config([*args, "--metrics-auth", "true"], env={}).metrics_auth
+        invoker.settings = dataclasses.replace(invoker.settings, metrics_auth=True)
+        assert _status(f"{base}/metrics") == 401 and _status(f"{base}/metrics", ADMIN) == 200
     finally:
         controller.close()
         invoker.stop()

@@ -25,7 +25,7 @@ from invoker.gpu import metrics
 from invoker.gpu.inventory import parse_declared
 from invoker.gpu.layer import GpuLayer, GpuSettings
 from invoker.gpu.ledger import GpuLedger
-from invoker.gpu.sleep import MB, asleep_charge_mb, expected_charge_mb, host_mb
+from invoker.gpu.sleep import MB, asleep_charge_mb, expected_charge_mb, host_mb, implausible
 from invoker.manifest import StemCell
 
 pytest.importorskip("torch")
@@ -133,8 +133,8 @@ def test_idle_container_sleeps_and_wakes_with_the_same_result(sleep_pool):
     assert entry["asleep_charge"] == {"held_mb": CONTEXT_MB, "measured": False}
     text = metrics.render(pool.gpu_snapshot())
     assert "owgpu_gpu_sleeps_total 1" in text
-    assert f'owgpu_container_charge_bytes{{gpu="0",container="{proxy.container.id}",action="guest/enc"}} ' \
-           f'{CONTEXT_MB * MB}' in text
+    assert f'owgpu_container_charge_bytes{{gpu="0",container="{entry["metrics_id"]}"}} {CONTEXT_MB * MB}' in text
+    assert "guest/enc" not in text and proxy.container.id not in text  # an open scrape names no tenant
 
     again = sink.result(_run(pool, job(action, sink)))
     assert again == first  # same process, same model object, same numbers
@@ -308,8 +308,12 @@ def test_asleep_charge_measured_and_estimated():
         return SleepReport(True, ({"key": "k", "device": "cuda:0", "measured": measured},), (), freed, 10)
 
     nothing = Residency()
-    assert asleep_charge_mb(1000, report({"cuda:0": 900 * MB}), nothing, 300) == (100, True)
-    assert asleep_charge_mb(1000, report({"cuda:0": 900 * MB + 1}), nothing, 300) == (100, True)  # rounded up
+    assert asleep_charge_mb(1000, report({"cuda:0": 900 * MB}), nothing, 50) == (100, True)
+    assert asleep_charge_mb(1000, report({"cuda:0": 900 * MB + 1}), nothing, 50) == (100, True)  # rounded up
+    # Never below the floor: the context estimate, or NVML's reading of its use where there is one.
+    assert asleep_charge_mb(1000, report({"cuda:0": 900 * MB}), nothing, 300) == (300, False)
+    assert asleep_charge_mb(1000, report({"cuda:0": 900 * MB}), nothing, 300, measured_mb=250) == (250, True)
+    assert asleep_charge_mb(1000, report({"cuda:0": 1000 * MB}), nothing, 300) == (300, False)
     # An estimate of freed, a CPU copy, or more freed than admitted: the context estimate plus the
     # models still awake on a CUDA device, never more than admitted.
     kept = Residency(models=(ResidentModel("x", "cuda:0", 200 * MB), ResidentModel("y", "cpu", 999 * MB)))
@@ -317,12 +321,18 @@ def test_asleep_charge_measured_and_estimated():
     assert asleep_charge_mb(1000, report({"cpu": 900 * MB}), nothing, 300) == (300, False)
     assert asleep_charge_mb(1000, report({"cuda:0": 2000 * MB}), nothing, 300) == (300, False)
     assert asleep_charge_mb(200, report({"cpu": 1}), nothing, 300) == (200, False)
+    # A report that does not add up is ignored (the pool keeps it awake).
+    assert implausible(report({"cuda:0": 900 * MB}), 1000, 256) is None
+    assert "admitted with 1000 MB" in implausible(report({"cuda:0": 1000 * MB + 1}), 1000, 256)
+    assert "memory limit of 256 MB" in implausible(report({"cpu": 257 * MB}), 1000, 256)
+    assert "memory limit of 256 MB" in implausible(SleepReport(True, host_bytes=256 * MB + 1), 1000, 256)
     assert expected_charge_mb(1000, 300) == 300 and expected_charge_mb(100, 300) == 100
     assert host_mb(SleepReport(True, host_bytes=1)) == 1 and host_mb(SleepReport(True, host_bytes=3 * MB + 1)) == 4
     # A model still asleep from the sleep before (the last call did not use it) counts too.
     earlier = Residency(asleep=(AsleepModel("old", "cuda:0", 9 * MB, 5 * MB, 9 * MB), AsleepModel("new", "cuda:0",
                                                                                              MB, MB, MB)))
     assert host_mb(SleepReport(True, host_bytes=MB), earlier) == 6
+    assert host_mb(SleepReport(True, host_bytes=MB), earlier, memory_limit_mb=4) == 4  # all it can hold
 
 
 def test_sleep_report_parse():

@@ -155,17 +155,42 @@ class Registration:
 REGISTRY = Registry()  # the runtime process's one registry; actions reach it through the library
 
 
+# The largest size a report may state (1 PiB): far above any device or host, far below what
+# makes arithmetic on it overflow a float (``/metrics``, MB rounding).
+MAX_REPORTED_BYTES = 2**50
+
+
+def reported_bytes(value: object) -> int:
+    """A size a runtime reported, as the invoker may use it: an int (not a bool, not a float),
+    0 to ``MAX_REPORTED_BYTES``. Raises ValueError for anything else."""
+    if type(value) is not int or not 0 <= value <= MAX_REPORTED_BYTES:
+        raise ValueError(f"not a size in bytes: {str(value)[:40]}")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a runtime may report")
+
+
+def loads_report(text: str | bytes) -> object:
+    """``json.loads`` without NaN and Infinity (Python's parser accepts both)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def parse_header(value: str | None) -> Residency:
-    """The invoker side: what a runtime reported; empty for a missing or malformed header."""
+    """The invoker side: what a runtime reported; empty for a missing or malformed header, or
+    one with a size that is not ``reported_bytes``."""
     if not value:
         return Residency()
     try:
-        report = json.loads(value)
-        models = tuple(ResidentModel(str(m["key"]), str(m["device"]), int(m["bytes"])) for m in report["models"])
-        asleep = tuple(AsleepModel(str(m["key"]), str(m["device"]), int(m["bytes"]), int(m["host_bytes"]),
-                                   int(m["freed"]), bool(m.get("measured", True)))
+        report = loads_report(value)
+        models = tuple(ResidentModel(str(m["key"]), str(m["device"]), reported_bytes(m["bytes"]))
+                       for m in report["models"])
+        asleep = tuple(AsleepModel(str(m["key"]), str(m["device"]), reported_bytes(m["bytes"]),
+                                   reported_bytes(m["host_bytes"]), reported_bytes(m["freed"]),
+                                   bool(m.get("measured", True)))
                        for m in report.get("asleep") or ())
-        held = {str(device): int(n) for device, n in (report.get("held") or {}).items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        held = {str(device): reported_bytes(n) for device, n in (report.get("held") or {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return Residency()
     return Residency(models, held, asleep)
