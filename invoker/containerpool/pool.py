@@ -192,6 +192,15 @@ class ContainerPool:
             return {"inventory": {"source": "none", "description": "no GPU layer"}, "gpus": []}
         return self.gpu_placer.snapshot()
 
+    def gpu_room(self, memory_mb: int) -> bool | None:
+        """Whether some GPU admits a container of ``memory_mb`` of GPU memory now (FPC publishes
+        no free memory while none does); None on an invoker without GPUs."""
+        placer = self.gpu_placer
+        if placer is None:
+            return None
+        with self._lock:
+            return any(placer.ledger.admits(g, memory_mb) and not placer.layer.paused(g) for g in placer.ledger.devices)
+
     def held_models(self, limit: int = locality.MAX_HELD) -> tuple[str, ...]:
         """Digests of the actions whose models this pool's GPU containers hold, most recently
         used first, at most ``limit`` (``invoker.gpu.locality``; pinged as ``held:`` tags)."""

@@ -57,6 +57,9 @@ class FpcSettings:
     pull: PullSettings = field(default_factory=PullSettings)
     max_creations: int = 16  # creations handled at once (each starts and initialises a container)
     ready_timeout_s: float = 10.0  # the first lease within this, or start fails
+    # GPU invokers: the smallest GPU request a creation may bring; no GPU admitting it: freeMemory 0.
+    # None: the smallest action memory (whisk.memory.min), an action's default GPU request.
+    min_gpu_request_mb: int | None = None
 
 
 class FpcFrontEnd:
@@ -127,11 +130,19 @@ class FpcFrontEnd:
     # ------------------------------------------------------------------ etcd: what the scheduler reads
 
     def resources(self) -> InvokerResourceMessage:
+        """What the scheduler reads. ``freeMemory`` is host memory, the one capacity FPC's
+        ContainerManager knows (it subtracts an action's ``limits.memory`` per creation); on a
+        GPU invoker it is 0 while no GPU can take the smallest GPU container, so that neither GPU
+        work nor untagged work spilling over is sent to a node whose GPUs are full (or whose MPS
+        is down). ``busyMemory`` stays host memory."""
         pool = self.parts.pool
-        free = pool.free_memory_mb
+        host_free = pool.free_memory_mb
+        free = host_free
+        if pool.gpu_room(self.settings.min_gpu_request_mb or pool.config.bounds.memory_min_mb) is False:
+            free = 0
         with self._lock:
             creating = self._creating_mb
-        busy = max(0, pool.config.user_memory_mb - free - creating)
+        busy = max(0, pool.config.user_memory_mb - host_free - creating)
         status = InvokerStatus.UP if self.enabled and self.healthy else InvokerStatus.UNHEALTHY
         if not self.enabled:
             status = InvokerStatus.DOWN
