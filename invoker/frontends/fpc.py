@@ -40,6 +40,7 @@ from invoker.frontends.actions import NotExecutable, load_action
 from invoker.frontends.base import FPC, InvokerParts
 from invoker.frontends.completions import Completions
 from invoker.frontends.fpc_container import ContainerTarget, PullingContainer, PullSettings
+from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import INVOKER_TOPIC_CONFIG, ActivationFeed, FeedRecord, ensure_topic
 from invoker.supervision import SupervisedThread, submit_logged
 
@@ -84,6 +85,10 @@ class FpcFrontEnd:
         self._lock = threading.Lock()
         self._containers: set[PullingContainer] = set()
         self._creating_mb = 0  # memory of containers being created (inProgressMemory)
+        # Creations under way per action revision, and those a deletion arrived for meanwhile:
+        # the container they make is removed once made, never advertised nor pulling.
+        self._creating: dict[QueueKey, int] = {}
+        self._deleted_while_creating: set[QueueKey] = set()
         self._stopping = threading.Event()
         self._publisher = SupervisedThread("fpc-resources", self._publish_loop, parts.fatal("etcd resource publisher"),
                                            stop=self._stopping)
@@ -189,19 +194,25 @@ class FpcFrontEnd:
 
     def _create(self, creation: ContainerCreationMessage) -> None:
         memory = creation.action_metadata.limits.memory_mb
+        key = queue_key(creation.invocation_namespace, creation.action, creation.revision)
         with self._lock:
             self._creating_mb += memory
+            self._creating[key] = self._creating.get(key, 0) + 1
         try:
-            error, reason, container = self._try_create(creation)
+            error, reason, container = self._try_create(creation, key)
         finally:
             with self._lock:
                 self._creating_mb -= memory
+                self._creating[key] -= 1
+                if not self._creating[key]:
+                    del self._creating[key]
+                    self._deleted_while_creating.discard(key)
         self._ack(creation, error, reason)
         if container is not None:
             container.start()
         self._publish()
 
-    def _try_create(self, creation: ContainerCreationMessage
+    def _try_create(self, creation: ContainerCreationMessage, key: QueueKey
                     ) -> tuple[ContainerCreationError | None, str | None, PullingContainer | None]:
         """The container pulling for ``creation``, or why there is none (OpenWhisk's names:
         ContainerMessageConsumer and FunctionPullingContainerPool)."""
@@ -238,8 +249,17 @@ class FpcFrontEnd:
                                      lambda: read_queue_leader(self.etcd, target.invocation_namespace,
                                                                target.action, self.names),
                                      self._gone, self.settings.pull)
-        with self._lock:
-            self._containers.add(container)
+        with self._lock:  # one step with _delete's look: a deletion finds it, or is seen here
+            deleted = key in self._deleted_while_creating
+            if not deleted:
+                self._containers.add(container)
+        if deleted:
+            # The scheduler deleted the action's containers while this one was made: it goes
+            # now, unadvertised. The creation itself succeeded and is acked so (nothing retried).
+            log.info("creation %s: its action was deleted meanwhile; removing the container", creation.creation_id)
+            container.stop()  # never started: this only closes its channel
+            self.parts.pool.delete(proxy)
+            return None, None, None
         self.registration.container_ready(target.invocation_namespace, target.action, target.revision or "",
                                           container.container_id)
         return None, None, container
@@ -257,9 +277,12 @@ class FpcFrontEnd:
             log.error("creation %s: the ack could not be sent to %s: %s", creation.creation_id, topic, failure)
 
     def _delete(self, deletion: ContainerDeletionMessage) -> None:
-        doomed = [c for c in self.containers
-                  if c.target.invocation_namespace == deletion.invocation_namespace
-                  and c.target.action.docid == deletion.action.docid and c.target.revision == deletion.revision]
+        key = queue_key(deletion.invocation_namespace, deletion.action, deletion.revision)
+        with self._lock:
+            if key in self._creating:
+                self._deleted_while_creating.add(key)
+            doomed = [c for c in self._containers
+                      if queue_key(c.target.invocation_namespace, c.target.action, c.target.revision) == key]
         log.info("deletion of %s@%s: %d containers", deletion.action.docid, deletion.revision, len(doomed))
         for container in doomed:
             container.stop()  # its last loop hands it to _gone
@@ -274,6 +297,13 @@ class FpcFrontEnd:
         self.parts.pool.delete(container.proxy)
         if not self._stopping.is_set():
             self._publish()
+
+
+QueueKey = tuple[str, str, str | None]  # invocation namespace, action docid, revision
+
+
+def queue_key(invocation_namespace: str, action: FullyQualifiedEntityName, revision: str | None) -> QueueKey:
+    return invocation_namespace, action.docid, revision
 
 
 def init_parameters(action: WhiskAction) -> dict[str, str]:
