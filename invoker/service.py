@@ -235,6 +235,9 @@ class Invoker:
                         self._reply(200, json.dumps({"enabled": invoker.enabled}).encode())
                 elif self.path == "/pool":
                     self._reply(200, json.dumps(invoker.pool.snapshot()).encode())
+                elif self.path == "/pool/count":  # FPCInvokerServer's: the containers this invoker holds
+                    if self._authorized():
+                        self._reply(200, json.dumps(len(invoker.pool.members)).encode())
                 elif self.path == "/gpus":
                     self._reply(200, json.dumps(invoker.pool.gpu_snapshot()).encode())
                 elif self.path == "/metrics":

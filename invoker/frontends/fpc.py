@@ -124,8 +124,14 @@ class FpcFrontEnd:
         return not self.parts.failed.is_set() and self.feed.consuming and self.lease.lease_id is not None
 
     def set_enabled(self, enabled: bool) -> None:
+        """``/disable``: status down (the scheduler stops choosing it), its containers drained
+        (each ends its activation, fetches with alive=false and goes; their queues create
+        containers elsewhere), creations refused meanwhile. ``/enable``: up again."""
         self.enabled = enabled
         self._publish()
+        if not enabled:
+            for container in self.containers:
+                container.stop()
 
     @property
     def containers(self) -> list[PullingContainer]:
@@ -219,6 +225,8 @@ class FpcFrontEnd:
         E = ContainerCreationError
         if self._stopping.is_set():
             return E.ShuttingDownError, "the invoker is shutting down", None
+        if not self.enabled:  # the scheduler had not yet read our status: it tries elsewhere
+            return E.ResourceNotEnoughError, "the invoker is disabled", None
         try:
             action = load_action(self.parts.entities, self.parts.manifest, creation.action.docid, creation.revision)
         except NotExecutable as error:
@@ -250,7 +258,7 @@ class FpcFrontEnd:
                                                                target.action, self.names),
                                      self._gone, self.settings.pull)
         with self._lock:  # one step with _delete's look: a deletion finds it, or is seen here
-            deleted = key in self._deleted_while_creating
+            deleted = key in self._deleted_while_creating or not self.enabled  # or /disable drained them
             if not deleted:
                 self._containers.add(container)
         if deleted:
