@@ -20,6 +20,7 @@ from invoker.frontends.completions import AckPolicy, StorePolicy
 from invoker.gpu.inventory import load_inventory
 from invoker.gpu.layer import GpuLayer, GpuSettings
 from invoker.gpu.mps import MpsError
+from invoker.gpu.request import GPU_TAG
 from invoker.manifest import RuntimesManifest
 from invoker.messaging import KafkaSettings
 from invoker.service import Invoker, InvokerSettings, instance_id, pool_limits
@@ -89,6 +90,10 @@ def build_invoker(config: InvokerConfig, kafka_hosts: str, env: Mapping[str, str
     factory = make_factory(config, env)
     gpu = make_gpu_layer(config, manifest, factory)
     tags = tuple(config.tags) + ((gpu.sharing.tag,) if gpu is not None else ())
+    if gpu is not None and config.scheduler == "fpc" and GPU_TAG not in tags:
+        # FPC's ContainerManager sends an action annotated invoker-resources ["gpu"] only to
+        # invokers whose tags include every resource it names.
+        tags = (GPU_TAG, *tags)
     instance = instance_id(config.instance, config.user_memory, tags, config.dedicated_namespaces,
                            config.unique_name, config.displayed_name)
     settings = InvokerSettings(

@@ -240,6 +240,9 @@ class Invoker:
                 elif self.path == "/pool":  # every tenant's actions: the admin's only
                     if self._authorized():
                         self._reply(200, json.dumps(invoker.pool.snapshot()).encode())
+                elif self.path == "/pool/count":  # FPCInvokerServer's: the containers this invoker holds
+                    if self._authorized():
+                        self._reply(200, json.dumps(len(invoker.pool.members)).encode())
                 elif self.path == "/gpus":  # every tenant's actions and model paths: the admin's only
                     if self._authorized():
                         self._reply(200, json.dumps(invoker.pool.gpu_snapshot()).encode())

@@ -155,3 +155,31 @@ def test_a_gpu_creation_is_admitted_by_gpu_memory_and_refused_when_the_gpus_are_
     finally:
         pool.shutdown()
         layer.stop()
+
+
+def test_a_gpu_creation_takes_a_gpu_stem_cell_on_its_gpu(tmp_path):
+    from invoker.gpu.inventory import parse_declared
+    from invoker.gpu.layer import GpuLayer, GpuSettings
+
+    cell = StemCell("python:3-gpu", 1024, 1)
+    layer = GpuLayer.start(parse_declared("0:4GiB"), GpuSettings(reserved_mb=0, stem_cells=(cell,),
+                                                                 mps_check_interval_s=0), "off", mps_dir=tmp_path)
+    pool = ContainerPool(ProcessContainerFactory(extra_env={"__OW_INVOKER": "pooltest"}), PythonOnly(),
+                         PoolConfig(user_memory_mb=4096), layer)
+    pool.start(janitor=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.is_prewarm and p.state is State.STARTED for p in pool.members):
+            assert time.monotonic() < deadline, "the GPU stem cell never started"
+            time.sleep(0.05)
+        (stem,) = pool.members
+        action = make_action("infer", memory=1024, kind="python:3-gpu", code=ENV)
+        proxy = pool.create(action, "guest", init_for(action, {"MODEL": "bert"}))
+        assert proxy is stem and proxy.pinned and proxy.gpu.gpu == "0"
+        assert pool.counts.prewarm_starts == 1 and pool.counts.cold_starts == 0
+        sink = Recorder()
+        j = job(action, sink)
+        assert pool.run_on(proxy, j) and sink.result(j)["model"] == "bert"
+    finally:
+        pool.shutdown()
+        layer.stop()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from invoker.clock import SYSTEM_CLOCK, Clock
-from invoker.containerpool import rules
+from invoker.containerpool import pinned, rules
 from invoker.containerpool.activation import InitContext, Job, PoolLimits
 from invoker.containerpool.container import ContainerFactory, ContainerSpec
 from invoker.containerpool.creation import InitFailed, LimitsRefused, MemberGone, NoRoom
@@ -191,6 +191,15 @@ class ContainerPool:
         if self.gpu_placer is None:
             return {"inventory": {"source": "none", "description": "no GPU layer"}, "gpus": []}
         return self.gpu_placer.snapshot()
+
+    def gpu_room(self, memory_mb: int) -> bool | None:
+        """Whether some GPU admits a container of ``memory_mb`` of GPU memory now (FPC publishes
+        no free memory while none does); None on an invoker without GPUs."""
+        placer = self.gpu_placer
+        if placer is None:
+            return None
+        with self._lock:
+            return any(placer.ledger.admits(g, memory_mb) and not placer.layer.paused(g) for g in placer.ledger.devices)
 
     def held_models(self, limit: int = locality.MAX_HELD) -> tuple[str, ...]:
         """Digests of the actions whose models this pool's GPU containers hold, most recently
@@ -424,7 +433,7 @@ class ContainerPool:
         ``LimitsRefused``, ``NoRoom``, ``ContainerStartError`` or ``InitFailed`` (nothing left)."""
         self._check_creatable(action)
         with self._lock:
-            proxy = self._admit(action, invocation_namespace)
+            proxy = pinned.admit(self, action, invocation_namespace)
         reusable = False
         try:
             if proxy.container is None:
@@ -454,39 +463,6 @@ class ContainerPool:
             refusal = self.gpu_placer.refusal(action)  # MPS down, or larger than every GPU
             if refusal is not None:
                 raise NoRoom(str(refusal.result))
-
-    def _admit(self, action: WhiskAction, namespace: str) -> ContainerProxy:
-        """A claimed, pinned member for a creation (lock held), or ``NoRoom``."""
-        memory = action.limits.memory_mb
-        placement = None
-        if self.gpu_placer is not None and self.gpu_placer.is_gpu(action):
-            placer = self.gpu_placer
-            request = placer.request(action)
-            gpus = [g for g in placer.ledger.candidates(request.memory_mb, {}) if not placer.layer.paused(g)]
-            if not gpus:
-                raise NoRoom(f"no GPU has {request.memory_mb} MB of GPU memory free")
-            placement = placer.placement(gpus[0], request)
-        else:
-            stems = [p for p in rules.stem_cells(self._containers, action.kind, memory) if p.gpu is None]
-            if stems:
-                self.counts.prewarm_starts += 1
-                self.submit(self.replenish_stem_cells)
-                return self._pin(stems[0], action, namespace)
-        if not self.make_host_room(memory):
-            raise NoRoom(f"{memory} MB of host memory is not free "
-                         f"({self.config.user_memory_mb - self._memory.used_mb} MB are)")
-        proxy = self.add_member(None, action.kind, memory, placement)
-        if placement is not None:
-            self.gpu_placer.charge(proxy, placement)
-        self.counts.cold_starts += 1
-        return self._pin(proxy, action, namespace)
-
-    @staticmethod
-    def _pin(proxy: ContainerProxy, action: WhiskAction, namespace: str) -> ContainerProxy:
-        proxy.bind(action, namespace)
-        proxy.claim()  # while it starts and initialises
-        proxy.pinned = True
-        return proxy
 
     def run_on(self, proxy: ContainerProxy, job: Job) -> bool:
         """Run ``job`` on a created member now, on the caller's thread; whether it can take another

@@ -40,6 +40,7 @@ from invoker.frontends.actions import NotExecutable, load_action
 from invoker.frontends.base import FPC, InvokerParts
 from invoker.frontends.completions import Completions
 from invoker.frontends.fpc_container import ContainerTarget, PullingContainer, PullSettings
+from invoker.messages import FullyQualifiedEntityName
 from invoker.messaging import INVOKER_TOPIC_CONFIG, ActivationFeed, FeedRecord, ensure_topic
 from invoker.supervision import SupervisedThread, submit_logged
 
@@ -57,6 +58,9 @@ class FpcSettings:
     pull: PullSettings = field(default_factory=PullSettings)
     max_creations: int = 16  # creations handled at once (each starts and initialises a container)
     ready_timeout_s: float = 10.0  # the first lease within this, or start fails
+    # GPU invokers: the smallest GPU request a creation may bring; no GPU admitting it: freeMemory 0.
+    # None: the smallest action memory (whisk.memory.min), an action's default GPU request.
+    min_gpu_request_mb: int | None = None
 
 
 class FpcFrontEnd:
@@ -81,6 +85,10 @@ class FpcFrontEnd:
         self._lock = threading.Lock()
         self._containers: set[PullingContainer] = set()
         self._creating_mb = 0  # memory of containers being created (inProgressMemory)
+        # Creations under way per action revision, and those a deletion arrived for meanwhile:
+        # the container they make is removed once made, never advertised nor pulling.
+        self._creating: dict[QueueKey, int] = {}
+        self._deleted_while_creating: set[QueueKey] = set()
         self._stopping = threading.Event()
         self._publisher = SupervisedThread("fpc-resources", self._publish_loop, parts.fatal("etcd resource publisher"),
                                            stop=self._stopping)
@@ -116,8 +124,14 @@ class FpcFrontEnd:
         return not self.parts.failed.is_set() and self.feed.consuming and self.lease.lease_id is not None
 
     def set_enabled(self, enabled: bool) -> None:
+        """``/disable``: status down (the scheduler stops choosing it), its containers drained
+        (each ends its activation, fetches with alive=false and goes; their queues create
+        containers elsewhere), creations refused meanwhile. ``/enable``: up again."""
         self.enabled = enabled
         self._publish()
+        if not enabled:
+            for container in self.containers:
+                container.stop()
 
     @property
     def containers(self) -> list[PullingContainer]:
@@ -127,11 +141,19 @@ class FpcFrontEnd:
     # ------------------------------------------------------------------ etcd: what the scheduler reads
 
     def resources(self) -> InvokerResourceMessage:
+        """What the scheduler reads. ``freeMemory`` is host memory, the one capacity FPC's
+        ContainerManager knows (it subtracts an action's ``limits.memory`` per creation); on a
+        GPU invoker it is 0 while no GPU can take the smallest GPU container, so that neither GPU
+        work nor untagged work spilling over is sent to a node whose GPUs are full (or whose MPS
+        is down). ``busyMemory`` stays host memory."""
         pool = self.parts.pool
-        free = pool.free_memory_mb
+        host_free = pool.free_memory_mb
+        free = host_free
+        if pool.gpu_room(self.settings.min_gpu_request_mb or pool.config.bounds.memory_min_mb) is False:
+            free = 0
         with self._lock:
             creating = self._creating_mb
-        busy = max(0, pool.config.user_memory_mb - free - creating)
+        busy = max(0, pool.config.user_memory_mb - host_free - creating)
         status = InvokerStatus.UP if self.enabled and self.healthy else InvokerStatus.UNHEALTHY
         if not self.enabled:
             status = InvokerStatus.DOWN
@@ -178,25 +200,33 @@ class FpcFrontEnd:
 
     def _create(self, creation: ContainerCreationMessage) -> None:
         memory = creation.action_metadata.limits.memory_mb
+        key = queue_key(creation.invocation_namespace, creation.action, creation.revision)
         with self._lock:
             self._creating_mb += memory
+            self._creating[key] = self._creating.get(key, 0) + 1
         try:
-            error, reason, container = self._try_create(creation)
+            error, reason, container = self._try_create(creation, key)
         finally:
             with self._lock:
                 self._creating_mb -= memory
+                self._creating[key] -= 1
+                if not self._creating[key]:
+                    del self._creating[key]
+                    self._deleted_while_creating.discard(key)
         self._ack(creation, error, reason)
         if container is not None:
             container.start()
         self._publish()
 
-    def _try_create(self, creation: ContainerCreationMessage
+    def _try_create(self, creation: ContainerCreationMessage, key: QueueKey
                     ) -> tuple[ContainerCreationError | None, str | None, PullingContainer | None]:
         """The container pulling for ``creation``, or why there is none (OpenWhisk's names:
         ContainerMessageConsumer and FunctionPullingContainerPool)."""
         E = ContainerCreationError
         if self._stopping.is_set():
             return E.ShuttingDownError, "the invoker is shutting down", None
+        if not self.enabled:  # the scheduler had not yet read our status: it tries elsewhere
+            return E.ResourceNotEnoughError, "the invoker is disabled", None
         try:
             action = load_action(self.parts.entities, self.parts.manifest, creation.action.docid, creation.revision)
         except NotExecutable as error:
@@ -227,8 +257,17 @@ class FpcFrontEnd:
                                      lambda: read_queue_leader(self.etcd, target.invocation_namespace,
                                                                target.action, self.names),
                                      self._gone, self.settings.pull)
-        with self._lock:
-            self._containers.add(container)
+        with self._lock:  # one step with _delete's look: a deletion finds it, or is seen here
+            deleted = key in self._deleted_while_creating or not self.enabled  # or /disable drained them
+            if not deleted:
+                self._containers.add(container)
+        if deleted:
+            # The scheduler deleted the action's containers while this one was made: it goes
+            # now, unadvertised. The creation itself succeeded and is acked so (nothing retried).
+            log.info("creation %s: its action was deleted meanwhile; removing the container", creation.creation_id)
+            container.stop()  # never started: this only closes its channel
+            self.parts.pool.delete(proxy)
+            return None, None, None
         self.registration.container_ready(target.invocation_namespace, target.action, target.revision or "",
                                           container.container_id)
         return None, None, container
@@ -246,9 +285,12 @@ class FpcFrontEnd:
             log.error("creation %s: the ack could not be sent to %s: %s", creation.creation_id, topic, failure)
 
     def _delete(self, deletion: ContainerDeletionMessage) -> None:
-        doomed = [c for c in self.containers
-                  if c.target.invocation_namespace == deletion.invocation_namespace
-                  and c.target.action.docid == deletion.action.docid and c.target.revision == deletion.revision]
+        key = queue_key(deletion.invocation_namespace, deletion.action, deletion.revision)
+        with self._lock:
+            if key in self._creating:
+                self._deleted_while_creating.add(key)
+            doomed = [c for c in self._containers
+                      if queue_key(c.target.invocation_namespace, c.target.action, c.target.revision) == key]
         log.info("deletion of %s@%s: %d containers", deletion.action.docid, deletion.revision, len(doomed))
         for container in doomed:
             container.stop()  # its last loop hands it to _gone
@@ -263,6 +305,13 @@ class FpcFrontEnd:
         self.parts.pool.delete(container.proxy)
         if not self._stopping.is_set():
             self._publish()
+
+
+QueueKey = tuple[str, str, str | None]  # invocation namespace, action docid, revision
+
+
+def queue_key(invocation_namespace: str, action: FullyQualifiedEntityName, revision: str | None) -> QueueKey:
+    return invocation_namespace, action.docid, revision
 
 
 def init_parameters(action: WhiskAction) -> dict[str, str]:

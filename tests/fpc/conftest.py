@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from fpc_deployment import fpc, fpc_factory  # noqa: F401  (fixtures of the end-to-end tests)
 from fpc_support import EtcdServer, EtcdStartError
 
 from invoker.fpc.etcd import EtcdClient

@@ -1,12 +1,8 @@
-"""The invoker under ``--scheduler fpc``, end to end on real parts: etcd, the embedded broker,
-pouchdb-server, runtime processes (process backend), and a scheduler (``fpc_scheduler``'s gRPC
-ActivationService, ``fpc_driver``'s creation and deletion messages and ack reader). The
-controller's side is the embedded controller: it reads ``completed{C}``."""
+"""The invoker under ``--scheduler fpc``, end to end on real parts (``fpc_deployment``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import signal
@@ -14,118 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
-from fpc_driver import AckReader, creation, deletion
+from fpc_deployment import FAST_KAFKA, ROOT, FpcDeployment, wait_until
+from fpc_driver import creation, deletion
 from fpc_scheduler import SchedulerServer
 
-from invoker.cli import build_invoker
-from invoker.config import load_config
-from invoker.embedded.controller import EmbeddedController
-from invoker.embedded.standalone import EMBEDDED_KAFKA_TIMINGS as FAST_KAFKA
-from invoker.entities import action_document
 from invoker.fpc.etcd import EtcdClient
-from invoker.fpc.keys import EtcdKeys
 from invoker.fpc.messages import ContainerCreationError, InvokerResourceMessage, InvokerStatus
 from invoker.messages import FullyQualifiedEntityName
-from invoker.messaging import KafkaSettings
-from invoker.service import Invoker
-from invoker.store.couchdb import CouchServer
-from invoker.store.database import Database, DocumentNotFound
-from invoker.store.entities import EntityStore
-
-ROOT = Path(__file__).resolve().parents[2]
-ECHO = "def main(args):\n    print('echo', args)\n    return {'echo': args}\n"
-_instances = itertools.count(40)
-
-
-def kafka_settings(bootstrap: str, prefix: str) -> KafkaSettings:
-    return KafkaSettings(bootstrap, topic_prefix=prefix, session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                         max_poll_interval_ms=5000, fetch_max_wait_ms=5)
-
-
-def wait_until(check: Callable[[], object], timeout_s: float = 20.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        time.sleep(0.05)
-
-
-@dataclass
-class FpcDeployment:
-    invoker: Invoker
-    controller: EmbeddedController
-    scheduler: SchedulerServer
-    acks: AckReader
-    whisks: Database
-    activations: Database
-    etcd: EtcdClient
-    names: EtcdKeys
-    instance: int
-    kafka: KafkaSettings
-
-    def deploy(self, name: str, code: str = ECHO, **limits: int) -> tuple[FullyQualifiedEntityName, str, dict]:
-        doc = action_document("guest", name, "python:3")
-        doc["limits"].update(limits)
-        rev = EntityStore(self.whisks).put_action(doc, code, False)
-        doc["_rev"] = rev
-        return FullyQualifiedEntityName("guest", name, "0.0.1"), rev, doc
-
-    def send(self, message) -> None:
-        self.controller.publish(self.instance, message if isinstance(message, bytes) else message.serialize())
-
-    def create(self, fqn, rev, doc):
-        message = creation(fqn, rev, doc, self.scheduler.host, self.scheduler.port)
-        self.send(message)
-        return message, self.acks.wait_for(message.creation_id)
-
-    def record(self, msg, timeout_s: float = 20.0) -> dict:
-        docid = f"{msg.user.namespace_name}/{msg.activation_id}"
-        return wait_until(lambda: _get(self.activations, docid), timeout_s, f"record {docid}")
-
-    def container_keys(self, fqn, rev) -> dict[str, str]:
-        return self.etcd.get_prefix(self.names.existing_containers_prefix("guest", fqn, rev))
-
-
-def _get(db: Database, docid: str) -> dict | None:
-    try:
-        return db.get(docid)
-    except DocumentNotFound:
-        return None
-
-
-@pytest.fixture
-def fpc(kafka_bootstrap, couchdb_url, etcd, cluster) -> Iterator[FpcDeployment]:
-    instance = next(_instances)
-    prefix = f"f{uuid.uuid4().hex[:8]}_"
-    server = CouchServer(couchdb_url)
-    whisks, activations = server.database(f"{prefix}whisks"), server.database(f"{prefix}activations")
-    for db in (whisks, activations):
-        db.ensure_exists()
-    kafka = kafka_settings(kafka_bootstrap, prefix)
-    controller = EmbeddedController(kafka)
-    scheduler = SchedulerServer().start()
-    acks = AckReader(kafka)
-    args = ["--id", str(instance), "--port", "0", "--topic-prefix", prefix, "--user-memory", "1024 m",
-            "--backend", "process", "--scheduler", "fpc", "--etcd-hosts", etcd.hosts, "--cluster-name", cluster,
-            "--tags", "gpu,fast", *FAST_KAFKA]
-    invoker = build_invoker(load_config(args, env={}), kafka_bootstrap, env={}, whisks=whisks, activations=activations)
-    invoker.start()
-    assert invoker.wait_ready(60), "the FPC front end never got its lease and partition"
-    client = EtcdClient.from_hosts(etcd.hosts)
-    yield FpcDeployment(invoker, controller, scheduler, acks, whisks, activations, client, EtcdKeys(cluster),
-                        instance, kafka)
-    invoker.stop()
-    acks.close()
-    scheduler.stop()
-    controller.close()
-    client.close()
 
 
 def test_creation_init_ack_fetch_run_completion_one_record_then_deletion(fpc: FpcDeployment):
