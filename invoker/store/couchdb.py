@@ -164,6 +164,7 @@ class CouchServer:
         started = time.monotonic()
         deadline = started + self.deadline_s
         attempt = 0
+        answered: str | None = None  # the server's last error answer: the deadline may cut the last try short
         while True:
             remaining = max(deadline - time.monotonic(), 0.001)
             timeout = (min(self.connect_timeout_s, remaining), min(self.read_timeout_s, remaining))
@@ -179,7 +180,7 @@ class CouchServer:
             else:
                 if response.status_code < 500 and response.status_code != 429:
                     return response
-                problem = f"HTTP {response.status_code}"
+                problem = answered = f"HTTP {response.status_code}"
                 retry_after = _retry_after_s(response)
                 response.close()
             attempt += 1
@@ -189,6 +190,8 @@ class CouchServer:
             if retry_after is not None:
                 delay = max(delay, min(retry_after, self.backoff_max_s))
             if time.monotonic() + delay >= deadline:
+                if answered is not None and answered != problem:
+                    problem = f"{problem} (the server's last answer: {answered})"
                 raise StoreUnavailable(
                     f"{what}: {problem}; gave up after {attempt} attempts in "
                     f"{time.monotonic() - started:.1f} s"
