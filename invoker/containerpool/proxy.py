@@ -217,6 +217,10 @@ class ContainerProxy:
         """Make a claimed container runnable: ``Container.resume`` if paused (PAUSED ->
         RUNNING), after any pause or sleep under way. False when it cannot run."""
         assert self.container is not None
+        if self.state not in (State.PAUSING, State.PAUSED):
+            # The warm path takes no lock: while this job holds its claim nothing can start a
+            # pause (only an idle container is paused), so the state cannot become either.
+            return self.container.is_alive()
         with self.pause_lock:
             with self.guard:
                 if self.state is State.PAUSING:
