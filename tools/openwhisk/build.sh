@@ -69,19 +69,23 @@ OUT="${OW_BUILD_DIR:-$REPO/.cache/openwhisk/build}/$variant"
 M2="${OW_M2_REPO:-$REPO/.cache/m2}"
 mkdir -p "$OUT" "$M2"
 
-# --- the sources: the checkout itself, or a patched copy of its four modules ------------------
-SRC="$CHECKOUT"
+# --- the sources: a copy of the four modules' src/main, prepared for this build ---------------
+# Nothing is written into the checkout. The copy (a few MB, made on every run; the build is
+# skipped below when it is unchanged) gets:
+#  * with --with-controller-patch, controller_patch/'s patch (its src/main files; the patch's
+#    ScalaTest cases are not built here);
+#  * one edit for Scala 2.13.5+: ten class-level `@throws[IllegalArgumentException]` lines in
+#    common/scala (WhiskAction.scala:129 ...), which scalac has rejected since 2.13.5
+#    (scala/scala#9465; they never had an effect on a class), are blanked, so line numbers stay.
+SRC="$OUT/src"
+rm -rf "$SRC"
+for m in "${MODULES[@]}"; do
+  mkdir -p "$SRC/$m/src"
+  cp -a "$CHECKOUT/$m/src/main" "$SRC/$m/src/main"
+done
 if [ "$variant" = patched ]; then
   [ -f "$PATCH" ] || die "$PATCH is missing"
-  SRC="$OUT/src"
-  rm -rf "$SRC"
-  mkdir -p "$SRC"
-  for m in "${MODULES[@]}"; do
-    mkdir -p "$SRC/$m/src"
-    cp -a "$CHECKOUT/$m/src/main" "$SRC/$m/src/main"
-  done
-  # git apply in a repository of its own (the copy sits inside this project's work tree); only
-  # the files under the four modules' src/main: the patch's ScalaTest cases are not built here.
+  # git apply in a repository of its own: the copy sits inside this project's work tree
   git -C "$SRC" init -q
   if ! git -C "$SRC" apply --include='common/scala/src/main/*' --include='core/*/src/main/*' "$PATCH" 2>"$OUT/patch.err"; then
     cat "$OUT/patch.err" >&2
@@ -89,6 +93,23 @@ if [ "$variant" = patched ]; then
   fi
   rm -rf "$SRC/.git"
 fi
+python3 - "$SRC" <<'PY'
+import pathlib, re, sys
+throws = re.compile(r"^@throws\[[A-Za-z.]+\]\s*$")
+klass = re.compile(r"^(case class|class|abstract class|final class|sealed abstract class) ")
+blanked = 0
+for path in pathlib.Path(sys.argv[1], "common/scala/src/main/scala").rglob("*.scala"):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    changed = False
+    for i in range(len(lines) - 1):
+        if throws.match(lines[i]) and klass.match(lines[i + 1]):
+            lines[i] = ""
+            changed = True
+            blanked += 1
+    if changed:
+        path.write_text("\n".join(lines), encoding="utf-8")
+print(f"build.sh: blanked {blanked} class-level @throws lines (Scala 2.13.5+ rejects them)")
+PY
 
 # --- skip when nothing changed -----------------------------------------------------------------
 inputs() {
