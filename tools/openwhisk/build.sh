@@ -11,7 +11,7 @@
 # plain/ or patched/:
 #   <service>.classpath   the service's runtime classpath, one line, ':'-separated
 #   <service>.main        its main class
-#   <service>             a launcher: exec java $JAVA_OPTS -cp ... MAIN "$@"
+#   bin/<service>         a launcher: exec java $JAVA_OPTS -cp ... MAIN "$@"
 #   build.log             Maven's output
 #   inputs.sha256         what the build was made from; an unchanged one skips the build
 # Services: controller, scheduler, invoker.
@@ -158,13 +158,14 @@ for s in "${services[@]}"; do
   # jars among them: common, scheduler, invoker and the stand-ins)
   { jar "$s"; tr ':' '\n' < "$OUT/$s/runtime.classpath"; } | grep -v '^$' | paste -sd: > "$OUT/$s.classpath"
   echo "${MAIN[$s]}" > "$OUT/$s.main"
-  cat > "$OUT/$s" <<EOF
+  mkdir -p "$OUT/bin"
+  cat > "$OUT/bin/$s" <<EOF
 #!/bin/sh
 # OpenWhisk's $s, built by tools/openwhisk/build.sh ($variant). Arguments go to its main class.
 exec java \${JAVA_OPTS:-} -Djava.security.egd=file:/dev/./urandom -cp "\$(cat "$OUT/$s.classpath")" ${MAIN[$s]} "\$@"
 EOF
-  chmod +x "$OUT/$s"
+  chmod +x "$OUT/bin/$s"
 done
 echo "$sum" > "$OUT/inputs.sha256"
 echo "build.sh: built the $variant variant in $(( $(date +%s) - start )) s:"
-for s in "${services[@]}"; do echo "  $OUT/$s  (main ${MAIN[$s]})"; done
+for s in "${services[@]}"; do echo "  $OUT/bin/$s  (main ${MAIN[$s]}, classpath $OUT/$s.classpath)"; done

@@ -47,11 +47,13 @@ if str(REPO) not in sys.path:
 import requests  # noqa: E402
 
 from invoker.embedded.broker import EmbeddedKafka  # noqa: E402
-from invoker.embedded.child import HOST, ChildServer, ServerStartError, free_port  # noqa: E402
+from invoker.embedded.child import HOST, ChildServer, ServerStartError, free_port, log_tail  # noqa: E402
 
 BUILD_DIR = Path(os.environ.get("OW_BUILD_DIR") or REPO / ".cache" / "openwhisk" / "build")
 DEFAULT_POUCHDB_SERVER = REPO / ".cache" / "node" / "node_modules" / ".bin" / "pouchdb-server"
 DB_PREFIX = "whisk_local_"  # ansible/environments/local/group_vars/all: db_prefix
+# the services' CouchDB user (the standalone controller's defaults, core/standalone standalone.conf)
+COUCH_USER = ("whisk_admin", "some_passw0rd")
 # the controller's classic balancer and the FPC one (ansible/group_vars/all, roles/controller)
 BALANCERS = {
     "classic": "org.apache.openwhisk.core.loadBalancer.ShardingContainerPoolBalancer",
@@ -183,6 +185,28 @@ class JvmService(ChildServer):
         env.update(self.env)
         return env
 
+    def _wait_ready(self) -> None:
+        # As ChildServer's, and one more way to fail: a Pekko service whose main thread threw keeps
+        # running (its actor system's threads are not daemons) and never binds its port.
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        last_error = "the port never accepted connections"
+        while True:
+            if self._proc.poll() is not None:
+                raise self.start_error(f"{self.what} exited with status {self._proc.returncode} during start-up "
+                                       f"(log {self.log_path}):\n{log_tail(self.log_path, 60)}")
+            if 'Exception in thread "main"' in self.log_path.read_text(errors="replace"):
+                raise self.start_error(f"{self.what} failed to start (log {self.log_path}):\n"
+                                       f"{log_tail(self.log_path, 60)}")
+            if time.monotonic() > deadline:
+                raise self.start_error(f"{self.what} on {self.url} did not answer within {self.start_timeout_s:.0f} s "
+                                       f"({last_error}; log {self.log_path}):\n{log_tail(self.log_path, 60)}")
+            error = self.probe(2.0)
+            if error is None:
+                return
+            last_error = error
+            time.sleep(0.5)
+
     def probe(self, timeout_s: float) -> str | None:
         try:
             reply = requests.get(self.url + "/ping", timeout=timeout_s)
@@ -260,6 +284,20 @@ def init_store(url: str, checkout: Path, prefix: str = DB_PREFIX) -> dict[str, s
         put_doc(prefix + "subjects", {"_id": subject, "subject": subject,
                                       "namespaces": [{"name": subject, "uuid": uuid, "key": secret}]})
         keys[subject] = key
+        # An empty limits document, as `wskadmin limits set` leaves: the identities view emits
+        # {_id: "<namespace>/limits"} and the controller reads it with include_docs; CouchDB
+        # answers "doc": null for a missing one, pouchdb-server leaves "doc" out, and the
+        # controller then refuses the key ("identities view malformed", Identity.scala:245).
+        put_doc(prefix + "subjects", {"_id": f"{subject}/limits"})
+    # The services' CouchDB user (Ansible: tasks/db/createUsers.yml). Created last: after it
+    # exists pouchdb-server 4.2.0 crashes on any database creation ("db.info is not a function").
+    # pouchdb-server has no admin but this user (admin party): the user reads and writes
+    # documents and queries views, which is all the services do.
+    user, password = COUCH_USER
+    reply = session.put(f"{url}/_users/org.couchdb.user:{user}", timeout=10,
+                        json={"name": user, "password": password, "roles": [], "type": "user"})
+    if reply.status_code not in (201, 202, 409):
+        raise RunnerError(f"creating the CouchDB user {user}: {reply.status_code} {reply.text[:300]}")
     return keys
 
 
@@ -304,8 +342,8 @@ class Deployment:
             "CONFIG_whisk_couchdb_protocol": "http",
             "CONFIG_whisk_couchdb_host": HOST,
             "CONFIG_whisk_couchdb_port": str(self.store.port),
-            "CONFIG_whisk_couchdb_username": "whisk_admin",
-            "CONFIG_whisk_couchdb_password": "some_passw0rd",
+            "CONFIG_whisk_couchdb_username": COUCH_USER[0],
+            "CONFIG_whisk_couchdb_password": COUCH_USER[1],
             "CONFIG_whisk_couchdb_provider": "CouchDB",
             "CONFIG_whisk_couchdb_databases_WhiskAuth": DB_PREFIX + "subjects",
             "CONFIG_whisk_couchdb_databases_WhiskEntity": DB_PREFIX + "whisks",
@@ -315,8 +353,6 @@ class Deployment:
             "CONFIG_whisk_cluster_name": "owgpu",
             "CONFIG_whisk_spi_LoadBalancerProvider": BALANCERS[self.mode],
             "CONFIG_whisk_spi_EntitlementSpiProvider": ENTITLEMENT[self.mode],
-            # kamon-statsd is a stand-in without a reporter (tools/openwhisk/README.md)
-            "CONFIG_kamon_modules_statsd-reporter_enabled": "false",
             # Pekko remoting on loopback, each service on its own port
             "CONFIG_pekko_remote_artery_canonical_hostname": HOST,
             "CONFIG_pekko_remote_artery_bind_hostname": HOST,
@@ -378,7 +414,7 @@ class Deployment:
         for index, kind in enumerate(self.invokers):
             args = ["--id", str(index), "--kafka-hosts", self.broker.bootstrap_servers,
                     "--couchdb-protocol", "http", "--couchdb-host", HOST, "--couchdb-port", str(self.store.port),
-                    "--couchdb-username", "whisk_admin", "--couchdb-password", "some_passw0rd",
+                    "--couchdb-username", COUCH_USER[0], "--couchdb-password", COUCH_USER[1],
                     "--db-whisks", DB_PREFIX + "whisks", "--db-activations", DB_PREFIX + "activations",
                     "--runtimes-manifest", manifest, "--backend", "process",
                     "--api-host", f"http://{HOST}:{controller_port}"]
