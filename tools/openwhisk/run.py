@@ -361,6 +361,7 @@ class Deployment:
         }
         if self.etcd:
             env["CONFIG_whisk_etcd_hosts"] = f"{HOST}:{self.etcd.port}"
+            env["CONFIG_whisk_scheduler_grpc_tls"] = "false"
         return env
 
     def start(self) -> Deployment:
@@ -400,14 +401,20 @@ class Deployment:
              "CONFIG_pekko_cluster_seedNodes_0": f"pekko://controller-actor-system@{HOST}:{pekko_port}"},
             ["0"], controller_port)
         if self.mode == "fpc":
+            # ansible/roles/schedulers/tasks/deploy.yml: the HTTP port, the gRPC port activations
+            # are fetched from, and the Pekko remoting port, which the controller reaches via etcd
+            sched_port, rpc_port, sched_pekko = free_port(), free_port(), free_port()
             self.scheduler = JvmService(
                 "scheduler", self.build, self.workdir,
-                {**env, "PORT": str(free_port()), "CONFIG_pekko_remote_artery_canonical_port": str(free_port()),
-                 "CONFIG_whisk_scheduler_endpoints_host": HOST,
-                 "CONFIG_whisk_scheduler_endpoints_rpcPort": str(free_port()),
-                 "CONFIG_whisk_scheduler_endpoints_pekkoPort": str(free_port())},
-                ["0"], free_port())
-            self.scheduler.port = int(self.scheduler.env["PORT"])
+                {**env, "PORT": str(sched_port), "SCHEDULER_INSTANCES": "1",
+                 "WHISK_SCHEDULER_ENDPOINTS_HOST": HOST,
+                 "WHISK_SCHEDULER_ENDPOINTS_RPCPORT": str(rpc_port),
+                 "WHISK_SCHEDULER_ENDPOINTS_PEKKOPORT": str(sched_pekko),
+                 "CONFIG_pekko_remote_artery_canonical_port": str(sched_pekko),
+                 "CONFIG_pekko_cluster_seedNodes_0": f"pekko://scheduler-actor-system@{HOST}:{sched_pekko}",
+                 "CONFIG_whisk_scheduler_protocol": "http",
+                 "CONFIG_whisk_scheduler_grpc_tls": "false"},
+                ["0"], sched_port)
             self._add(self.scheduler)
         self._add(self.controller)
 
