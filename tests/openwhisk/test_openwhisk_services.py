@@ -160,3 +160,32 @@ def test_gpu_work_lands_on_the_gpu_invoker_and_cpu_work_off_it(classic_patched) 
         placed[name] = {re.search(rf"posting topic '(invoker\d+)' with activation id '{i}'", log).group(1)
                         for i in ids}
     assert placed == {"cpu_hello": {"invoker0"}, "gpu_hello": {"invoker1"}, "annotated_hello": {"invoker1"}}
+
+
+@needs_checkout
+def test_fpc_controller_hands_activations_to_the_scheduler() -> None:
+    """FPC: etcd, the scheduler, the FPCPoolBalancer controller. This project's invokers speak only
+    the classic protocol, so no invoker runs: the scheduler gets the activation (CreateQueue over
+    Pekko remoting, through the Kryo stand-in), makes its queue and finds no invoker for it."""
+    _build()
+    run = _run_module()
+    deployment = run.Deployment(Path(CHECKOUT), "fpc", "plain", [])
+    deployment.start()
+    try:
+        api = deployment.api_host
+        assert requests.get(f"{api}/ping", timeout=10).text == "pong"
+        _create(api, "fpc_hello", "python:3.11", CODE)
+        reply = requests.post(f"{api}/api/v1/namespaces/_/actions/fpc_hello", json={},
+                              auth=tuple(GUEST.split(":")), timeout=60)
+        assert reply.status_code == 202, reply.text
+        deadline = time.monotonic() + 60
+        log = ""
+        while time.monotonic() < deadline:
+            log = deployment.scheduler.log_path.read_text(errors="replace")
+            if "there is no available invoker to schedule" in log:
+                break
+            time.sleep(1)
+        assert "guest:guest/fpc_hello@0.0.1" in log and "there is no available invoker to schedule" in log
+        assert "Failed to serialize" not in deployment.controller.log_path.read_text(errors="replace")
+    finally:
+        deployment.stop()

@@ -92,6 +92,7 @@ if [ "$variant" = patched ]; then
     die "controller_patch/openwhisk-gpu-routing.patch does not apply to $CHECKOUT (at $head; the patch is made against $PINNED)"
   fi
   rm -rf "$SRC/.git"
+  echo "build.sh: applied controller_patch/openwhisk-gpu-routing.patch (its src/main files) to the copy"
 fi
 python3 - "$SRC" <<'PY'
 import pathlib, re, sys

@@ -177,6 +177,8 @@ class JvmService(ChildServer):
         if not classpath.is_file():
             raise RunnerError(f"{classpath} is missing: run tools/openwhisk/build.sh first")
         return ["java", "-Xmx512m", "-XX:+UseSerialGC", "-Djava.security.egd=file:/dev/./urandom",
+                # the Kryo stand-in writes JDK classes without a Kryo serializer field by field
+                *(f"--add-opens=java.base/{p}=ALL-UNNAMED" for p in ("java.lang", "java.util", "java.time", "java.math", "java.net")),
                 *self.jvm_opts, *config_properties(self.env),
                 "-cp", classpath.read_text().strip(), main.read_text().strip(), *self.args]
 
@@ -362,6 +364,9 @@ class Deployment:
         if self.etcd:
             env["CONFIG_whisk_etcd_hosts"] = f"{HOST}:{self.etcd.port}"
             env["CONFIG_whisk_scheduler_grpc_tls"] = "false"
+            # ansible/group_vars/all: etcd.lease.timeout 10, etcd.pool_threads 10
+            env["CONFIG_whisk_etcd_lease_timeout"] = "10"
+            env["CONFIG_whisk_etcd_pool_threads"] = "10"
         return env
 
     def start(self) -> Deployment:
@@ -413,6 +418,13 @@ class Deployment:
                  "CONFIG_pekko_remote_artery_canonical_port": str(sched_pekko),
                  "CONFIG_pekko_cluster_seedNodes_0": f"pekko://scheduler-actor-system@{HOST}:{sched_pekko}",
                  "CONFIG_whisk_scheduler_protocol": "http",
+                 "CONFIG_whisk_scheduler_username": "scheduler.user",
+                 "CONFIG_whisk_scheduler_password": "scheduler.pass",
+                 # Ansible's default duration checker reads ElasticSearch; without one, the
+                 # no-op checker (OpenWhisk's standalone mode uses it too)
+                 "CONFIG_whisk_durationChecker_timeWindow": "1 d",
+                 "CONFIG_whisk_spi_DurationCheckerProvider":
+                     "org.apache.openwhisk.core.scheduler.queue.NoopDurationCheckerProvider",
                  "CONFIG_whisk_scheduler_grpc_tls": "false"},
                 ["0"], sched_port)
             self._add(self.scheduler)
