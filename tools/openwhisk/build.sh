@@ -4,8 +4,9 @@
 #   OPENWHISK_CHECKOUT=/path/to/openwhisk tools/openwhisk/build.sh [--with-controller-patch] [--force]
 #
 # The checkout should be at the commit controller_patch/ pins (PINNED below); another commit is
-# built too, with a warning. Nothing is written into the checkout: --with-controller-patch copies
-# the four modules' sources into the build folder and applies controller_patch/'s patch there.
+# built too, with a warning. Nothing is written into the checkout: the four modules' sources are
+# copied into the build folder and built there (--with-controller-patch applies
+# controller_patch/'s patch to that copy; one Scala 2.13 fix is applied to every copy, see below).
 #
 # Output (OW_BUILD_DIR, default <repo>/.cache/openwhisk/build), one folder per variant,
 # plain/ or patched/:
@@ -33,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --with-controller-patch) variant=patched ;;
     --force) force=1 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
