@@ -502,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
               "built with tools/openwhisk/build.sh", file=sys.stderr)
         return 2
     invokers = [] if args.no_invokers else (args.invoker or ["cpu", "gpu"])
+    if args.mode == "fpc" and invokers:
+        print("run: warning: this project's invokers speak the classic protocol only; the FPC scheduler "
+              "will not use them (use --no-invokers)", file=sys.stderr)
     deployment = Deployment(Path(checkout), args.mode, "patched" if args.with_controller_patch else "plain",
                             invokers, args.workdir, args.controller_port)
     stop = {"now": False}
