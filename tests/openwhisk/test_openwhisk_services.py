@@ -1,0 +1,191 @@
+"""OpenWhisk's own controller, built from a checkout by tools/openwhisk/build.sh, in front of this invoker.
+
+Needs ``OPENWHISK_CHECKOUT`` (an apache/openwhisk checkout at the commit controller_patch/ pins),
+a JDK and Maven; the first build takes about 10 minutes on 2 cores, later runs reuse it. Without
+``OPENWHISK_CHECKOUT`` the module skips, except the two checks of what build.sh says when the
+checkout is missing or wrong.
+
+    OPENWHISK_CHECKOUT=/path/to/openwhisk .venv/bin/pytest tests/openwhisk -v
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "tools" / "openwhisk" / "build.sh"
+CHECKOUT = os.environ.get("OPENWHISK_CHECKOUT")
+SKIP_REASON = ("OPENWHISK_CHECKOUT is not set: these tests build and run OpenWhisk's controller from an "
+               "apache/openwhisk checkout (tools/openwhisk/README.md)")
+needs_checkout = pytest.mark.skipif(not CHECKOUT, reason=SKIP_REASON)
+GUEST = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
+
+
+def _build_sh(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(BUILD), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+
+
+# -- what build.sh says without a checkout: runs everywhere, CI included ---------------------------
+
+def test_build_names_what_is_missing_without_a_checkout() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENWHISK_CHECKOUT"}
+    proc = _build_sh(env=env)
+    assert proc.returncode == 1
+    assert "OPENWHISK_CHECKOUT is not set" in proc.stderr
+    assert "1fae641a2b30bccb7ddc69d2d215866d899a8510" in proc.stderr  # the commit to check out
+
+
+def test_build_refuses_a_folder_that_is_not_an_openwhisk_checkout(tmp_path: Path) -> None:
+    (tmp_path / "common" / "scala" / "src" / "main" / "scala").mkdir(parents=True)
+    proc = _build_sh(env={**os.environ, "OPENWHISK_CHECKOUT": str(tmp_path)})
+    assert proc.returncode == 1
+    assert "is not an OpenWhisk checkout" in proc.stderr
+    assert "core/controller/src/main/scala" in proc.stderr
+    proc = _build_sh(env={**os.environ, "OPENWHISK_CHECKOUT": str(tmp_path / "nowhere")})
+    assert proc.returncode == 1 and "is not a directory" in proc.stderr
+
+
+# -- with a checkout --------------------------------------------------------------------------------
+
+def _run_module():
+    spec = importlib.util.spec_from_file_location("openwhisk_run", REPO / "tools" / "openwhisk" / "run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["openwhisk_run"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(*args: str) -> Path:
+    if not (shutil.which("java") and shutil.which("mvn")):
+        pytest.fail("java and mvn are needed to build OpenWhisk (apt-get install openjdk-17-jdk-headless maven)")
+    proc = _build_sh(*args, env=dict(os.environ), timeout=3000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    variant = "patched" if args else "plain"
+    out = Path(os.environ.get("OW_BUILD_DIR") or REPO / ".cache" / "openwhisk" / "build") / variant
+    for service in ("controller", "scheduler", "invoker"):
+        classpath = (out / f"{service}.classpath").read_text().strip().split(":")
+        assert all(Path(entry).exists() for entry in classpath), service
+        assert (out / "bin" / service).is_file()
+    return out
+
+
+@needs_checkout
+def test_build_makes_each_services_classpath_and_a_rebuild_is_skipped() -> None:
+    _build()
+    started = time.monotonic()
+    proc = _build_sh(env=dict(os.environ), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "is up to date" in proc.stdout
+    assert time.monotonic() - started < 60
+
+
+def _invoke(api: str, name: str, params: dict) -> dict:
+    reply = requests.post(f"{api}/api/v1/namespaces/_/actions/{name}?blocking=true", json=params,
+                          auth=tuple(GUEST.split(":")), timeout=120)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def _create(api: str, name: str, kind: str, code: str, annotations: list | None = None) -> None:
+    body = {"exec": {"kind": kind, "code": code}, "annotations": annotations or []}
+    reply = requests.put(f"{api}/api/v1/namespaces/_/actions/{name}?overwrite=true", json=body,
+                         auth=tuple(GUEST.split(":")), timeout=30)
+    assert reply.status_code == 200, reply.text
+
+
+def _wait_healthy(api: str, count: int, timeout_s: float = 90) -> dict:
+    deadline = time.monotonic() + timeout_s
+    state: dict = {}
+    while time.monotonic() < deadline:
+        state = requests.get(f"{api}/invokers", timeout=10).json()
+        if len(state) == count and all(v == "up" for v in state.values()):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"invokers not all up after {timeout_s} s: {state}")
+
+
+CODE = "def main(args):\n    return {'greeting': 'hello ' + args.get('name', 'stranger')}\n"
+
+
+@pytest.fixture(scope="module")
+def classic_patched() -> Iterator[object]:
+    """Broker, pouchdb, the patched controller (classic balancer) and two of our invokers, one tagged gpu."""
+    if not CHECKOUT:
+        pytest.skip(SKIP_REASON)
+    _build("--with-controller-patch")
+    run = _run_module()
+    deployment = run.Deployment(Path(CHECKOUT), "classic", "patched", ["cpu", "gpu"])
+    deployment.start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@needs_checkout
+def test_controller_answers_ping_and_sees_both_invokers_healthy(classic_patched) -> None:
+    api = classic_patched.api_host
+    assert requests.get(f"{api}/ping", timeout=10).text == "pong"
+    assert _wait_healthy(api, 2) == {"invoker0": "up", "invoker1": "up"}
+
+
+@needs_checkout
+def test_gpu_work_lands_on_the_gpu_invoker_and_cpu_work_off_it(classic_patched) -> None:
+    api = classic_patched.api_host
+    _wait_healthy(api, 2)
+    _create(api, "cpu_hello", "python:3.11", CODE)
+    _create(api, "gpu_hello", "python:3-gpu", CODE)
+    _create(api, "annotated_hello", "python:3.11", CODE, [{"key": "invoker-resources", "value": ["gpu"]}])
+    placed = {}
+    for name in ("cpu_hello", "gpu_hello", "annotated_hello"):
+        ids = []
+        for _ in range(3):
+            activation = _invoke(api, name, {"name": "ow"})
+            assert activation["response"]["result"] == {"greeting": "hello ow"}, activation
+            ids.append(activation["activationId"])
+        log = classic_patched.controller.log_path.read_text(errors="replace")
+        placed[name] = {re.search(rf"posting topic '(invoker\d+)' with activation id '{i}'", log).group(1)
+                        for i in ids}
+    assert placed == {"cpu_hello": {"invoker0"}, "gpu_hello": {"invoker1"}, "annotated_hello": {"invoker1"}}
+
+
+@needs_checkout
+def test_fpc_controller_hands_activations_to_the_scheduler() -> None:
+    """FPC: etcd, the scheduler, the FPCPoolBalancer controller. This project's invokers speak only
+    the classic protocol, so no invoker runs: the scheduler gets the activation (CreateQueue over
+    Pekko remoting, through the Kryo stand-in), makes its queue and finds no invoker for it."""
+    _build()
+    run = _run_module()
+    deployment = run.Deployment(Path(CHECKOUT), "fpc", "plain", [])
+    deployment.start()
+    try:
+        api = deployment.api_host
+        assert requests.get(f"{api}/ping", timeout=10).text == "pong"
+        _create(api, "fpc_hello", "python:3.11", CODE)
+        reply = requests.post(f"{api}/api/v1/namespaces/_/actions/fpc_hello", json={},
+                              auth=tuple(GUEST.split(":")), timeout=60)
+        assert reply.status_code == 202, reply.text
+        deadline = time.monotonic() + 60
+        log = ""
+        while time.monotonic() < deadline:
+            log = deployment.scheduler.log_path.read_text(errors="replace")
+            if "there is no available invoker to schedule" in log:
+                break
+            time.sleep(1)
+        assert "guest:guest/fpc_hello@0.0.1" in log and "there is no available invoker to schedule" in log
+        assert "Failed to serialize" not in deployment.controller.log_path.read_text(errors="replace")
+    finally:
+        deployment.stop()
