@@ -52,8 +52,38 @@ async function timed (key, promise) {
   transcript[key + 'Ms'] = Date.now() - start
 }
 
+const BROKEN = 'def main(args)\n    return {}\n'  // a syntax error: /init fails
+const RAISES = 'def main(args):\n    raise RuntimeError("boom")\n'
+const SLEEPS = 'import time\n\ndef main(args):\n    time.sleep(5)\n    return {"slept": True}\n'
+const V2 = 'def main(args):\n    return {"version": 2, "sum": sum(args.get("values", []))}\n'
+
+async function extra () {
+  await ow.actions.create({ name: 'broken', action: BROKEN, kind: 'python:3.11' })
+  await timed('initFailure', failure(ow.actions.invoke({ name: 'broken', blocking: true })))
+  await ow.actions.create({ name: 'raises', action: RAISES, kind: 'python:3.11' })
+  await timed('raises', failure(ow.actions.invoke({ name: 'raises', blocking: true })))
+  await ow.actions.create({ name: 'sleeps', action: { exec: { kind: 'python:3.11', code: SLEEPS }, limits: { timeout: 1000 } } })
+  await timed('timeout', failure(ow.actions.invoke({ name: 'sleeps', blocking: true })))
+  // a sequence across both invokers: the GPU action's result into the CPU action
+  await ow.actions.create({ name: 'both', action: { exec: { kind: 'sequence', components: ['/guest/gpu-where', '/guest/cpu-where'] } } })
+  await timed('sequence', ow.actions.invoke({ name: 'both', params: { values: [2, 3] }, blocking: true }))
+  // a new revision of the CPU action: the scheduler's queue moves to it
+  await ow.actions.update({ name: 'cpu-where', action: V2, kind: 'python:3.11' })
+  await timed('updated', ow.actions.invoke({ name: 'cpu-where', params: { values: [4, 4] }, blocking: true, result: true }))
+  transcript.deleted = await ow.actions.delete({ name: 'cpu-where' })
+  transcript.invokeDeleted = await failure(ow.actions.invoke({ name: 'cpu-where', blocking: true }))
+}
+
 async function main () {
   const gpuAction = { exec: { kind: 'python:3-gpu', code: WHERE }, annotations: [{ key: 'invoker-resources', value: ['gpu'] }] }
+  if (step === 'extra') {
+    await extra()
+    return
+  }
+  if (step === 'gpu-async') {
+    transcript.gpuAsync = await ow.actions.invoke({ name: 'gpu-where', params: { values: [8, 9] } })
+    return
+  }
   if (step === 'gpu-only') {
     const existing = await failure(ow.actions.get({ name: 'gpu-where' }))
     if (existing.statusCode === 404) await ow.actions.create({ name: 'gpu-where', action: gpuAction })

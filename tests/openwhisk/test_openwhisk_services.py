@@ -243,9 +243,51 @@ def test_fpc_gpu_invoker_stopped_and_restarted(fpc_deployment) -> None:
             break
         time.sleep(1)
     assert state.get("invoker1") != "up", state
+    # a GPU activation while no GPU invoker is up: it waits in the scheduler's queue (strict
+    # invoker-resources: never on the CPU invoker) and runs once the GPU invoker is back
+    waiting = _npm_flow(fpc_deployment, "gpu-async")["gpuAsync"]["activationId"]
+    time.sleep(2)
     gpu.start()
     _wait_healthy(fpc_deployment.api_host, 2)
+    deadline = time.monotonic() + 90
+    record = None
+    while time.monotonic() < deadline:
+        reply = requests.get(f"{fpc_deployment.api_host}/api/v1/namespaces/_/activations/{waiting}",
+                             auth=tuple(GUEST.split(":")), timeout=10)
+        if reply.status_code == 200:
+            record = reply.json()
+            break
+        time.sleep(1)
+    assert record is not None, f"activation {waiting} queued while the GPU invoker was down never ended"
+    assert record["response"]["result"].get("cuda_visible_devices") == "0", record
     t = _npm_flow(fpc_deployment, "gpu-only")
     assert t["gpuInvoke"]["response"]["result"]["cuda_visible_devices"] == "0", t
     assert _placements(fpc_deployment, "gpu-where")[before:] and \
         set(_placements(fpc_deployment, "gpu-where")[before:]) == {"invoker1"}
+
+
+@needs_checkout
+def test_fpc_init_failure_error_timeout_sequence_update_and_delete(fpc_deployment) -> None:
+    """Through OpenWhisk's FPC scheduler with the npm client: an action whose /init fails is answered
+    at once with a developer error (and its logs), a raising action and a timeout with theirs; a
+    sequence of the GPU action and a CPU action; a new revision; a deleted action."""
+    _npm_flow(fpc_deployment, "gpu-only")  # gpu-where exists
+    requests.put(f"{fpc_deployment.api_host}/api/v1/namespaces/_/actions/cpu-where?overwrite=true",
+                 json={"exec": {"kind": "python:3.11", "code": CODE}}, auth=tuple(GUEST.split(":")), timeout=30)
+    t = _npm_flow(fpc_deployment, "extra")
+    init = t["initFailure"]
+    assert init["statusCode"] == 502, init
+    assert init["error"]["response"]["status"] == "action developer error"
+    assert init["error"]["response"]["result"] == {
+        "error": "The action failed to generate or locate a binary. See logs for details."}
+    assert "initTime" in {a["key"] for a in init["error"]["annotations"]}
+    assert t["initFailureMs"] < 20000  # not the queue's 60 s retention
+    assert t["raises"]["error"]["response"]["status"] == "application error"
+    assert t["raises"]["error"]["response"]["result"] == {"error": "boom"}
+    timeout = t["timeout"]["error"]
+    assert timeout["response"]["status"] == "action developer error"
+    assert {"key": "timeout", "value": True} in timeout["annotations"]
+    assert t["sequence"]["response"]["success"] is True and len(t["sequence"]["logs"]) == 2
+    assert t["updated"] == {"version": 2, "sum": 8}
+    assert t["invokeDeleted"]["statusCode"] == 404
+    assert set(_placements(fpc_deployment, "broken")) == {"invoker0"}
