@@ -427,9 +427,10 @@ class ContainerPool:
 
     # ------------------------------------------------------------------ members a front end owns (FPC)
 
-    def create(self, action: WhiskAction, invocation_namespace: str, init: InitContext) -> ContainerProxy:
+    def create(self, action: WhiskAction, invocation_namespace: str, init: InitContext | None) -> ContainerProxy:
         """A member for ``action`` before any activation (FPC): admitted (host, and GPU memory),
-        started (or a stem cell taken), ``/init`` run; pinned: only ``delete`` removes it. Raises
+        started (or a stem cell taken), ``/init`` run (``init`` None: left to its first activation,
+        as OpenWhisk's FPC invoker does); pinned: only ``delete`` removes it. Raises
         ``LimitsRefused``, ``NoRoom``, ``ContainerStartError`` or ``InitFailed`` (nothing left)."""
         self._check_creatable(action)
         with self._lock:
@@ -443,7 +444,7 @@ class ContainerPool:
                     proxy.start(self.factory, spec)
                 except Exception as error:  # an engine that went away raises what it likes
                     raise ContainerStartError(str(error)) from error
-            failure = proxy.initialize(init, self.config.limits)
+            failure = proxy.initialize(init, self.config.limits) if init is not None else None
             if failure is not None:
                 raise InitFailed(failure)
             reusable = True

@@ -238,14 +238,23 @@ class FpcFrontEnd:
         init = InitContext(action, creation.invocation_namespace, creation.transid.id,
                            init_env=init_parameters(action))
         try:
-            proxy = self.parts.pool.create(action, creation.invocation_namespace, init)
+            try:
+                proxy = self.parts.pool.create(action, creation.invocation_namespace, init)
+            except InitFailed as error:
+                # OpenWhisk's invoker initialises a created container with its first activation,
+                # so a failing /init is that activation's developer error, never a failed creation:
+                # OpenWhisk's scheduler retries a WhiskError five times per creation, keeps creating,
+                # and leaves the queued activations waiting out the queue's retention (60 s) to end
+                # as whisk internal errors. So: a fresh container, left uninitialised; the first
+                # activation it fetches runs /init (with that activation's environment) and is
+                # answered with the init failure, its logs and initTime, and the container goes.
+                log.info("creation %s of %s: /init failed (%s); the container is made again and "
+                         "initialised by its first activation", creation.creation_id, creation.action.docid, error)
+                proxy = self.parts.pool.create(action, creation.invocation_namespace, None)
         except LimitsRefused as error:
             return E.InvalidActionLimitError, str(error), None
         except NoRoom as error:
             return E.ResourceNotEnoughError, str(error), None
-        except InitFailed as error:
-            # Retried elsewhere by the scheduler, which then fails the queued activations with this reason.
-            return E.WhiskError, f"the action did not initialize: {error}", None
         except ContainerStartError as error:
             return E.WhiskError, f"the container did not start: {error.__cause__ or error}", None
         except Exception as error:  # an invoker bug must still be answered

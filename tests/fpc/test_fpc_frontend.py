@@ -110,6 +110,34 @@ def test_malformed_and_warm_up_messages_are_dropped_and_the_next_creation_still_
     assert len(fpc.invoker.pool.members) == 1
 
 
+def test_an_init_failure_is_the_first_activations_developer_error_not_a_failed_creation(fpc: FpcDeployment):
+    """OpenWhisk's FPC invoker initialises a container with its first activation
+    (FunctionPullingContainerProxy.initializeAndRun), so a failing /init answers that activation
+    with a developer error. Acked as a failed creation (WhiskError, as this invoker first did),
+    OpenWhisk's scheduler retried it 5 times per creation, kept creating, and left the activation
+    waiting out the queue's retention (60 s) to end as a whisk internal error: seen against the
+    real scheduler (tools/openwhisk/TRANSCRIPT-fpc.md)."""
+    fqn, rev, doc = fpc.deploy("broken", code="def main(args)\n    return {}\n")  # a syntax error
+    fpc.scheduler.service.add_queue("guest", fqn, rev)
+    _, ack = fpc.create(fqn, rev, doc)
+    assert ack.succeeded and ack.error is None and ack.reason is None
+    (member,) = fpc.invoker.pool.members
+    assert not member.initialized  # left to the first activation
+    assert len(fpc.container_keys(fqn, rev)) == 1
+    msg = fpc.controller.message(fqn, rev, {"n": 1})
+    fpc.scheduler.service.enqueue("guest", msg)
+    book = fpc.controller.wait_for(msg.activation_id, 30)
+    assert [type(a).__name__ for a in book.acks] == ["ResultMessage", "CompletionMessage"]
+    response = book.acks[0].response["response"]
+    assert response["statusCode"] == 2  # ActivationResponse.DeveloperError
+    assert "error" in response["result"]
+    record = fpc.record(msg)
+    assert record["response"]["statusCode"] == 2
+    assert "initTime" in {a["key"] for a in record["annotations"]}
+    wait_until(lambda: not fpc.invoker.pool.members, what="the failed container removed")
+    wait_until(lambda: not fpc.container_keys(fqn, rev), what="its key removed")
+
+
 def test_action_mismatch_removes_the_container(fpc: FpcDeployment):
     fqn, rev, doc = fpc.deploy("stale")
     fpc.scheduler.service.add_queue("guest", fqn, "9-newer")  # the queue holds another revision

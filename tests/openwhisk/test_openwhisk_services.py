@@ -11,6 +11,7 @@ checkout is missing or wrong.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -162,30 +163,131 @@ def test_gpu_work_lands_on_the_gpu_invoker_and_cpu_work_off_it(classic_patched) 
     assert placed == {"cpu_hello": {"invoker0"}, "gpu_hello": {"invoker1"}, "annotated_hello": {"invoker1"}}
 
 
-@needs_checkout
-def test_fpc_controller_hands_activations_to_the_scheduler() -> None:
-    """FPC: etcd, the scheduler, the FPCPoolBalancer controller. This project's invokers speak only
-    the classic protocol, so no invoker runs: the scheduler gets the activation (CreateQueue over
-    Pekko remoting, through the Kryo stand-in), makes its queue and finds no invoker for it."""
+# -- FPC: OpenWhisk's scheduler in front of this project's invokers (--scheduler fpc) ----------------
+
+FPC_FLOW = Path(__file__).with_name("fpc_client_flow.js")
+NODE_MODULES = Path(os.environ.get("OW_NODE_MODULES") or REPO / ".cache" / "node" / "node_modules")
+
+
+def _npm_flow(deployment, *args: str, timeout: float = 300) -> dict:
+    """fpc_client_flow.js with the `openwhisk` npm client against the deployment's controller."""
+    if not (NODE_MODULES / "openwhisk").is_dir():
+        pytest.fail(f"the openwhisk npm client is not under {NODE_MODULES}: run ./dev setup (or set OW_NODE_MODULES)")
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES), "__OW_API_HOST": deployment.api_host,
+           "__OW_API_KEY": deployment.keys["guest"]}
+    done = subprocess.run(["node", str(FPC_FLOW), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    return json.loads(done.stdout)
+
+
+def _placements(deployment, action: str) -> list[str]:
+    """The invokers the scheduler sent creations of ``guest/action`` to (ContainerManager's log)."""
+    log = deployment.scheduler.log_path.read_text(errors="replace")
+    return re.findall(rf"posted creationId: [0-9a-f]+ for guest/guest/{re.escape(action)}@\S+ to (invoker\d+)", log)
+
+
+@pytest.fixture(scope="module")
+def fpc_deployment() -> Iterator[object]:
+    """Broker, pouchdb, etcd, OpenWhisk's scheduler and FPC controller, and two of our invokers with
+    --scheduler fpc: invoker0 untagged, invoker1 tagged gpu with a declared GPU."""
+    if not CHECKOUT:
+        pytest.skip(SKIP_REASON)
     _build()
     run = _run_module()
-    deployment = run.Deployment(Path(CHECKOUT), "fpc", "plain", [])
+    deployment = run.Deployment(Path(CHECKOUT), "fpc", "plain", ["cpu", "gpu"])
     deployment.start()
     try:
-        api = deployment.api_host
-        assert requests.get(f"{api}/ping", timeout=10).text == "pong"
-        _create(api, "fpc_hello", "python:3.11", CODE)
-        reply = requests.post(f"{api}/api/v1/namespaces/_/actions/fpc_hello", json={},
-                              auth=tuple(GUEST.split(":")), timeout=60)
-        assert reply.status_code == 202, reply.text
-        deadline = time.monotonic() + 60
-        log = ""
-        while time.monotonic() < deadline:
-            log = deployment.scheduler.log_path.read_text(errors="replace")
-            if "there is no available invoker to schedule" in log:
-                break
-            time.sleep(1)
-        assert "guest:guest/fpc_hello@0.0.1" in log and "there is no available invoker to schedule" in log
-        assert "Failed to serialize" not in deployment.controller.log_path.read_text(errors="replace")
+        yield deployment
     finally:
         deployment.stop()
+
+
+@needs_checkout
+def test_fpc_gpu_action_lands_on_the_gpu_invoker_and_cpu_action_on_the_cpu_invoker(fpc_deployment) -> None:
+    """The npm client creates a python:3-gpu action annotated invoker-resources ["gpu"] and a
+    python:3.11 action; OpenWhisk's FPC scheduler creates their containers on invoker1 (tagged gpu)
+    and invoker0; activation get, result, logs and list; an action's error result."""
+    assert _wait_healthy(fpc_deployment.api_host, 2) == {"invoker0": "up", "invoker1": "up"}
+    t = _npm_flow(fpc_deployment)
+    assert t["gpuInvoke"]["response"]["result"] == {"action": "/guest/gpu-where", "cuda_visible_devices": "0", "sum": 3}
+    assert t["cpuInvoke"]["response"]["result"] == {"action": "/guest/cpu-where", "cuda_visible_devices": None,
+                                                   "sum": 11}
+    assert t["gpuInvokeWarm"]["sum"] == 6 and t["cpuInvokeWarm"]["sum"] == 7
+    assert set(_placements(fpc_deployment, "gpu-where")) == {"invoker1"}
+    assert set(_placements(fpc_deployment, "cpu-where")) == {"invoker0"}
+    activation_id = t["nonBlocking"]["activationId"]
+    assert t["activation"]["activationId"] == activation_id
+    assert t["activation"]["response"]["result"]["sum"] == 10
+    assert t["activationResult"]["result"]["sum"] == 10 and t["activationResult"]["success"] is True
+    assert any("log line from /guest/cpu-where" in line for line in t["activationLogs"]["logs"])
+    assert activation_id in {a["activationId"] for a in t["activationList"]}
+    # {"error": ...} from an action: a blocking invoke answers 502 with the activation
+    assert t["errorResult"]["statusCode"] == 502
+    assert t["errorResult"]["error"]["response"]["status"] == "application error"
+    assert t["errorResult"]["error"]["response"]["result"] == {"error": "asked to fail"}
+
+
+@needs_checkout
+def test_fpc_gpu_invoker_stopped_and_restarted(fpc_deployment) -> None:
+    """The GPU invoker stops (its etcd lease revoked, its keys gone) and starts again: it registers
+    again and the scheduler creates the GPU action's container on it again."""
+    gpu = next(inv for inv in fpc_deployment.our_invokers if inv.kind == "gpu")
+    _npm_flow(fpc_deployment, "gpu-only")  # creates the action when the test above did not run
+    before = len(_placements(fpc_deployment, "gpu-where"))
+    gpu.stop()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = requests.get(f"{fpc_deployment.api_host}/invokers", timeout=10).json()
+        if state.get("invoker1") != "up":
+            break
+        time.sleep(1)
+    assert state.get("invoker1") != "up", state
+    # a GPU activation while no GPU invoker is up: it waits in the scheduler's queue (strict
+    # invoker-resources: never on the CPU invoker) and runs once the GPU invoker is back
+    waiting = _npm_flow(fpc_deployment, "gpu-async")["gpuAsync"]["activationId"]
+    time.sleep(2)
+    gpu.start()
+    _wait_healthy(fpc_deployment.api_host, 2)
+    deadline = time.monotonic() + 90
+    record = None
+    while time.monotonic() < deadline:
+        reply = requests.get(f"{fpc_deployment.api_host}/api/v1/namespaces/_/activations/{waiting}",
+                             auth=tuple(GUEST.split(":")), timeout=10)
+        if reply.status_code == 200:
+            record = reply.json()
+            break
+        time.sleep(1)
+    assert record is not None, f"activation {waiting} queued while the GPU invoker was down never ended"
+    assert record["response"]["result"].get("cuda_visible_devices") == "0", record
+    t = _npm_flow(fpc_deployment, "gpu-only")
+    assert t["gpuInvoke"]["response"]["result"]["cuda_visible_devices"] == "0", t
+    assert _placements(fpc_deployment, "gpu-where")[before:] and \
+        set(_placements(fpc_deployment, "gpu-where")[before:]) == {"invoker1"}
+
+
+@needs_checkout
+def test_fpc_init_failure_error_timeout_sequence_update_and_delete(fpc_deployment) -> None:
+    """Through OpenWhisk's FPC scheduler with the npm client: an action whose /init fails is answered
+    at once with a developer error (and its logs), a raising action and a timeout with theirs; a
+    sequence of the GPU action and a CPU action; a new revision; a deleted action."""
+    _npm_flow(fpc_deployment, "gpu-only")  # gpu-where exists
+    requests.put(f"{fpc_deployment.api_host}/api/v1/namespaces/_/actions/cpu-where?overwrite=true",
+                 json={"exec": {"kind": "python:3.11", "code": CODE}}, auth=tuple(GUEST.split(":")), timeout=30)
+    t = _npm_flow(fpc_deployment, "extra")
+    init = t["initFailure"]
+    assert init["statusCode"] == 502, init
+    assert init["error"]["response"]["status"] == "action developer error"
+    assert init["error"]["response"]["result"] == {
+        "error": "The action failed to generate or locate a binary. See logs for details."}
+    assert "initTime" in {a["key"] for a in init["error"]["annotations"]}
+    assert t["initFailureMs"] < 20000  # not the queue's 60 s retention
+    assert t["raises"]["error"]["response"]["status"] == "application error"
+    assert t["raises"]["error"]["response"]["result"] == {"error": "boom"}
+    timeout = t["timeout"]["error"]
+    assert timeout["response"]["status"] == "action developer error"
+    assert {"key": "timeout", "value": True} in timeout["annotations"]
+    assert t["sequence"]["response"]["success"] is True and len(t["sequence"]["logs"]) == 2
+    assert t["updated"] == {"version": 2, "sum": 8}
+    assert t["invokeDeleted"]["statusCode"] == 404
+    assert set(_placements(fpc_deployment, "broken")) == {"invoker0"}

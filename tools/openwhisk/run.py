@@ -16,7 +16,8 @@ What it starts, each on 127.0.0.1 and a free port, and stops again on Ctrl-C / S
   system properties as OpenWhisk's ``transformEnvironment.sh`` does);
 * OpenWhisk's scheduler (FPC mode only);
 * this project's invokers (``--invoker cpu`` / ``--invoker gpu``: the latter with ``--tags gpu``
-  and a declared GPU, ``--gpus 0:16GiB``), with the ``process`` backend.
+  and a declared GPU, ``--gpus 0:16GiB``), with the ``process`` backend; in FPC mode with
+  ``--scheduler fpc`` and the deployment's etcd, cluster name and lease timeout.
 
 It prints where each listens and the client settings (``wsk`` / ``openwhisk`` npm client).
 The runtimes manifest is the checkout's ``ansible/files/runtimes.json`` with the GPU kinds of
@@ -218,7 +219,8 @@ class JvmService(ChildServer):
 
 
 class OurInvoker(ChildServer):
-    """This project's invoker (python -m invoker), classic protocol."""
+    """This project's invoker (python -m invoker): classic protocol, or FPC (``--scheduler fpc``)
+    in FPC mode."""
 
     def __init__(self, index: int, kind: str, workdir: Path, args: list[str]) -> None:
         super().__init__(None, workdir / f"invoker{index}-{kind}.log", 60.0, cwd=REPO)
@@ -439,6 +441,13 @@ class Deployment:
                     "--api-host", f"http://{HOST}:{controller_port}"]
             if kind == "gpu":
                 args += ["--tags", "gpu", "--gpus", "0:16GiB"]
+            if self.mode == "fpc":
+                # OpenWhisk 2.0's protocol, with the etcd and cluster settings the scheduler and
+                # the FPC balancer read (EtcdKV's keys all start with whisk.cluster.name)
+                assert self.etcd is not None
+                args += ["--scheduler", "fpc", "--etcd-hosts", env["CONFIG_whisk_etcd_hosts"],
+                         "--cluster-name", env["CONFIG_whisk_cluster_name"],
+                         "--etcd-lease-timeout", env["CONFIG_whisk_etcd_lease_timeout"]]
             invoker = OurInvoker(index, kind, self.workdir, args)
             self.our_invokers.append(invoker)
             self._add(invoker)
@@ -502,9 +511,6 @@ def main(argv: list[str] | None = None) -> int:
               "built with tools/openwhisk/build.sh", file=sys.stderr)
         return 2
     invokers = [] if args.no_invokers else (args.invoker or ["cpu", "gpu"])
-    if args.mode == "fpc" and invokers:
-        print("run: warning: this project's invokers speak the classic protocol only; the FPC scheduler "
-              "will not use them (use --no-invokers)", file=sys.stderr)
     deployment = Deployment(Path(checkout), args.mode, "patched" if args.with_controller_patch else "plain",
                             invokers, args.workdir, args.controller_port)
     stop = {"now": False}
