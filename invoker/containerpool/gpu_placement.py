@@ -180,7 +180,7 @@ class GpuPlacer:
                 ledger.resize(proxy, proxy.gpu.memory_mb)  # before its /run wakes the models
                 self.asleep_host.release(proxy)
                 proxy.woken()
-                self.pool.claim(proxy)
+                proxy.claim()
                 self.pool.counts.gpu_wakes += 1
                 self.pool.counts.warm_starts += 1
                 return proxy

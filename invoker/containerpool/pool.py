@@ -250,7 +250,7 @@ class ContainerPool:
         action = job.action
         warm = rules.warm_for(self._containers, job.invocation_namespace, action)
         if warm is not None:
-            self.claim(warm)
+            warm.claim()
             self.counts.warm_starts += 1
             return warm
         if self.gpu_placer is not None and self.gpu_placer.is_gpu(action):
@@ -264,9 +264,6 @@ class ContainerPool:
         return self.add_member(job)
 
     # ------------------------------------------------------------------ effects (lock held)
-
-    def claim(self, proxy: ContainerProxy) -> None:
-        proxy.claim()
 
     def take_stem_cell(self, stem: ContainerProxy, job: Job) -> ContainerProxy:
         stem.bind(job.action, job.invocation_namespace)

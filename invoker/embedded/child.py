@@ -150,6 +150,9 @@ class ChildServer:
                 raise self.start_error(
                     f"{self.what} exited with status {self._proc.returncode} during start-up "
                     f"(log {self.log_path}):\n{log_tail(self.log_path)}")
+            failure = self.start_failure()
+            if failure is not None:
+                raise self.start_error(f"{self.what} {failure} (log {self.log_path}):\n{log_tail(self.log_path)}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self.start_error(
@@ -162,6 +165,11 @@ class ChildServer:
                     return
                 last_error = error or last_error
             time.sleep(0.02)
+
+    def start_failure(self) -> str | None:
+        """Why a server that is still running will never get ready, or None (a subclass that can
+        tell says so: the wait then ends at once instead of at its timeout)."""
+        return None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop (terminate, then kill); a no-op when not running."""

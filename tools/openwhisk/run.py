@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
 import requests  # noqa: E402
 
 from invoker.embedded.broker import EmbeddedKafka  # noqa: E402
-from invoker.embedded.child import HOST, ChildServer, ServerStartError, free_port, log_tail  # noqa: E402
+from invoker.embedded.child import HOST, ChildServer, ServerStartError, free_port  # noqa: E402
 
 BUILD_DIR = Path(os.environ.get("OW_BUILD_DIR") or REPO / ".cache" / "openwhisk" / "build")
 DEFAULT_POUCHDB_SERVER = REPO / ".cache" / "node" / "node_modules" / ".bin" / "pouchdb-server"
@@ -188,27 +188,12 @@ class JvmService(ChildServer):
         env.update(self.env)
         return env
 
-    def _wait_ready(self) -> None:
-        # As ChildServer's, and one more way to fail: a Pekko service whose main thread threw keeps
-        # running (its actor system's threads are not daemons) and never binds its port.
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        last_error = "the port never accepted connections"
-        while True:
-            if self._proc.poll() is not None:
-                raise self.start_error(f"{self.what} exited with status {self._proc.returncode} during start-up "
-                                       f"(log {self.log_path}):\n{log_tail(self.log_path, 60)}")
-            if 'Exception in thread "main"' in self.log_path.read_text(errors="replace"):
-                raise self.start_error(f"{self.what} failed to start (log {self.log_path}):\n"
-                                       f"{log_tail(self.log_path, 60)}")
-            if time.monotonic() > deadline:
-                raise self.start_error(f"{self.what} on {self.url} did not answer within {self.start_timeout_s:.0f} s "
-                                       f"({last_error}; log {self.log_path}):\n{log_tail(self.log_path, 60)}")
-            error = self.probe(2.0)
-            if error is None:
-                return
-            last_error = error
-            time.sleep(0.5)
+    def start_failure(self) -> str | None:
+        # A Pekko service whose main thread threw keeps running (its actor system's threads are
+        # not daemons) and never binds its port.
+        if 'Exception in thread "main"' in self.log_path.read_text(errors="replace"):
+            return "failed to start"
+        return None
 
     def probe(self, timeout_s: float) -> str | None:
         try:
